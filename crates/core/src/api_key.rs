@@ -1,0 +1,341 @@
+//! The API key entity, its identifier, and the validated input that creates one.
+
+use std::fmt;
+
+use chrono::{DateTime, SubsecRound, Utc};
+use thiserror::Error;
+
+use crate::scope::ScopeSet;
+use crate::secret::{KeyHash, PlainKey};
+
+/// The most characters a name or owner may have.
+pub const MAX_TEXT_CHARS: usize = 255;
+/// The most scopes one key may carry.
+pub const MAX_SCOPES: usize = 64;
+
+/// A key's public identifier: `api_key_` and a random UUID.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ApiKeyId(String);
+
+impl ApiKeyId {
+    /// A fresh identifier.
+    pub fn generate() -> Self {
+        ApiKeyId(format!("api_key_{}", uuid::Uuid::new_v4()))
+    }
+
+    /// An identifier as received or stored; it need not name an existing key.
+    pub fn new(id: impl Into<String>) -> Self {
+        ApiKeyId(id.into())
+    }
+
+    /// The identifier's text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ApiKeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Whether a key may authenticate at a given moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyStatus {
+    /// Neither revoked nor expired.
+    Active,
+    /// Past its `expires_at`.
+    Expired,
+    /// Revoked by its owner or the master key.
+    Revoked,
+}
+
+/// An API key as stored: everything but the plaintext.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    /// Public identifier.
+    pub id: ApiKeyId,
+    /// Digest of the plaintext, the lookup key.
+    pub hash: KeyHash,
+    /// Non-secret reminder shown in listings.
+    pub hint: String,
+    /// Human-readable name.
+    pub name: String,
+    /// Who the key belongs to.
+    pub owner_id: String,
+    /// What the key may do.
+    pub scopes: ScopeSet,
+    /// When the key stops authenticating.
+    pub expires_at: DateTime<Utc>,
+    /// When the key was created.
+    pub created_at: DateTime<Utc>,
+    /// When the key last authenticated a request, if ever.
+    pub last_used_at: Option<DateTime<Utc>>,
+    /// When the key was revoked, if it was.
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl ApiKey {
+    /// A new key for `spec`, created at `now` from `plain`, whose hash is all it keeps.
+    pub fn issue(spec: KeySpec, plain: &PlainKey, now: DateTime<Utc>) -> Self {
+        ApiKey {
+            id: ApiKeyId::generate(),
+            hash: plain.hash(),
+            hint: plain.hint(),
+            name: spec.name,
+            owner_id: spec.owner_id,
+            scopes: spec.scopes,
+            expires_at: spec.expires_at,
+            created_at: now.trunc_subsecs(6),
+            last_used_at: None,
+            revoked_at: None,
+        }
+    }
+
+    /// Whether the key has been revoked.
+    pub fn is_revoked(&self) -> bool {
+        self.revoked_at.is_some()
+    }
+
+    /// Whether the key may authenticate at `now`.
+    pub fn status(&self, now: DateTime<Utc>) -> KeyStatus {
+        if self.is_revoked() {
+            KeyStatus::Revoked
+        } else if now >= self.expires_at {
+            KeyStatus::Expired
+        } else {
+            KeyStatus::Active
+        }
+    }
+}
+
+/// A field of a request that is present but not acceptable.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{field}: {message}")]
+pub struct ValidationError {
+    /// The offending field, as named on the wire.
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl ValidationError {
+    /// An error about `field`.
+    pub fn new(field: &'static str, message: impl Into<String>) -> Self {
+        ValidationError {
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+/// The validated description of a key to create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySpec {
+    /// Trimmed name.
+    pub name: String,
+    /// Owner the key will belong to.
+    pub owner_id: String,
+    /// Parsed, de-duplicated scopes.
+    pub scopes: ScopeSet,
+    /// Expiry, in the future.
+    pub expires_at: DateTime<Utc>,
+}
+
+impl KeySpec {
+    /// Validates raw request fields, naming the first one that is unacceptable.
+    pub fn new<S: AsRef<str>>(
+        name: &str,
+        owner_id: &str,
+        scopes: &[S],
+        expires_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Self, ValidationError> {
+        let name = validate_text("name", name)?;
+        let owner_id = validate_owner(owner_id)?;
+        if scopes.is_empty() {
+            return Err(ValidationError::new(
+                "scopes",
+                "at least one scope is required",
+            ));
+        }
+        if scopes.len() > MAX_SCOPES {
+            return Err(ValidationError::new(
+                "scopes",
+                format!("at most {MAX_SCOPES} scopes are allowed"),
+            ));
+        }
+        let scopes =
+            ScopeSet::parse(scopes).map_err(|e| ValidationError::new("scopes", e.to_string()))?;
+        if expires_at <= now {
+            return Err(ValidationError::new("expires_at", "must be in the future"));
+        }
+        Ok(KeySpec {
+            name,
+            owner_id,
+            scopes,
+            expires_at: expires_at.trunc_subsecs(6),
+        })
+    }
+}
+
+/// Checks an owner identifier, from a body or a query string. Owners are compared
+/// exactly, so unlike names they are not trimmed.
+pub fn validate_owner(owner_id: &str) -> Result<String, ValidationError> {
+    if owner_id.trim().is_empty() {
+        return Err(ValidationError::new("owner", "must not be empty"));
+    }
+    validate_text("owner", owner_id)
+}
+
+fn validate_text(field: &'static str, text: &str) -> Result<String, ValidationError> {
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return Err(ValidationError::new(field, "must not be empty"));
+    }
+    if trimmed.chars().count() > MAX_TEXT_CHARS {
+        return Err(ValidationError::new(
+            field,
+            format!("must be at most {MAX_TEXT_CHARS} characters"),
+        ));
+    }
+    if text.chars().any(char::is_control) {
+        return Err(ValidationError::new(
+            field,
+            "must not contain control characters",
+        ));
+    }
+    Ok(trimmed.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Duration;
+
+    fn now() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .expect("valid")
+            .with_timezone(&Utc)
+    }
+
+    fn spec(
+        name: &str,
+        owner: &str,
+        scopes: &[&str],
+        expires_in: Duration,
+    ) -> Result<KeySpec, ValidationError> {
+        KeySpec::new(name, owner, scopes, now() + expires_in, now())
+    }
+
+    #[test]
+    fn ids_are_prefixed_v4_uuids() {
+        let id = ApiKeyId::generate();
+        let uuid = id.as_str().strip_prefix("api_key_").expect("prefixed");
+        let parsed = uuid::Uuid::parse_str(uuid).expect("a uuid");
+        assert_eq!(parsed.get_version_num(), 4);
+    }
+
+    #[test]
+    fn a_valid_spec_is_trimmed_and_deduplicated() {
+        let spec = spec(
+            " Service ",
+            "owner_1",
+            &["ledgers:read", "ledgers:read"],
+            Duration::days(1),
+        )
+        .expect("valid");
+        assert_eq!(spec.name, "Service");
+        assert_eq!(spec.scopes.to_string(), "ledgers:read");
+    }
+
+    #[test]
+    fn invalid_fields_are_named() {
+        let many: Vec<String> = (0..65).map(|_| "ledgers:read".to_owned()).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let long = "x".repeat(256);
+        let cases: Vec<(&str, &str, Vec<&str>, Duration, &str)> = vec![
+            ("", "o", vec!["ledgers:read"], Duration::days(1), "name"),
+            ("   ", "o", vec!["ledgers:read"], Duration::days(1), "name"),
+            (&long, "o", vec!["ledgers:read"], Duration::days(1), "name"),
+            (
+                "a\u{7}b",
+                "o",
+                vec!["ledgers:read"],
+                Duration::days(1),
+                "name",
+            ),
+            ("n", "", vec!["ledgers:read"], Duration::days(1), "owner"),
+            ("n", "o\n", vec!["ledgers:read"], Duration::days(1), "owner"),
+            (
+                "n",
+                "o\u{0}x",
+                vec!["ledgers:read"],
+                Duration::days(1),
+                "owner",
+            ),
+            ("n", "o", vec![], Duration::days(1), "scopes"),
+            ("n", "o", many, Duration::days(1), "scopes"),
+            (
+                "n",
+                "o",
+                vec!["ledgers:read", "ledgers:update"],
+                Duration::days(1),
+                "scopes",
+            ),
+            (
+                "n",
+                "o",
+                vec!["ledgers:read"],
+                Duration::zero(),
+                "expires_at",
+            ),
+            (
+                "n",
+                "o",
+                vec!["ledgers:read"],
+                -Duration::days(1),
+                "expires_at",
+            ),
+        ];
+        for (name, owner, scopes, expires_in, field) in cases {
+            let error = spec(name, owner, &scopes, expires_in).expect_err("invalid");
+            assert_eq!(error.field, field, "{name:?} {owner:?} {scopes:?}");
+        }
+    }
+
+    #[test]
+    fn the_bad_scope_is_named_in_the_message() {
+        let error = spec(
+            "n",
+            "o",
+            &["ledgers:read", "ledgers:update"],
+            Duration::days(1),
+        )
+        .expect_err("invalid");
+        assert!(error.message.contains("update"), "{}", error.message);
+    }
+
+    #[test]
+    fn status_reflects_revocation_then_expiry() {
+        let plain = PlainKey::generate().expect("randomness");
+        let spec = spec("n", "o", &["ledgers:read"], Duration::hours(1)).expect("valid");
+        let mut key = ApiKey::issue(spec, &plain, now());
+        assert_eq!(key.status(now()), KeyStatus::Active);
+        assert_eq!(key.status(now() + Duration::hours(1)), KeyStatus::Expired);
+        key.revoked_at = Some(now());
+        assert_eq!(key.status(now()), KeyStatus::Revoked);
+    }
+
+    #[test]
+    fn an_issued_key_keeps_the_hash_not_the_plaintext() {
+        let plain = PlainKey::generate().expect("randomness");
+        let spec = spec("n", "o", &["ledgers:read"], Duration::hours(1)).expect("valid");
+        let key = ApiKey::issue(spec, &plain, now());
+        assert_eq!(key.hash, plain.hash());
+        assert!(!format!("{key:?}").contains(plain.expose()));
+        assert_eq!(key.hint, plain.hint());
+        assert!(key.hint.len() < 8);
+    }
+}

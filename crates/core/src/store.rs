@@ -1,0 +1,46 @@
+//! The storage port: what keygate needs from a database, implemented by `keygate-storage`.
+
+use chrono::{DateTime, Utc};
+use thiserror::Error;
+
+use crate::api_key::{ApiKey, ApiKeyId};
+use crate::secret::KeyHash;
+
+/// Why a storage call failed.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// The database could not be reached (or gave no connection in time).
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// A row with the same identifier or key hash already exists.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// Anything else: a failed query, or a row that does not make a valid key.
+    #[error("database error: {0}")]
+    Internal(String),
+}
+
+/// Persistence of API keys. Calls block; async callers run them off their executor.
+pub trait KeyStore: Send + Sync + 'static {
+    /// Stores a new key; it is durable when this returns.
+    fn insert(&self, key: &ApiKey) -> Result<(), StoreError>;
+
+    /// The key with this hash, whatever its status.
+    fn find_by_hash(&self, hash: &KeyHash) -> Result<Option<ApiKey>, StoreError>;
+
+    /// The owner's keys, newest first.
+    fn list_by_owner(&self, owner_id: &str) -> Result<Vec<ApiKey>, StoreError>;
+
+    /// Revokes the owner's key `id` at `at` (keeping an earlier revocation time) and
+    /// returns it; `None` when the owner has no such key.
+    fn revoke(
+        &self,
+        id: &ApiKeyId,
+        owner_id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<Option<ApiKey>, StoreError>;
+
+    /// Records the latest use of each key, never moving a `last_used_at` backwards.
+    /// Returns how many rows changed.
+    fn record_last_used(&self, uses: &[(ApiKeyId, DateTime<Utc>)]) -> Result<usize, StoreError>;
+}
