@@ -1,0 +1,287 @@
+//! [`Database`]: a connection pool for one backend, and the [`KeyStore`] queries over it.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool};
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel::sql_types::{Text, Timestamptz, TimestamptzSqlite};
+use diesel::{PgConnection, SqliteConnection};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+use keygate_core::{ApiKey, ApiKeyId, KeyHash, KeyStore, StoreError};
+
+use crate::rows::KeyRow;
+use crate::url::{Backend, DatabaseUrl};
+
+const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/postgres");
+const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/sqlite");
+
+/// Serializes concurrent migrations of instances sharing one PostgreSQL database.
+const MIGRATION_LOCK: i64 = 0x6b65_7967_6174_65;
+
+/// How many rows one `last_used_at` statement updates at most (bind limits of both backends).
+const LAST_USED_CHUNK: usize = 500;
+
+/// How the connection pool is sized and how long a caller waits for a connection.
+#[derive(Debug, Clone)]
+pub struct PoolOptions {
+    /// Most connections open at once.
+    pub max_size: u32,
+    /// How long to wait for a connection before the database counts as unavailable.
+    pub connection_timeout: Duration,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        PoolOptions {
+            max_size: 8,
+            connection_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+enum Pools {
+    Sqlite(Pool<ConnectionManager<SqliteConnection>>),
+    Postgres(Pool<ConnectionManager<PgConnection>>),
+}
+
+/// A migrated database of API keys.
+pub struct Database {
+    pools: Pools,
+}
+
+/// Runs `$body` with a pooled connection `$conn` and the backend's `api_keys` schema
+/// module as `$t`: each query is written once and compiled for both backends.
+macro_rules! with_connection {
+    ($db:expr, |$conn:ident, $t:ident| $body:expr) => {
+        match &$db.pools {
+            Pools::Sqlite(pool) => {
+                use crate::schema::sqlite::api_keys as $t;
+                let mut pooled = pool.get().map_err(unavailable)?;
+                let $conn: &mut SqliteConnection = &mut pooled;
+                $body
+            }
+            Pools::Postgres(pool) => {
+                use crate::schema::postgres::api_keys as $t;
+                let mut pooled = pool.get().map_err(unavailable)?;
+                let $conn: &mut PgConnection = &mut pooled;
+                $body
+            }
+        }
+    };
+}
+
+impl Database {
+    /// Opens a pool for `url` and applies pending migrations. SQLite files (and their
+    /// folders) are created when missing.
+    pub fn connect(url: &DatabaseUrl, options: &PoolOptions) -> Result<Self, StoreError> {
+        let pools = match url {
+            DatabaseUrl::Sqlite(path) => {
+                if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).map_err(|e| {
+                        StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+                    })?;
+                }
+                let manager = ConnectionManager::<SqliteConnection>::new(path.to_string_lossy());
+                let pool = Pool::builder()
+                    .max_size(options.max_size)
+                    .connection_timeout(options.connection_timeout)
+                    .connection_customizer(Box::new(SqliteSettings))
+                    .build(manager)
+                    .map_err(unavailable)?;
+                let mut conn = pool.get().map_err(unavailable)?;
+                conn.run_pending_migrations(SQLITE_MIGRATIONS)
+                    .map_err(|e| StoreError::Internal(format!("migrating: {e}")))?;
+                drop(conn);
+                Pools::Sqlite(pool)
+            }
+            DatabaseUrl::Postgres(url) => {
+                let manager = ConnectionManager::<PgConnection>::new(url);
+                let pool = Pool::builder()
+                    .max_size(options.max_size)
+                    .connection_timeout(options.connection_timeout)
+                    .build(manager)
+                    .map_err(unavailable)?;
+                let mut conn = pool.get().map_err(unavailable)?;
+                migrate_postgres(&mut conn)?;
+                drop(conn);
+                Pools::Postgres(pool)
+            }
+        };
+        Ok(Database { pools })
+    }
+
+    /// Which backend this database runs on.
+    pub fn backend(&self) -> Backend {
+        match self.pools {
+            Pools::Sqlite(_) => Backend::Sqlite,
+            Pools::Postgres(_) => Backend::Postgres,
+        }
+    }
+}
+
+fn migrate_postgres(conn: &mut PgConnection) -> Result<(), StoreError> {
+    diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))
+        .execute(conn)
+        .map_err(query_error)?;
+    let migrated = conn
+        .run_pending_migrations(POSTGRES_MIGRATIONS)
+        .map(drop)
+        .map_err(|e| StoreError::Internal(format!("migrating: {e}")));
+    diesel::sql_query(format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})"))
+        .execute(conn)
+        .map_err(query_error)?;
+    migrated
+}
+
+/// Per-connection SQLite settings: WAL so readers never wait for a writer, a busy
+/// timeout so concurrent writers queue instead of failing, and FULL synchronous so a
+/// committed key survives a crash of the process or the machine.
+#[derive(Debug)]
+struct SqliteSettings;
+
+impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqliteSettings {
+    fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), diesel::r2d2::Error> {
+        conn.batch_execute(
+            "PRAGMA busy_timeout = 5000;
+             PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = FULL;
+             PRAGMA foreign_keys = ON;",
+        )
+        .map_err(diesel::r2d2::Error::QueryError)
+    }
+}
+
+fn unavailable(error: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(error.to_string())
+}
+
+fn query_error(error: DieselError) -> StoreError {
+    match error {
+        DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info) => {
+            StoreError::Conflict(info.message().to_owned())
+        }
+        DieselError::DatabaseError(
+            DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
+            info,
+        ) => StoreError::Unavailable(info.message().to_owned()),
+        other => StoreError::Internal(other.to_string()),
+    }
+}
+
+fn to_keys(rows: Vec<KeyRow>) -> Result<Vec<ApiKey>, StoreError> {
+    rows.into_iter().map(ApiKey::try_from).collect()
+}
+
+impl KeyStore for Database {
+    fn insert(&self, key: &ApiKey) -> Result<(), StoreError> {
+        let scopes = key.scopes.to_string();
+        with_connection!(self, |conn, t| {
+            diesel::insert_into(t::table)
+                .values((
+                    t::api_key_id.eq(key.id.as_str()),
+                    t::key_hash.eq(&key.hash.as_bytes()[..]),
+                    t::key_hint.eq(&key.hint),
+                    t::name.eq(&key.name),
+                    t::owner_id.eq(&key.owner_id),
+                    t::scopes.eq(&scopes),
+                    t::expires_at.eq(key.expires_at),
+                    t::created_at.eq(key.created_at),
+                    t::last_used_at.eq(key.last_used_at),
+                    t::is_revoked.eq(key.is_revoked()),
+                    t::revoked_at.eq(key.revoked_at),
+                ))
+                .execute(conn)
+                .map(drop)
+                .map_err(query_error)
+        })
+    }
+
+    fn find_by_hash(&self, hash: &KeyHash) -> Result<Option<ApiKey>, StoreError> {
+        let row: Option<KeyRow> = with_connection!(self, |conn, t| {
+            t::table
+                .filter(t::key_hash.eq(&hash.as_bytes()[..]))
+                .first(conn)
+                .optional()
+                .map_err(query_error)?
+        });
+        row.map(ApiKey::try_from).transpose()
+    }
+
+    fn list_by_owner(&self, owner_id: &str) -> Result<Vec<ApiKey>, StoreError> {
+        let rows: Vec<KeyRow> = with_connection!(self, |conn, t| {
+            t::table
+                .filter(t::owner_id.eq(owner_id))
+                .order((t::created_at.desc(), t::api_key_id.desc()))
+                .load(conn)
+                .map_err(query_error)?
+        });
+        to_keys(rows)
+    }
+
+    fn revoke(
+        &self,
+        id: &ApiKeyId,
+        owner_id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<Option<ApiKey>, StoreError> {
+        let row: Option<KeyRow> = with_connection!(self, |conn, t| {
+            conn.transaction(|conn| {
+                let key = t::table
+                    .filter(t::api_key_id.eq(id.as_str()))
+                    .filter(t::owner_id.eq(owner_id));
+                diesel::update(key.filter(t::is_revoked.eq(false)))
+                    .set((t::is_revoked.eq(true), t::revoked_at.eq(Some(at))))
+                    .execute(conn)?;
+                key.first(conn).optional()
+            })
+            .map_err(query_error)?
+        });
+        row.map(ApiKey::try_from).transpose()
+    }
+
+    fn record_last_used(&self, uses: &[(ApiKeyId, DateTime<Utc>)]) -> Result<usize, StoreError> {
+        let mut changed = 0;
+        for chunk in uses.chunks(LAST_USED_CHUNK) {
+            changed += match &self.pools {
+                Pools::Sqlite(pool) => {
+                    let mut conn = pool.get().map_err(unavailable)?;
+                    let sql = last_used_sql(chunk.len(), |_| "(?, ?)".to_owned());
+                    let mut query = diesel::sql_query(sql).into_boxed();
+                    for (id, at) in chunk {
+                        query = query
+                            .bind::<Text, _>(id.as_str())
+                            .bind::<TimestamptzSqlite, _>(*at);
+                    }
+                    query.execute(&mut *conn).map_err(query_error)?
+                }
+                Pools::Postgres(pool) => {
+                    let mut conn = pool.get().map_err(unavailable)?;
+                    let sql =
+                        last_used_sql(chunk.len(), |i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2));
+                    let mut query = diesel::sql_query(sql).into_boxed();
+                    for (id, at) in chunk {
+                        query = query
+                            .bind::<Text, _>(id.as_str())
+                            .bind::<Timestamptz, _>(*at);
+                    }
+                    query.execute(&mut *conn).map_err(query_error)?
+                }
+            };
+        }
+        Ok(changed)
+    }
+}
+
+/// One UPDATE for a whole batch of uses: `(id, time)` pairs joined as a VALUES list.
+fn last_used_sql(rows: usize, placeholder: impl Fn(usize) -> String) -> String {
+    let values: Vec<String> = (0..rows).map(placeholder).collect();
+    format!(
+        "UPDATE api_keys SET last_used_at = v.column2 FROM (VALUES {}) AS v \
+         WHERE api_keys.api_key_id = v.column1 \
+         AND (api_keys.last_used_at IS NULL OR api_keys.last_used_at < v.column2)",
+        values.join(", ")
+    )
+}

@@ -1,0 +1,51 @@
+//! The row as diesel reads it, and its conversion to the domain's [`ApiKey`].
+
+use chrono::{DateTime, Utc};
+use diesel::Queryable;
+use keygate_core::{ApiKey, ApiKeyId, KeyHash, ScopeSet, StoreError};
+
+/// One `api_keys` row, in column order (`api_keys::all_columns`).
+#[derive(Queryable)]
+pub struct KeyRow {
+    pub api_key_id: String,
+    pub key_hash: Vec<u8>,
+    pub key_hint: String,
+    pub name: String,
+    pub owner_id: String,
+    pub scopes: String,
+    pub expires_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub is_revoked: bool,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl TryFrom<KeyRow> for ApiKey {
+    type Error = StoreError;
+
+    fn try_from(row: KeyRow) -> Result<Self, StoreError> {
+        let corrupt = |what: &str| StoreError::Internal(format!("row {}: {what}", row.api_key_id));
+        let hash = KeyHash::from_bytes(&row.key_hash)
+            .ok_or_else(|| corrupt("key_hash is not 32 bytes"))?;
+        let scopes: Vec<&str> = row.scopes.split_whitespace().collect();
+        let scopes = ScopeSet::parse(&scopes).map_err(|e| corrupt(&e.to_string()))?;
+        // A row revoked without a time (only possible by hand) still counts as revoked.
+        let revoked_at = match (row.is_revoked, row.revoked_at) {
+            (true, None) => Some(row.created_at),
+            (true, at) => at,
+            (false, _) => None,
+        };
+        Ok(ApiKey {
+            id: ApiKeyId::new(row.api_key_id),
+            hash,
+            hint: row.key_hint,
+            name: row.name,
+            owner_id: row.owner_id,
+            scopes,
+            expires_at: row.expires_at,
+            created_at: row.created_at,
+            last_used_at: row.last_used_at,
+            revoked_at,
+        })
+    }
+}

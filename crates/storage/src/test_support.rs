@@ -1,0 +1,102 @@
+//! Throwaway databases for tests: a fresh SQLite file, or a private schema in the
+//! PostgreSQL server named by [`POSTGRES_URL_VAR`], dropped when the guard is.
+
+use std::path::PathBuf;
+
+use diesel::prelude::*;
+use diesel::{Connection, PgConnection};
+
+use crate::url::DatabaseUrl;
+
+/// The environment variable naming the PostgreSQL server for tests, for example
+/// `postgres://postgres@127.0.0.1:5432/test`.
+pub const POSTGRES_URL_VAR: &str = "KEYGATE_TEST_POSTGRES_URL";
+
+/// A database that exists for one test.
+pub struct TestDatabase {
+    /// The URL that reaches it.
+    pub url: DatabaseUrl,
+    /// The raw URL string, as it would appear in configuration.
+    pub url_string: String,
+    cleanup: Cleanup,
+}
+
+enum Cleanup {
+    Sqlite(#[allow(dead_code)] tempfile::TempDir, PathBuf),
+    Postgres { server: String, schema: String },
+}
+
+impl TestDatabase {
+    /// A fresh SQLite file in a temporary folder.
+    pub fn sqlite() -> Self {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let path = dir.path().join("keygate.db");
+        let url_string = format!("sqlite://{}", path.display());
+        TestDatabase {
+            url: DatabaseUrl::Sqlite(path.clone()),
+            url_string,
+            cleanup: Cleanup::Sqlite(dir, path),
+        }
+    }
+
+    /// A fresh, empty schema on the test PostgreSQL server, reached through a URL whose
+    /// `search_path` points at it. `None`, after saying so on stderr, when
+    /// [`POSTGRES_URL_VAR`] is unset; under CI (`CI` set) a missing server is a failure.
+    pub fn postgres() -> Option<Self> {
+        let Ok(server) = std::env::var(POSTGRES_URL_VAR) else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{POSTGRES_URL_VAR} must be set in CI: the PostgreSQL tests may not be skipped"
+            );
+            eprintln!("skipped: PostgreSQL test ({POSTGRES_URL_VAR} is unset)");
+            return None;
+        };
+        let schema = format!("keygate_test_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = PgConnection::establish(&server)
+            .unwrap_or_else(|e| panic!("{POSTGRES_URL_VAR} does not reach PostgreSQL: {e}"));
+        diesel::sql_query(format!("CREATE SCHEMA {schema}"))
+            .execute(&mut conn)
+            .expect("create the test schema");
+        let separator = if server.contains('?') { '&' } else { '?' };
+        let url_string = format!("{server}{separator}options=-csearch_path%3D{schema}");
+        Some(TestDatabase {
+            url: DatabaseUrl::Postgres(url_string.clone()),
+            url_string,
+            cleanup: Cleanup::Postgres { server, schema },
+        })
+    }
+
+    /// Both backends: SQLite always, PostgreSQL when configured.
+    pub fn all() -> Vec<Self> {
+        std::iter::once(Self::sqlite())
+            .chain(Self::postgres())
+            .collect()
+    }
+
+    /// The SQLite file, for tests that read it raw.
+    pub fn sqlite_path(&self) -> Option<&std::path::Path> {
+        match &self.cleanup {
+            Cleanup::Sqlite(_, path) => Some(path),
+            Cleanup::Postgres { .. } => None,
+        }
+    }
+
+    /// The PostgreSQL server URL and schema, for tests that dump it.
+    pub fn postgres_schema(&self) -> Option<(&str, &str)> {
+        match &self.cleanup {
+            Cleanup::Sqlite(..) => None,
+            Cleanup::Postgres { server, schema } => Some((server, schema)),
+        }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        if let Cleanup::Postgres { server, schema } = &self.cleanup {
+            if let Ok(mut conn) = PgConnection::establish(server) {
+                let _ = diesel::sql_query(format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                    .execute(&mut conn);
+            }
+        }
+    }
+}

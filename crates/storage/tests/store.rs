@@ -1,0 +1,268 @@
+//! The storage suite: every test runs against a real SQLite file and, when
+//! KEYGATE_TEST_POSTGRES_URL is set, a private schema on a real PostgreSQL server.
+
+use chrono::{DateTime, Duration, SubsecRound, Utc};
+use keygate_core::{ApiKey, ApiKeyId, KeySpec, KeyStore, PlainKey, StoreError};
+use keygate_storage::test_support::TestDatabase;
+use keygate_storage::{Database, PoolOptions};
+
+fn open(test_db: &TestDatabase) -> Database {
+    Database::connect(&test_db.url, &PoolOptions::default()).expect("the test database opens")
+}
+
+/// Runs `check` once per available backend, each on its own fresh database.
+fn on_each_backend(check: impl Fn(&Database)) {
+    for test_db in TestDatabase::all() {
+        let db = open(&test_db);
+        check(&db);
+    }
+}
+
+fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+fn new_key(owner: &str, scopes: &[&str], created_at: DateTime<Utc>) -> (PlainKey, ApiKey) {
+    let spec = KeySpec::new(
+        "service",
+        owner,
+        scopes,
+        created_at + Duration::days(30),
+        created_at,
+    )
+    .expect("a valid spec");
+    let plain = PlainKey::generate().expect("randomness");
+    let key = ApiKey::issue(spec, &plain, created_at);
+    (plain, key)
+}
+
+#[test]
+fn a_stored_key_is_found_by_its_hash_exactly_as_written() {
+    on_each_backend(|db| {
+        let (plain, key) = new_key("owner_1", &["ledgers:read", "balances:*", "*:read"], now());
+        db.insert(&key).expect("insert");
+        let found = db.find_by_hash(&plain.hash()).expect("lookup");
+        assert_eq!(found.as_ref(), Some(&key), "{}", db.backend());
+    });
+}
+
+#[test]
+fn an_unknown_hash_finds_nothing() {
+    on_each_backend(|db| {
+        let (_, key) = new_key("owner_1", &["ledgers:read"], now());
+        db.insert(&key).expect("insert");
+        let stranger = PlainKey::generate().expect("randomness");
+        assert_eq!(db.find_by_hash(&stranger.hash()).expect("lookup"), None);
+    });
+}
+
+#[test]
+fn a_duplicate_id_or_hash_is_a_conflict() {
+    on_each_backend(|db| {
+        let (_, key) = new_key("owner_1", &["ledgers:read"], now());
+        db.insert(&key).expect("insert");
+        let same_id = ApiKey {
+            hash: PlainKey::generate().expect("randomness").hash(),
+            ..key.clone()
+        };
+        assert!(
+            matches!(db.insert(&same_id), Err(StoreError::Conflict(_))),
+            "{}",
+            db.backend()
+        );
+        let same_hash = ApiKey {
+            id: ApiKeyId::generate(),
+            ..key.clone()
+        };
+        assert!(
+            matches!(db.insert(&same_hash), Err(StoreError::Conflict(_))),
+            "{}",
+            db.backend()
+        );
+    });
+}
+
+#[test]
+fn listing_returns_the_owners_keys_newest_first() {
+    on_each_backend(|db| {
+        let start = now();
+        let (_, oldest) = new_key("alice", &["ledgers:read"], start - Duration::seconds(20));
+        let (_, newest) = new_key("alice", &["ledgers:read"], start);
+        let (_, middle) = new_key(
+            "alice",
+            &["ledgers:read"],
+            start - Duration::milliseconds(1500),
+        );
+        let (_, other) = new_key("bob", &["ledgers:read"], start);
+        for key in [&oldest, &newest, &middle, &other] {
+            db.insert(key).expect("insert");
+        }
+        let listed: Vec<ApiKeyId> = db
+            .list_by_owner("alice")
+            .expect("list")
+            .into_iter()
+            .map(|k| k.id)
+            .collect();
+        assert_eq!(
+            listed,
+            vec![newest.id, middle.id, oldest.id],
+            "{}",
+            db.backend()
+        );
+    });
+}
+
+#[test]
+fn an_owner_without_keys_lists_nothing() {
+    on_each_backend(|db| {
+        assert_eq!(db.list_by_owner("nobody").expect("list"), Vec::new());
+    });
+}
+
+#[test]
+fn revoking_marks_the_key_and_keeps_the_first_revocation_time() {
+    on_each_backend(|db| {
+        let (plain, key) = new_key("alice", &["ledgers:read"], now());
+        db.insert(&key).expect("insert");
+        let first = now();
+        let revoked = db
+            .revoke(&key.id, "alice", first)
+            .expect("revoke")
+            .expect("found");
+        assert_eq!(revoked.revoked_at, Some(first));
+        let again = db
+            .revoke(&key.id, "alice", first + Duration::seconds(5))
+            .expect("revoke")
+            .expect("found");
+        assert_eq!(again.revoked_at, Some(first), "{}", db.backend());
+        let stored = db
+            .find_by_hash(&plain.hash())
+            .expect("lookup")
+            .expect("found");
+        assert!(stored.is_revoked());
+    });
+}
+
+#[test]
+fn another_owners_key_is_never_revoked() {
+    on_each_backend(|db| {
+        let (plain, key) = new_key("alice", &["ledgers:read"], now());
+        db.insert(&key).expect("insert");
+        assert_eq!(db.revoke(&key.id, "mallory", now()).expect("revoke"), None);
+        assert_eq!(
+            db.revoke(&ApiKeyId::new("api_key_missing"), "alice", now())
+                .expect("revoke"),
+            None
+        );
+        let stored = db
+            .find_by_hash(&plain.hash())
+            .expect("lookup")
+            .expect("found");
+        assert!(!stored.is_revoked(), "{}", db.backend());
+    });
+}
+
+#[test]
+fn last_used_is_written_in_one_batch_and_never_moves_back() {
+    on_each_backend(|db| {
+        let start = now();
+        let keys: Vec<(PlainKey, ApiKey)> = (0..3)
+            .map(|_| new_key("alice", &["ledgers:read"], start))
+            .collect();
+        for (_, key) in &keys {
+            db.insert(key).expect("insert");
+        }
+        let later = start + Duration::seconds(10);
+        let uses: Vec<(ApiKeyId, DateTime<Utc>)> =
+            keys.iter().map(|(_, k)| (k.id.clone(), later)).collect();
+        assert_eq!(
+            db.record_last_used(&uses).expect("record"),
+            3,
+            "{}",
+            db.backend()
+        );
+
+        let stale = vec![(keys[0].1.id.clone(), start + Duration::seconds(1))];
+        assert_eq!(
+            db.record_last_used(&stale).expect("record"),
+            0,
+            "{}",
+            db.backend()
+        );
+        let found = db
+            .find_by_hash(&keys[0].0.hash())
+            .expect("lookup")
+            .expect("found");
+        assert_eq!(found.last_used_at, Some(later), "{}", db.backend());
+    });
+}
+
+#[test]
+fn last_used_batches_larger_than_one_statement_are_all_written() {
+    on_each_backend(|db| {
+        let start = now();
+        let keys: Vec<ApiKey> = (0..1203)
+            .map(|_| new_key("bulk", &["ledgers:read"], start).1)
+            .collect();
+        for key in &keys {
+            db.insert(key).expect("insert");
+        }
+        let uses: Vec<(ApiKeyId, DateTime<Utc>)> =
+            keys.iter().map(|k| (k.id.clone(), start)).collect();
+        assert_eq!(
+            db.record_last_used(&uses).expect("record"),
+            keys.len(),
+            "{}",
+            db.backend()
+        );
+        assert!(
+            db.list_by_owner("bulk")
+                .expect("list")
+                .iter()
+                .all(|k| k.last_used_at == Some(start))
+        );
+    });
+}
+
+#[test]
+fn concurrent_writers_all_succeed() {
+    on_each_backend(|db| {
+        let written: Vec<ApiKey> = std::thread::scope(|scope| {
+            let writers: Vec<_> = (0..8)
+                .map(|_| {
+                    scope.spawn(|| {
+                        (0..25)
+                            .map(|_| {
+                                let (_, key) = new_key("busy", &["ledgers:read"], now());
+                                db.insert(&key).expect("a concurrent insert succeeds");
+                                db.revoke(&key.id, "busy", now())
+                                    .expect("a concurrent revoke succeeds");
+                                key
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            writers
+                .into_iter()
+                .flat_map(|w| w.join().expect("writer thread"))
+                .collect()
+        });
+        let listed = db.list_by_owner("busy").expect("list");
+        assert_eq!(listed.len(), written.len(), "{}", db.backend());
+        assert!(listed.iter().all(ApiKey::is_revoked));
+    });
+}
+
+#[test]
+fn reopening_a_migrated_database_keeps_its_keys() {
+    for test_db in TestDatabase::all() {
+        let (plain, key) = new_key("alice", &["ledgers:read"], now());
+        open(&test_db).insert(&key).expect("insert");
+        let reopened = open(&test_db);
+        assert_eq!(
+            reopened.find_by_hash(&plain.hash()).expect("lookup"),
+            Some(key)
+        );
+    }
+}
