@@ -1,1 +1,150 @@
+//! keygate's HTTP service: Blnk-compatible `/api-keys` endpoints behind an auth guard
+//! that accepts the master key or a scoped API key.
+//!
+//! [`app::app`] builds the actix-web application from an [`AppState`]; [`serve`] is
+//! what the `keygate` binary runs: read [`Settings`], find or create the master key,
+//! open and migrate the database, then serve until stopped, writing key usage in the
+//! background and once more on the way out.
 
+pub mod api_keys;
+pub mod app;
+pub mod error;
+pub mod guard;
+pub mod master_key;
+pub mod settings;
+pub mod state;
+pub mod usage;
+
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix_web::{HttpServer, web};
+use keygate_core::KeyStore;
+use keygate_storage::{Database, DatabaseUrl, PoolOptions};
+use secrecy::SecretString;
+
+pub use app::app;
+pub use error::ApiError;
+pub use settings::Settings;
+pub use state::AppState;
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is unusable.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The master key could not be read or created.
+    #[error("master key: {0}")]
+    MasterKey(#[from] std::io::Error),
+    /// The database could not be opened or migrated.
+    #[error("database: {0}")]
+    Database(#[from] keygate_core::StoreError),
+}
+
+/// Opens the configured database, migrating it.
+pub async fn open_database(settings: &Settings) -> Result<Arc<Database>, StartError> {
+    let url = DatabaseUrl::parse(&settings.database.url)
+        .map_err(|e| StartError::Config(e.to_string()))?;
+    let options = PoolOptions {
+        max_size: settings.database.pool_size,
+        connection_timeout: settings.database.pool_timeout(),
+        ..PoolOptions::default()
+    };
+    let database = tokio::task::spawn_blocking(move || Database::connect(&url, &options))
+        .await
+        .map_err(|e| StartError::Config(format!("opening the database panicked: {e}")))??;
+    Ok(Arc::new(database))
+}
+
+/// The master key to use: configured, or kept in (and if need be generated into) its
+/// file. `None` when secure mode is off.
+pub fn master_key(settings: &Settings) -> Result<Option<SecretString>, StartError> {
+    if !settings.server.secure {
+        return Ok(None);
+    }
+    let url = DatabaseUrl::parse(&settings.database.url)
+        .map_err(|e| StartError::Config(e.to_string()))?;
+    let path = settings
+        .server
+        .secret_key_file
+        .clone()
+        .unwrap_or_else(|| master_key::default_path(&url));
+    let (key, origin) = master_key::resolve(settings.server.secret_key.clone(), &path)?;
+    match origin {
+        master_key::Origin::Configured => {}
+        master_key::Origin::File(path) => {
+            tracing::info!(path = %path.display(), "using the master key kept in this file");
+        }
+        master_key::Origin::Generated(path) => {
+            let shown = path.canonicalize().unwrap_or(path);
+            eprintln!(
+                "keygate: no master key was configured, so one was generated and saved to\n  {}\n\
+                 (readable only by you). Authenticate with: -H \"X-Blnk-Key: $(cat {})\"\n\
+                 Set server.secret_key (KEYGATE_SERVER__SECRET_KEY) to choose your own.",
+                shown.display(),
+                shown.display()
+            );
+        }
+    }
+    Ok(Some(key))
+}
+
+/// Runs the service until it is stopped (SIGINT or SIGTERM).
+pub async fn serve(settings: Settings) -> Result<(), StartError> {
+    let master = master_key(&settings)?;
+    if !settings.server.secure {
+        tracing::warn!(
+            "SECURE MODE IS OFF: requests are not authenticated and every caller acts as the \
+             master key. Never run like this where the port can be reached by others."
+        );
+    }
+    let database = open_database(&settings).await?;
+    tracing::info!(backend = %database.backend(), "database ready");
+    let store: Arc<dyn KeyStore> = database;
+    let state = web::Data::new(AppState::new(
+        store.clone(),
+        settings.server.secure,
+        master.as_ref(),
+        &settings.auth,
+    ));
+    let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
+        .map_err(|e| {
+            StartError::Config(format!(
+                "cannot listen on {}:{}: {e}",
+                settings.server.host, settings.server.port
+            ))
+        })?;
+    tracing::info!(address = %listener.local_addr()?, "keygate listening");
+    run(state, listener, &settings).await?;
+    Ok(())
+}
+
+/// Serves `state` on `listener` until stopped, then writes pending key usage.
+pub async fn run(
+    state: web::Data<AppState>,
+    listener: TcpListener,
+    settings: &Settings,
+) -> std::io::Result<()> {
+    let flusher = actix_web::rt::spawn(usage::flush_periodically(
+        state.usage(),
+        state.store(),
+        settings.auth.last_used_flush(),
+    ));
+    let app_state = state.clone();
+    let mut server = HttpServer::new(move || app(app_state.clone())).listen(listener)?;
+    if let Some(workers) = settings.server.workers {
+        server = server.workers(workers);
+    }
+    let result = server.run().await;
+    flusher.abort();
+    let (usage, store) = (state.usage(), state.store());
+    match web::block(move || usage.flush(&*store)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "could not record the last key usage before stopping")
+        }
+        Err(error) => tracing::error!(%error, "final usage flush failed"),
+    }
+    result
+}

@@ -19,7 +19,7 @@ const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrati
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/sqlite");
 
 /// Serializes concurrent migrations of instances sharing one PostgreSQL database.
-const MIGRATION_LOCK: i64 = 0x6b65_7967_6174_65;
+const MIGRATION_LOCK: i64 = 0x006b_6579_6761_7465;
 
 /// How many rows one `last_used_at` statement updates at most (bind limits of both backends).
 const LAST_USED_CHUNK: usize = 500;
@@ -31,6 +31,8 @@ pub struct PoolOptions {
     pub max_size: u32,
     /// How long to wait for a connection before the database counts as unavailable.
     pub connection_timeout: Duration,
+    /// Connections kept open while idle; more are opened on demand up to `max_size`.
+    pub min_idle: u32,
 }
 
 impl Default for PoolOptions {
@@ -38,6 +40,7 @@ impl Default for PoolOptions {
         PoolOptions {
             max_size: 8,
             connection_timeout: Duration::from_secs(5),
+            min_idle: 1,
         }
     }
 }
@@ -88,6 +91,7 @@ impl Database {
                 let pool = Pool::builder()
                     .max_size(options.max_size)
                     .connection_timeout(options.connection_timeout)
+                    .min_idle(Some(options.min_idle))
                     .connection_customizer(Box::new(SqliteSettings))
                     .build(manager)
                     .map_err(unavailable)?;
@@ -102,6 +106,7 @@ impl Database {
                 let pool = Pool::builder()
                     .max_size(options.max_size)
                     .connection_timeout(options.connection_timeout)
+                    .min_idle(Some(options.min_idle))
                     .build(manager)
                     .map_err(unavailable)?;
                 let mut conn = pool.get().map_err(unavailable)?;

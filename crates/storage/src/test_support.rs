@@ -92,11 +92,11 @@ impl TestDatabase {
 
 impl Drop for TestDatabase {
     fn drop(&mut self) {
-        if let Cleanup::Postgres { server, schema } = &self.cleanup {
-            if let Ok(mut conn) = PgConnection::establish(server) {
-                let _ = diesel::sql_query(format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-                    .execute(&mut conn);
-            }
+        if let Cleanup::Postgres { server, schema } = &self.cleanup
+            && let Ok(mut conn) = PgConnection::establish(server)
+        {
+            let _ = diesel::sql_query(format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                .execute(&mut conn);
         }
     }
 }

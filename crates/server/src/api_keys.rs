@@ -1,0 +1,185 @@
+//! `/api-keys`: create, list and revoke keys, under Blnk's owner rules.
+
+use actix_web::http::header::{CacheControl, CacheDirective};
+use actix_web::{HttpResponse, web};
+use chrono::{DateTime, Utc};
+use keygate_core::api_key::validate_owner;
+use keygate_core::{ApiKey, ApiKeyId, KeySpec, PlainKey, ScopeSet, ValidationError};
+use serde::{Deserialize, Serialize};
+
+use crate::error::ApiError;
+use crate::guard::Caller;
+use crate::state::AppState;
+
+/// Routes under `/api-keys`; they expect the guard in front of them.
+pub fn routes(config: &mut web::ServiceConfig) {
+    config.service(
+        web::scope("/api-keys")
+            .service(
+                web::resource("")
+                    .route(web::post().to(create))
+                    .route(web::get().to(list))
+                    .default_service(web::to(method_not_allowed)),
+            )
+            .service(
+                web::resource("/{id}")
+                    .route(web::delete().to(revoke))
+                    .default_service(web::to(method_not_allowed)),
+            )
+            .default_service(web::to(not_found)),
+    );
+}
+
+async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed)
+}
+
+/// Answers a path no route matches.
+pub async fn not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::RouteNotFound)
+}
+
+/// `POST /api-keys`. Fields other than these are ignored, so nothing else can be set.
+#[derive(Debug, Deserialize)]
+struct CreateKey {
+    name: String,
+    owner: String,
+    scopes: Vec<String>,
+    expires_at: String,
+}
+
+/// `?owner=` on list and revoke.
+#[derive(Debug, Deserialize)]
+pub struct OwnerQuery {
+    owner: Option<String>,
+}
+
+impl OwnerQuery {
+    /// The owner named, if any: an empty `owner=` names none, as in Blnk.
+    fn owner(&self) -> Result<Option<String>, ValidationError> {
+        match self.owner.as_deref() {
+            None | Some("") => Ok(None),
+            Some(owner) => validate_owner(owner).map(Some),
+        }
+    }
+}
+
+/// Blnk's "never used" time, the zero of Go's `time.Time`.
+const NEVER: &str = "0001-01-01T00:00:00Z";
+
+/// The key object on the wire.
+#[derive(Debug, Serialize)]
+struct KeyView<'a> {
+    api_key_id: &'a str,
+    /// The plaintext on creation; a hint otherwise.
+    key: &'a str,
+    name: &'a str,
+    owner_id: &'a str,
+    scopes: &'a ScopeSet,
+    expires_at: DateTime<Utc>,
+    created_at: DateTime<Utc>,
+    #[serde(serialize_with = "last_used")]
+    last_used_at: Option<DateTime<Utc>>,
+    is_revoked: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    revoked_at: Option<DateTime<Utc>>,
+}
+
+fn last_used<S: serde::Serializer>(
+    at: &Option<DateTime<Utc>>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match at {
+        Some(at) => serde::Serialize::serialize(at, serializer),
+        None => serializer.serialize_str(NEVER),
+    }
+}
+
+impl<'a> KeyView<'a> {
+    fn new(key: &'a ApiKey, shown: &'a str) -> Self {
+        KeyView {
+            api_key_id: key.id.as_str(),
+            key: shown,
+            name: &key.name,
+            owner_id: &key.owner_id,
+            scopes: &key.scopes,
+            expires_at: key.expires_at,
+            created_at: key.created_at,
+            last_used_at: key.last_used_at,
+            is_revoked: key.is_revoked(),
+            revoked_at: key.revoked_at,
+        }
+    }
+}
+
+fn no_store() -> CacheControl {
+    CacheControl(vec![CacheDirective::NoStore])
+}
+
+fn parse_timestamp(field: &'static str, text: &str) -> Result<DateTime<Utc>, ValidationError> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|at| at.with_timezone(&Utc))
+        .map_err(|_| {
+            ValidationError::new(
+                field,
+                "must be an RFC 3339 timestamp, such as 2030-01-01T00:00:00Z",
+            )
+        })
+}
+
+async fn create(
+    state: web::Data<AppState>,
+    Caller(principal): Caller,
+    body: web::Json<CreateKey>,
+) -> Result<HttpResponse, ApiError> {
+    let now = Utc::now();
+    let expires_at = parse_timestamp("expires_at", &body.expires_at)?;
+    let spec = KeySpec::new(&body.name, &body.owner, &body.scopes, expires_at, now)?;
+    principal.may_grant(&spec.owner_id, &spec.scopes)?;
+    let plain = PlainKey::generate().map_err(|error| {
+        tracing::error!(%error, "the operating system's random source failed");
+        ApiError::Internal
+    })?;
+    let key = ApiKey::issue(spec, &plain, now);
+    let stored = key.clone();
+    state.with_store(move |store| store.insert(&stored)).await?;
+    tracing::info!(api_key_id = %key.id, owner_id = %key.owner_id, "API key created");
+    Ok(HttpResponse::Created()
+        .insert_header(no_store())
+        .json(KeyView::new(&key, plain.expose())))
+}
+
+async fn list(
+    state: web::Data<AppState>,
+    Caller(principal): Caller,
+    query: web::Query<OwnerQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let requested = query.owner()?;
+    let owner = principal.target_owner(requested.as_deref())?.to_owned();
+    let keys = state
+        .with_store(move |store| store.list_by_owner(&owner))
+        .await?;
+    let views: Vec<KeyView<'_>> = keys
+        .iter()
+        .map(|key| KeyView::new(key, &key.hint))
+        .collect();
+    Ok(HttpResponse::Ok().insert_header(no_store()).json(views))
+}
+
+async fn revoke(
+    state: web::Data<AppState>,
+    Caller(principal): Caller,
+    id: web::Path<String>,
+    query: web::Query<OwnerQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let requested = query.owner()?;
+    let owner = principal.target_owner(requested.as_deref())?.to_owned();
+    let id = ApiKeyId::new(id.into_inner());
+    let revoked = state
+        .with_store(move |store| store.revoke(&id, &owner, Utc::now()))
+        .await?
+        .ok_or(ApiError::KeyNotFound)?;
+    state.forget(&revoked.hash);
+    tracing::info!(api_key_id = %revoked.id, owner_id = %revoked.owner_id, "API key revoked");
+    Ok(HttpResponse::NoContent().finish())
+}

@@ -1,0 +1,85 @@
+//! The one function that builds the application: routes, guard, limits and error
+//! mapping. `main` and every HTTP test serve this same app.
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::error::{JsonPayloadError, QueryPayloadError};
+use actix_web::middleware::{DefaultHeaders, from_fn};
+use actix_web::{App, HttpRequest, HttpResponse, web};
+use serde_json::json;
+
+use crate::api_keys;
+use crate::error::ApiError;
+use crate::guard::require_key;
+use crate::state::AppState;
+
+/// The largest request body accepted.
+pub const BODY_LIMIT: usize = 1024 * 1024;
+
+/// The keygate application over `state`.
+pub fn app(
+    state: web::Data<AppState>,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    App::new()
+        .app_data(state)
+        .app_data(
+            web::JsonConfig::default()
+                .limit(BODY_LIMIT)
+                .content_type_required(false)
+                .error_handler(json_error),
+        )
+        .app_data(web::QueryConfig::default().error_handler(query_error))
+        .app_data(web::PayloadConfig::default().limit(BODY_LIMIT))
+        .wrap(DefaultHeaders::new().add(("X-Content-Type-Options", "nosniff")))
+        .route("/", web::get().to(root))
+        .route("/health", web::get().to(health))
+        .service(
+            web::scope("")
+                .wrap(from_fn(require_key))
+                .configure(api_keys::routes)
+                .default_service(web::to(api_keys::not_found)),
+        )
+}
+
+async fn root() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "name": "keygate", "version": env!("CARGO_PKG_VERSION") }))
+}
+
+async fn health() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "status": "UP" }))
+}
+
+fn json_error(error: JsonPayloadError, _: &HttpRequest) -> actix_web::Error {
+    let api_error = match error {
+        JsonPayloadError::Overflow { limit }
+        | JsonPayloadError::OverflowKnownLength { limit, .. } => ApiError::PayloadTooLarge(limit),
+        JsonPayloadError::Payload(actix_web::error::PayloadError::Overflow) => {
+            ApiError::PayloadTooLarge(BODY_LIMIT)
+        }
+        JsonPayloadError::ContentType => {
+            ApiError::Malformed("Content-Type must be application/json".into())
+        }
+        JsonPayloadError::Deserialize(error)
+            if error.is_eof() && error.line() == 1 && error.column() == 0 =>
+        {
+            ApiError::Malformed("Request body is empty: a JSON object is required".into())
+        }
+        JsonPayloadError::Deserialize(error) => {
+            ApiError::Malformed(format!("Invalid JSON body: {error}"))
+        }
+        other => ApiError::Malformed(format!("Could not read the request body: {other}")),
+    };
+    api_error.into()
+}
+
+fn query_error(error: QueryPayloadError, _: &HttpRequest) -> actix_web::Error {
+    ApiError::Malformed(format!("Invalid query string: {error}")).into()
+}

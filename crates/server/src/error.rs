@@ -1,0 +1,243 @@
+//! The error envelope: every failure becomes `{"error", "error_detail": {code, message}}`
+//! with one status per code, mapped here and nowhere else.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use keygate_core::{RuleError, StoreError, ValidationError};
+use serde::Serialize;
+use serde_json::Value;
+
+/// Everything a request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// No key on a protected path.
+    #[error("Authentication required. Use X-Blnk-Key header")]
+    MissingKey,
+    /// The key matches no key.
+    #[error("Invalid API key")]
+    InvalidKey,
+    /// The key is revoked or expired.
+    #[error("API key is expired or revoked")]
+    ExpiredKey,
+    /// The principal may not do this.
+    #[error(transparent)]
+    Rule(#[from] RuleError),
+    /// No key with that id for that owner.
+    #[error("API key not found")]
+    KeyNotFound,
+    /// No such route.
+    #[error("Not found")]
+    RouteNotFound,
+    /// The route exists but not for this method.
+    #[error("Method not allowed")]
+    MethodNotAllowed,
+    /// The body or query is not what the endpoint expects.
+    #[error("{0}")]
+    Malformed(String),
+    /// A field is present but unacceptable.
+    #[error(transparent)]
+    Validation(#[from] ValidationError),
+    /// The body is over the limit.
+    #[error("Request body is larger than the limit of {0} bytes")]
+    PayloadTooLarge(usize),
+    /// The database cannot be reached.
+    #[error("The service is temporarily unavailable; retry shortly")]
+    Unavailable,
+    /// A failure that is not the client's: details go to the log, never to the client.
+    #[error("Internal server error")]
+    Internal,
+}
+
+impl ApiError {
+    /// The stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::MissingKey => "AUTH_MISSING_API_KEY",
+            ApiError::InvalidKey => "AUTH_INVALID_API_KEY",
+            ApiError::ExpiredKey => "AUTH_EXPIRED_API_KEY",
+            ApiError::Rule(rule) => match rule {
+                RuleError::UnknownResource => "AUTH_UNKNOWN_RESOURCE",
+                RuleError::MethodNotAllowed(_) | RuleError::InsufficientPermissions(_) => {
+                    "AUTH_INSUFFICIENT_PERMISSIONS"
+                }
+                RuleError::OwnerRequired => "APIKEY_OWNER_REQUIRED",
+                RuleError::CrossOwnerAccess => "AUTH_CROSS_OWNER_ACCESS",
+                RuleError::ScopeEscalation(_) => "AUTH_SCOPE_ESCALATION",
+            },
+            ApiError::KeyNotFound => "APIKEY_NOT_FOUND",
+            ApiError::RouteNotFound => "GEN_NOT_FOUND",
+            ApiError::MethodNotAllowed => "GEN_METHOD_NOT_ALLOWED",
+            ApiError::Malformed(_) => "GEN_MALFORMED_REQUEST",
+            ApiError::Validation(_) => "GEN_VALIDATION_ERROR",
+            ApiError::PayloadTooLarge(_) => "GEN_PAYLOAD_TOO_LARGE",
+            ApiError::Unavailable => "GEN_SERVICE_UNAVAILABLE",
+            ApiError::Internal => "GEN_INTERNAL",
+        }
+    }
+
+    fn details(&self) -> Option<Value> {
+        match self {
+            ApiError::Validation(error) => Some(serde_json::json!({ "field": error.field })),
+            ApiError::Rule(RuleError::ScopeEscalation(scope)) => {
+                Some(serde_json::json!({ "scope": scope.to_string() }))
+            }
+            _ => None,
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Unavailable(reason) => {
+                tracing::warn!(%reason, "database unavailable");
+                ApiError::Unavailable
+            }
+            StoreError::Conflict(reason) | StoreError::Internal(reason) => {
+                tracing::error!(%reason, "database error");
+                ApiError::Internal
+            }
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    error: &'a str,
+    error_detail: Detail<'a>,
+}
+
+#[derive(Serialize)]
+struct Detail<'a> {
+    code: &'a str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    details: Option<Value>,
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::MissingKey | ApiError::InvalidKey | ApiError::ExpiredKey => {
+                StatusCode::UNAUTHORIZED
+            }
+            ApiError::Rule(RuleError::OwnerRequired) => StatusCode::BAD_REQUEST,
+            ApiError::Rule(_) => StatusCode::FORBIDDEN,
+            ApiError::KeyNotFound | ApiError::RouteNotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Malformed(_) | ApiError::Validation(_) => StatusCode::BAD_REQUEST,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let message = self.to_string();
+        let mut response = HttpResponse::build(self.status_code());
+        if matches!(self, ApiError::Unavailable) {
+            response.insert_header(("Retry-After", "1"));
+        }
+        response.json(Envelope {
+            error: &message,
+            error_detail: Detail {
+                code: self.code(),
+                message: &message,
+                details: self.details(),
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::body::MessageBody;
+    use keygate_core::{Action, Resource, Scope};
+
+    fn body(error: ApiError) -> (u16, Value) {
+        let response = error.error_response();
+        let status = response.status().as_u16();
+        let bytes = response
+            .into_body()
+            .try_into_bytes()
+            .expect("a complete body");
+        (status, serde_json::from_slice(&bytes).expect("JSON"))
+    }
+
+    #[test]
+    fn every_error_has_its_status_and_code() {
+        let cases: Vec<(ApiError, u16, &str)> = vec![
+            (ApiError::MissingKey, 401, "AUTH_MISSING_API_KEY"),
+            (ApiError::InvalidKey, 401, "AUTH_INVALID_API_KEY"),
+            (ApiError::ExpiredKey, 401, "AUTH_EXPIRED_API_KEY"),
+            (
+                RuleError::InsufficientPermissions(Scope::new(Resource::Ledgers, Action::Write))
+                    .into(),
+                403,
+                "AUTH_INSUFFICIENT_PERMISSIONS",
+            ),
+            (
+                RuleError::MethodNotAllowed("TRACE".into()).into(),
+                403,
+                "AUTH_INSUFFICIENT_PERMISSIONS",
+            ),
+            (
+                RuleError::UnknownResource.into(),
+                403,
+                "AUTH_UNKNOWN_RESOURCE",
+            ),
+            (
+                RuleError::CrossOwnerAccess.into(),
+                403,
+                "AUTH_CROSS_OWNER_ACCESS",
+            ),
+            (
+                RuleError::ScopeEscalation(Scope::EVERYTHING).into(),
+                403,
+                "AUTH_SCOPE_ESCALATION",
+            ),
+            (
+                RuleError::OwnerRequired.into(),
+                400,
+                "APIKEY_OWNER_REQUIRED",
+            ),
+            (ApiError::KeyNotFound, 404, "APIKEY_NOT_FOUND"),
+            (
+                ApiError::Malformed("x".into()),
+                400,
+                "GEN_MALFORMED_REQUEST",
+            ),
+            (
+                ValidationError::new("name", "bad").into(),
+                400,
+                "GEN_VALIDATION_ERROR",
+            ),
+            (ApiError::PayloadTooLarge(1), 413, "GEN_PAYLOAD_TOO_LARGE"),
+            (ApiError::Unavailable, 503, "GEN_SERVICE_UNAVAILABLE"),
+            (ApiError::Internal, 500, "GEN_INTERNAL"),
+        ];
+        for (error, status, code) in cases {
+            let (got_status, json) = body(error);
+            assert_eq!(got_status, status, "{code}");
+            assert_eq!(json["error_detail"]["code"], code);
+            assert_eq!(json["error"], json["error_detail"]["message"], "{code}");
+        }
+    }
+
+    #[test]
+    fn internal_errors_say_nothing_of_their_cause() {
+        let error = ApiError::from(StoreError::Internal(
+            "relation api_keys does not exist".into(),
+        ));
+        let (_, json) = body(error);
+        assert_eq!(json["error"], "Internal server error");
+    }
+
+    #[test]
+    fn validation_errors_name_the_field() {
+        let (_, json) = body(ValidationError::new("scopes", "unknown action \"update\"").into());
+        assert_eq!(json["error_detail"]["details"]["field"], "scopes");
+        assert_eq!(json["error"], "scopes: unknown action \"update\"");
+    }
+}

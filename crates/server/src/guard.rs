@@ -1,0 +1,95 @@
+//! The auth guard: middleware that turns a request's key into a [`Caller`] allowed to
+//! perform it, or answers with the JSON error. Wrap any scope with
+//! `from_fn(require_key)` to protect it.
+
+use std::future::{Ready, ready};
+
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
+use actix_web::http::header::{AUTHORIZATION, HeaderMap};
+use actix_web::middleware::Next;
+use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
+use keygate_core::Principal;
+use keygate_core::route::{action_for_method, resource_for_path};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The header Blnk's clients send their key in.
+pub const KEY_HEADER: &str = "X-Blnk-Key";
+
+/// The authenticated, authorized caller of a request, as handlers receive it.
+#[derive(Debug, Clone)]
+pub struct Caller(pub Principal);
+
+/// What a request presented as its key: `Ok(None)` when it presented none.
+/// A header that is not valid text is a key that matches nothing.
+pub fn presented_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    if let Some(value) = headers.get(KEY_HEADER) {
+        let key = value.to_str().map_err(|_| ApiError::InvalidKey)?.trim();
+        return Ok((!key.is_empty()).then_some(key));
+    }
+    if let Some(value) = headers.get(AUTHORIZATION) {
+        let value = value.to_str().map_err(|_| ApiError::InvalidKey)?;
+        if let Some((scheme, token)) = value.split_once(' ')
+            && scheme.eq_ignore_ascii_case("bearer")
+            && !token.trim().is_empty()
+        {
+            return Ok(Some(token.trim()));
+        }
+    }
+    Ok(None)
+}
+
+/// Authenticates the request's key and checks its scopes against the request's
+/// resource and action; handlers behind it receive the [`Caller`]. A refusal is answered
+/// here, as a response, so outer middleware (headers, logging) still sees it.
+pub async fn require_key(
+    request: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    match admit(&request).await {
+        Ok(caller) => {
+            request.extensions_mut().insert(caller);
+            Ok(next.call(request).await?.map_into_left_body())
+        }
+        Err(refusal) => Ok(request.error_response(refusal).map_into_right_body()),
+    }
+}
+
+async fn admit(request: &ServiceRequest) -> Result<Caller, ApiError> {
+    let state = request
+        .app_data::<web::Data<AppState>>()
+        .ok_or(ApiError::Internal)?;
+    let principal = state
+        .authenticate(presented_key(request.headers())?)
+        .await?;
+    let method = request.method().as_str();
+    principal.authorize(
+        resource_for_path(request.path()),
+        action_for_method(method).ok_or(method),
+    )?;
+    Ok(Caller(principal))
+}
+
+impl FromRequest for Caller {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(request: &HttpRequest, _: &mut Payload) -> Self::Future {
+        // Only reachable without the guard by a wiring mistake: refuse rather than allow.
+        ready(
+            request
+                .extensions()
+                .get::<Caller>()
+                .cloned()
+                .ok_or_else(|| {
+                    tracing::error!(
+                        path = request.path(),
+                        "handler reached without the auth guard"
+                    );
+                    ApiError::Internal
+                }),
+        )
+    }
+}

@@ -1,0 +1,266 @@
+//! Configuration, read once at start-up: defaults < a TOML file < `KEYGATE_*` environment
+//! < Blnk's environment names.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use config::{Config, ConfigError, Environment, File, FileFormat};
+use secrecy::SecretString;
+use serde::Deserialize;
+
+/// The environment variable that names a configuration file.
+pub const CONFIG_FILE_VAR: &str = "KEYGATE_CONFIG";
+/// The configuration file read from the working folder when [`CONFIG_FILE_VAR`] is unset.
+pub const DEFAULT_CONFIG_FILE: &str = "keygate.toml";
+
+/// Blnk's environment names, honoured so a Blnk deployment's settings carry over; they
+/// take precedence over keygate's own names.
+pub const BLNK_ALIASES: [(&str, &str); 4] = [
+    ("BLNK_SERVER_SECURE", "server.secure"),
+    ("BLNK_SERVER_SECRET_KEY", "server.secret_key"),
+    ("BLNK_SERVER_PORT", "server.port"),
+    ("BLNK_DATA_SOURCE_DNS", "database.url"),
+];
+
+/// All of keygate's settings.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    /// The HTTP server and its authentication.
+    pub server: ServerSettings,
+    /// Where keys are stored.
+    pub database: DatabaseSettings,
+    /// The verified-key cache and usage bookkeeping.
+    pub auth: AuthSettings,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServerSettings {
+    /// Address to bind.
+    pub host: String,
+    /// Port to bind.
+    pub port: u16,
+    /// When false, requests are not authenticated and act as the master key.
+    pub secure: bool,
+    /// The master key. When unset (and secure), one is generated into `secret_key_file`.
+    pub secret_key: Option<SecretString>,
+    /// Where a generated master key is kept; by default beside the SQLite database, or in
+    /// the working folder for PostgreSQL.
+    pub secret_key_file: Option<PathBuf>,
+    /// HTTP worker threads; by default one per core.
+    pub workers: Option<usize>,
+}
+
+/// `[database]`
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseSettings {
+    /// `sqlite://PATH` or `postgres://USER:PASSWORD@HOST:PORT/DB`.
+    pub url: String,
+    /// Most connections in the pool.
+    pub pool_size: u32,
+    /// How long a request waits for a connection before answering 503, in milliseconds.
+    pub pool_timeout_ms: u64,
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuthSettings {
+    /// How long a verified key is trusted from memory before it is read again, in
+    /// milliseconds: the bound on how stale another instance's revocation can be.
+    pub cache_ttl_ms: u64,
+    /// Most keys held in the cache.
+    pub cache_capacity: u64,
+    /// How often pending `last_used_at` updates are written, in milliseconds.
+    pub last_used_flush_ms: u64,
+}
+
+impl DatabaseSettings {
+    /// The pool timeout as a duration.
+    pub fn pool_timeout(&self) -> Duration {
+        Duration::from_millis(self.pool_timeout_ms)
+    }
+}
+
+impl AuthSettings {
+    /// The cache lifetime as a duration.
+    pub fn cache_ttl(&self) -> Duration {
+        Duration::from_millis(self.cache_ttl_ms)
+    }
+
+    /// The usage flush period as a duration.
+    pub fn last_used_flush(&self) -> Duration {
+        Duration::from_millis(self.last_used_flush_ms.max(1))
+    }
+}
+
+const DEFAULTS: &str = r#"
+[server]
+host = "127.0.0.1"
+port = 5001
+secure = true
+
+[database]
+url = "sqlite://keygate.db"
+pool_size = 8
+pool_timeout_ms = 5000
+
+[auth]
+cache_ttl_ms = 1000
+cache_capacity = 100000
+last_used_flush_ms = 1000
+"#;
+
+impl Settings {
+    /// The settings from the process environment (and the file it names, if any).
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let env: HashMap<String, String> = std::env::vars_os()
+            .filter_map(|(key, value)| Some((key.into_string().ok()?, value.into_string().ok()?)))
+            .collect();
+        Self::load(&env)
+    }
+
+    /// The settings with nothing configured.
+    pub fn defaults() -> Self {
+        Self::load(&HashMap::new())
+            .unwrap_or_else(|e| unreachable!("the built-in defaults parse: {e}"))
+    }
+
+    /// The settings from `env` (an environment's variables) and the file it names.
+    pub fn load(env: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let file = match env.get(CONFIG_FILE_VAR) {
+            Some(path) => File::from(PathBuf::from(path)).required(true),
+            None => File::from(PathBuf::from(DEFAULT_CONFIG_FILE)).required(false),
+        };
+        let keygate_env: HashMap<String, String> = env
+            .iter()
+            .filter(|(key, _)| key.starts_with("KEYGATE_") && key.as_str() != CONFIG_FILE_VAR)
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect();
+        let mut builder = Config::builder()
+            .add_source(File::from_str(DEFAULTS, FileFormat::Toml))
+            .add_source(file)
+            .add_source(
+                Environment::with_prefix("KEYGATE")
+                    .prefix_separator("_")
+                    .separator("__")
+                    .source(Some(keygate_env)),
+            );
+        for (variable, key) in BLNK_ALIASES {
+            if let Some(value) = env.get(variable) {
+                builder = builder.set_override(key, value.as_str())?;
+            }
+        }
+        let mut settings: Settings = builder.build()?.try_deserialize()?;
+        if settings
+            .server
+            .secret_key
+            .as_ref()
+            .is_some_and(|key| secrecy::ExposeSecret::expose_secret(key).trim().is_empty())
+        {
+            settings.server.secret_key = None;
+        }
+        Ok(settings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn secret(settings: &Settings) -> Option<&str> {
+        settings
+            .server
+            .secret_key
+            .as_ref()
+            .map(|key| key.expose_secret())
+    }
+
+    #[test]
+    fn nothing_configured_is_secure_sqlite_on_5001() {
+        let settings = Settings::load(&env(&[])).expect("defaults load");
+        assert_eq!(settings.server.host, "127.0.0.1");
+        assert_eq!(settings.server.port, 5001);
+        assert!(settings.server.secure);
+        assert_eq!(secret(&settings), None);
+        assert_eq!(settings.database.url, "sqlite://keygate.db");
+    }
+
+    #[test]
+    fn keygate_variables_set_nested_keys() {
+        let settings = Settings::load(&env(&[
+            ("KEYGATE_SERVER__PORT", "6001"),
+            ("KEYGATE_SERVER__SECRET_KEY", "12345"),
+            ("KEYGATE_SERVER__SECURE", "false"),
+            ("KEYGATE_DATABASE__URL", "postgres://u@h/db"),
+            ("KEYGATE_AUTH__CACHE_TTL_MS", "250"),
+        ]))
+        .expect("loads");
+        assert_eq!(settings.server.port, 6001);
+        assert_eq!(secret(&settings), Some("12345"));
+        assert!(!settings.server.secure);
+        assert_eq!(settings.database.url, "postgres://u@h/db");
+        assert_eq!(settings.auth.cache_ttl(), Duration::from_millis(250));
+    }
+
+    #[test]
+    fn blnk_names_are_honoured_and_win() {
+        let settings = Settings::load(&env(&[
+            ("KEYGATE_SERVER__PORT", "6001"),
+            ("KEYGATE_SERVER__SECRET_KEY", "keygate-name"),
+            ("BLNK_SERVER_PORT", "7001"),
+            ("BLNK_SERVER_SECRET_KEY", "blnk-name"),
+            ("BLNK_SERVER_SECURE", "false"),
+            ("BLNK_DATA_SOURCE_DNS", "postgres://blnk@db/blnk"),
+        ]))
+        .expect("loads");
+        assert_eq!(settings.server.port, 7001);
+        assert_eq!(secret(&settings), Some("blnk-name"));
+        assert!(!settings.server.secure);
+        assert_eq!(settings.database.url, "postgres://blnk@db/blnk");
+    }
+
+    #[test]
+    fn a_config_file_sits_between_defaults_and_environment() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("custom.toml");
+        std::fs::write(&path, "[server]\nport = 6500\nhost = \"0.0.0.0\"\n").expect("write");
+        let path = path.to_string_lossy().into_owned();
+        let from_file = Settings::load(&env(&[(CONFIG_FILE_VAR, &path)])).expect("loads");
+        assert_eq!(
+            (from_file.server.host.as_str(), from_file.server.port),
+            ("0.0.0.0", 6500)
+        );
+        let overridden = Settings::load(&env(&[
+            (CONFIG_FILE_VAR, &path),
+            ("KEYGATE_SERVER__PORT", "6600"),
+        ]))
+        .expect("loads");
+        assert_eq!(overridden.server.port, 6600);
+    }
+
+    #[test]
+    fn a_named_config_file_must_exist() {
+        assert!(Settings::load(&env(&[(CONFIG_FILE_VAR, "/nonexistent/keygate.toml")])).is_err());
+    }
+
+    #[test]
+    fn a_blank_secret_key_counts_as_unset() {
+        let settings = Settings::load(&env(&[("BLNK_SERVER_SECRET_KEY", "  ")])).expect("loads");
+        assert_eq!(secret(&settings), None);
+    }
+
+    #[test]
+    fn a_bad_value_is_an_error_not_a_default() {
+        assert!(Settings::load(&env(&[("BLNK_SERVER_PORT", "not-a-port")])).is_err());
+        assert!(Settings::load(&env(&[("KEYGATE_SERVER__SECURE", "maybe")])).is_err());
+    }
+}
