@@ -1,0 +1,189 @@
+//! The `keygate` binary as an operator runs it: no configuration at all, keygate's own
+//! environment names, and Blnk's.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use keygate_storage::test_support::TestDatabase;
+
+/// A running `keygate`, stopped when dropped.
+struct Running {
+    child: Child,
+    port: u16,
+}
+
+impl Running {
+    /// Starts the binary in `dir` with only `env` (and PATH) in its environment, and
+    /// waits until it answers `/health`.
+    fn start(dir: &Path, port: u16, env: &[(&str, &str)]) -> Self {
+        let stderr = File::create(dir.join("stderr.log")).expect("a log file");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_keygate"));
+        command
+            .current_dir(dir)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let child = command.spawn().expect("the binary starts");
+        let mut running = Running { child, port };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = running.child.try_wait().expect("process status") {
+                panic!("keygate exited with {status}: {}", log(dir));
+            }
+            if matches!(http(port, "GET", "/health", None), Some((200, _))) {
+                return running;
+            }
+            assert!(Instant::now() < deadline, "keygate did not answer on {port}: {}", log(dir));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn get(&self, path: &str, key: Option<&str>) -> (u16, String) {
+        http(self.port, "GET", path, key).expect("keygate answers")
+    }
+
+    /// Stops the process with SIGTERM and waits for it.
+    fn stop(mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("process status") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "keygate did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn log(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default()
+}
+
+/// One HTTP/1.1 request; `None` when nothing listens.
+fn http(port: u16, method: &str, path: &str, key: Option<&str>) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let key_header = key.map(|key| format!("X-Blnk-Key: {key}\r\n")).unwrap_or_default();
+    write!(stream, "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{key_header}Connection: close\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split(' ').nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
+    Some((status, body))
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free port")
+}
+
+#[test]
+fn with_no_configuration_it_serves_on_5001_with_a_generated_master_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Running::start(dir.path(), 5001, &[]);
+    let key_file = dir.path().join("keygate-master.key");
+    let master = std::fs::read_to_string(&key_file).expect("the master key file exists");
+    let master = master.trim().to_owned();
+    assert_eq!(master.len(), 44);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key_file).expect("metadata").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "readable only by its owner");
+    }
+    assert!(dir.path().join("keygate.db").exists(), "SQLite is the default");
+    let first_log = log(dir.path());
+    assert!(first_log.contains("keygate-master.key"), "the user is told where the key is: {first_log}");
+    assert!(!first_log.contains(&master), "the key itself is never printed");
+    assert_eq!(server.get("/api-keys?owner=me", Some(&master)).0, 200);
+    assert_eq!(server.get("/api-keys?owner=me", None).0, 401, "secure by default");
+    assert!(server.stop().success(), "a SIGTERM stop exits 0");
+
+    let server = Running::start(dir.path(), 5001, &[]);
+    assert_eq!(server.get("/api-keys?owner=me", Some(&master)).0, 200, "the same key on the next start");
+    assert!(!log(dir.path()).contains("generated"), "the creation notice is printed once only");
+}
+
+#[test]
+fn keygate_environment_names_configure_the_server() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let url = format!("sqlite://{}", dir.path().join("data").join("keys.db").display());
+    let server = Running::start(
+        dir.path(),
+        port,
+        &[
+            ("KEYGATE_SERVER__PORT", &port.to_string()),
+            ("KEYGATE_SERVER__SECRET_KEY", "keygate-env-master"),
+            ("KEYGATE_DATABASE__URL", &url),
+        ],
+    );
+    assert_eq!(server.get("/api-keys?owner=me", Some("keygate-env-master")).0, 200);
+    assert!(dir.path().join("data").join("keys.db").exists());
+    assert!(!dir.path().join("keygate-master.key").exists(), "no key is generated when one is configured");
+}
+
+#[test]
+fn blnk_environment_names_configure_the_server() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let db = TestDatabase::postgres().unwrap_or_else(TestDatabase::sqlite);
+    let server = Running::start(
+        dir.path(),
+        port,
+        &[
+            ("BLNK_SERVER_PORT", &port.to_string()),
+            ("BLNK_SERVER_SECRET_KEY", "blnk-env-master"),
+            ("BLNK_DATA_SOURCE_DNS", &db.url_string),
+            ("BLNK_SERVER_SECURE", "true"),
+        ],
+    );
+    assert_eq!(server.get("/api-keys?owner=me", Some("blnk-env-master")).0, 200);
+    assert_eq!(server.get("/api-keys?owner=me", Some("wrong")).0, 401);
+    drop(server);
+
+    let port = free_port();
+    let open = Running::start(
+        dir.path(),
+        port,
+        &[
+            ("BLNK_SERVER_PORT", &port.to_string()),
+            ("BLNK_DATA_SOURCE_DNS", &db.url_string),
+            ("BLNK_SERVER_SECURE", "false"),
+        ],
+    );
+    assert_eq!(open.get("/api-keys?owner=me", None).0, 200, "BLNK_SERVER_SECURE=false turns checks off");
+    assert!(log(dir.path()).contains("SECURE MODE IS OFF"), "and says so loudly");
+}
+
+#[test]
+fn a_bad_configuration_stops_with_a_clear_message() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .current_dir(dir.path())
+        .env_clear()
+        .env("KEYGATE_DATABASE__URL", "mysql://root@localhost/keys")
+        .output()
+        .expect("the binary runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("unsupported database URL"), "{stderr}");
+}
