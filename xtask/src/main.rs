@@ -39,8 +39,21 @@ fn main() -> ExitCode {
 fn ci() -> Result<(), String> {
     let postgres = env::var(POSTGRES_URL_VAR).unwrap_or_else(|_| LOCAL_POSTGRES.to_owned());
     cargo(&["fmt", "--all", "--", "--check"], &[])?;
-    cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"], &[])?;
-    cargo(&["test", "--workspace"], &[(POSTGRES_URL_VAR, &postgres), ("CI", "true")])
+    cargo(
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        &[],
+    )?;
+    cargo(
+        &["test", "--workspace"],
+        &[(POSTGRES_URL_VAR, &postgres), ("CI", "true")],
+    )
 }
 
 fn dev() -> Result<(), String> {

@@ -41,7 +41,11 @@ impl Running {
             if matches!(http(port, "GET", "/health", None), Some((200, _))) {
                 return running;
             }
-            assert!(Instant::now() < deadline, "keygate did not answer on {port}: {}", log(dir));
+            assert!(
+                Instant::now() < deadline,
+                "keygate did not answer on {port}: {}",
+                log(dir)
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -52,7 +56,9 @@ impl Running {
 
     /// Stops the process with SIGTERM and waits for it.
     fn stop(mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(status) = self.child.try_wait().expect("process status") {
@@ -78,13 +84,24 @@ fn log(dir: &Path) -> String {
 /// One HTTP/1.1 request; `None` when nothing listens.
 fn http(port: u16, method: &str, path: &str, key: Option<&str>) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    let key_header = key.map(|key| format!("X-Blnk-Key: {key}\r\n")).unwrap_or_default();
-    write!(stream, "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{key_header}Connection: close\r\n\r\n").ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    let key_header = key
+        .map(|key| format!("X-Blnk-Key: {key}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{key_header}Connection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let status = response.split(' ').nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
     Some((status, body))
 }
 
@@ -106,27 +123,53 @@ fn with_no_configuration_it_serves_on_5001_with_a_generated_master_key() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&key_file).expect("metadata").permissions().mode();
+        let mode = std::fs::metadata(&key_file)
+            .expect("metadata")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600, "readable only by its owner");
     }
-    assert!(dir.path().join("keygate.db").exists(), "SQLite is the default");
+    assert!(
+        dir.path().join("keygate.db").exists(),
+        "SQLite is the default"
+    );
     let first_log = log(dir.path());
-    assert!(first_log.contains("keygate-master.key"), "the user is told where the key is: {first_log}");
-    assert!(!first_log.contains(&master), "the key itself is never printed");
+    assert!(
+        first_log.contains("keygate-master.key"),
+        "the user is told where the key is: {first_log}"
+    );
+    assert!(
+        !first_log.contains(&master),
+        "the key itself is never printed"
+    );
     assert_eq!(server.get("/api-keys?owner=me", Some(&master)).0, 200);
-    assert_eq!(server.get("/api-keys?owner=me", None).0, 401, "secure by default");
+    assert_eq!(
+        server.get("/api-keys?owner=me", None).0,
+        401,
+        "secure by default"
+    );
     assert!(server.stop().success(), "a SIGTERM stop exits 0");
 
     let server = Running::start(dir.path(), 5001, &[]);
-    assert_eq!(server.get("/api-keys?owner=me", Some(&master)).0, 200, "the same key on the next start");
-    assert!(!log(dir.path()).contains("generated"), "the creation notice is printed once only");
+    assert_eq!(
+        server.get("/api-keys?owner=me", Some(&master)).0,
+        200,
+        "the same key on the next start"
+    );
+    assert!(
+        !log(dir.path()).contains("generated"),
+        "the creation notice is printed once only"
+    );
 }
 
 #[test]
 fn keygate_environment_names_configure_the_server() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
-    let url = format!("sqlite://{}", dir.path().join("data").join("keys.db").display());
+    let url = format!(
+        "sqlite://{}",
+        dir.path().join("data").join("keys.db").display()
+    );
     let server = Running::start(
         dir.path(),
         port,
@@ -136,9 +179,17 @@ fn keygate_environment_names_configure_the_server() {
             ("KEYGATE_DATABASE__URL", &url),
         ],
     );
-    assert_eq!(server.get("/api-keys?owner=me", Some("keygate-env-master")).0, 200);
+    assert_eq!(
+        server
+            .get("/api-keys?owner=me", Some("keygate-env-master"))
+            .0,
+        200
+    );
     assert!(dir.path().join("data").join("keys.db").exists());
-    assert!(!dir.path().join("keygate-master.key").exists(), "no key is generated when one is configured");
+    assert!(
+        !dir.path().join("keygate-master.key").exists(),
+        "no key is generated when one is configured"
+    );
 }
 
 #[test]
@@ -156,7 +207,10 @@ fn blnk_environment_names_configure_the_server() {
             ("BLNK_SERVER_SECURE", "true"),
         ],
     );
-    assert_eq!(server.get("/api-keys?owner=me", Some("blnk-env-master")).0, 200);
+    assert_eq!(
+        server.get("/api-keys?owner=me", Some("blnk-env-master")).0,
+        200
+    );
     assert_eq!(server.get("/api-keys?owner=me", Some("wrong")).0, 401);
     drop(server);
 
@@ -170,8 +224,15 @@ fn blnk_environment_names_configure_the_server() {
             ("BLNK_SERVER_SECURE", "false"),
         ],
     );
-    assert_eq!(open.get("/api-keys?owner=me", None).0, 200, "BLNK_SERVER_SECURE=false turns checks off");
-    assert!(log(dir.path()).contains("SECURE MODE IS OFF"), "and says so loudly");
+    assert_eq!(
+        open.get("/api-keys?owner=me", None).0,
+        200,
+        "BLNK_SERVER_SECURE=false turns checks off"
+    );
+    assert!(
+        log(dir.path()).contains("SECURE MODE IS OFF"),
+        "and says so loudly"
+    );
 }
 
 #[test]
