@@ -184,7 +184,8 @@ mod tests {
 
     #[test]
     fn granting_rules() {
-        let cases: &[(&[&str], &str, &[&str], Result<(), RuleError>)] = &[
+        type Case<'a> = (&'a [&'a str], &'a str, &'a [&'a str], Result<(), RuleError>);
+        let cases: &[Case] = &[
             (&["*:*"], "alice", &["*:*"], Ok(())),
             (
                 &["*:*"],
