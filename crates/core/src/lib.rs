@@ -12,6 +12,7 @@
 //! Scopes are closed types: a [`Scope`] can only be built by parsing one of the known
 //! `resource:action` strings, so junk never reaches storage or a permission check.
 
+pub mod actor;
 pub mod api_key;
 pub mod principal;
 pub mod route;
@@ -19,6 +20,7 @@ pub mod scope;
 pub mod secret;
 pub mod store;
 
+pub use actor::Actor;
 pub use api_key::{ApiKey, ApiKeyId, KeySpec, KeyStatus, ValidationError};
 pub use principal::{Principal, RuleError};
 pub use scope::{Action, Resource, Scope, ScopeError, ScopeSet};

@@ -28,6 +28,17 @@ impl PlainKey {
         Ok(key)
     }
 
+    /// Whether `text` has the shape of a key keygate issues (44 characters of padded
+    /// URL-safe base64), so that anything else is refused without a lookup.
+    pub fn could_be_issued(text: &str) -> bool {
+        let bytes = text.as_bytes();
+        bytes.len() == KEY_LEN
+            && bytes[KEY_LEN - 1] == b'='
+            && bytes[..KEY_LEN - 1]
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_')
+    }
+
     /// Wraps a key received from a client or a configuration.
     pub fn from_presented(text: &str) -> Self {
         PlainKey(text.into())
@@ -103,6 +114,25 @@ mod tests {
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         );
         assert_eq!(URL_SAFE.decode(text).expect("decodes").len(), KEY_BYTES);
+    }
+
+    #[test]
+    fn only_the_shape_of_issued_keys_could_be_issued() {
+        let issued = PlainKey::generate().expect("randomness");
+        assert!(PlainKey::could_be_issued(issued.expose()));
+        let cases = [
+            ("", false),
+            ("YVLIhuIplUzLRCcT9r7DQ_jsGKCXAn39JQ3n_o-Ll2Q=", true),
+            ("YVLIhuIplUzLRCcT9r7DQ_jsGKCXAn39JQ3n_o-Ll2Q", false),
+            ("YVLIhuIplUzLRCcT9r7DQ_jsGKCXAn39JQ3n_o-Ll2QQ", false),
+            ("YVLIhuIplUzLRCcT9r7DQ+jsGKCXAn39JQ3n_o/Ll2Q=", false),
+            ("YVLIhuIplUzLRCcT9r7DQ_jsGKCXAn39JQ3n_o-Ll2Q==", false),
+            ("YVLIhuIplUzLRCcT9r7DQ_jsGKCXAn39JQ3n_o-Ll\u{e9}=", false),
+            ("' OR 1=1 -- ' OR 1=1 -- ' OR 1=1 -- ' OR 1==", false),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(PlainKey::could_be_issued(text), expected, "{text:?}");
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 use chrono::{DateTime, Utc};
 use thiserror::Error;
 
+use crate::actor::Actor;
 use crate::api_key::{ApiKey, ApiKeyId};
 use crate::secret::KeyHash;
 
@@ -22,8 +23,8 @@ pub enum StoreError {
 
 /// Persistence of API keys. Calls block; async callers run them off their executor.
 pub trait KeyStore: Send + Sync + 'static {
-    /// Stores a new key; it is durable when this returns.
-    fn insert(&self, key: &ApiKey) -> Result<(), StoreError>;
+    /// Stores a new key and its `created` event; it is durable when this returns.
+    fn insert(&self, key: &ApiKey, actor: &Actor) -> Result<(), StoreError>;
 
     /// The key with this hash, whatever its status.
     fn find_by_hash(&self, hash: &KeyHash) -> Result<Option<ApiKey>, StoreError>;
@@ -31,14 +32,20 @@ pub trait KeyStore: Send + Sync + 'static {
     /// The owner's keys, newest first.
     fn list_by_owner(&self, owner_id: &str) -> Result<Vec<ApiKey>, StoreError>;
 
-    /// Revokes the owner's key `id` at `at` (keeping an earlier revocation time) and
-    /// returns it; `None` when the owner has no such key.
+    /// Revokes the owner's key `id` at `at`, recording a `revoked` event in the same
+    /// transaction, and returns it; `None` when the owner has no such key. Revoking a
+    /// revoked key changes nothing and records nothing.
     fn revoke(
         &self,
         id: &ApiKeyId,
         owner_id: &str,
         at: DateTime<Utc>,
+        actor: &Actor,
     ) -> Result<Option<ApiKey>, StoreError>;
+
+    /// The hashes of keys changed (revoked, updated, ...) at or after `since`, by any
+    /// instance or tool sharing the database: the feed that keeps caches honest.
+    fn changed_since(&self, since: DateTime<Utc>) -> Result<Vec<KeyHash>, StoreError>;
 
     /// Records the latest use of each key, never moving a `last_used_at` backwards.
     /// Returns how many rows changed.

@@ -4,7 +4,7 @@ use actix_web::http::header::{CacheControl, CacheDirective};
 use actix_web::{HttpResponse, web};
 use chrono::{DateTime, Utc};
 use keygate_core::api_key::validate_owner;
-use keygate_core::{ApiKey, ApiKeyId, KeySpec, PlainKey, ScopeSet, ValidationError};
+use keygate_core::{Actor, ApiKey, ApiKeyId, KeySpec, PlainKey, ScopeSet, ValidationError};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
@@ -142,7 +142,10 @@ async fn create(
     })?;
     let key = ApiKey::issue(spec, &plain, now);
     let stored = key.clone();
-    state.with_store(move |store| store.insert(&stored)).await?;
+    let actor = Actor::from(&principal);
+    state
+        .with_store(move |store| store.insert(&stored, &actor))
+        .await?;
     tracing::info!(api_key_id = %key.id, owner_id = %key.owner_id, "API key created");
     Ok(HttpResponse::Created()
         .insert_header(no_store())
@@ -175,8 +178,9 @@ async fn revoke(
     let requested = query.owner()?;
     let owner = principal.target_owner(requested.as_deref())?.to_owned();
     let id = ApiKeyId::new(id.into_inner());
+    let actor = Actor::from(&principal);
     let revoked = state
-        .with_store(move |store| store.revoke(&id, &owner, Utc::now()))
+        .with_store(move |store| store.revoke(&id, &owner, Utc::now(), &actor))
         .await?
         .ok_or(ApiError::KeyNotFound)?;
     state.forget(&revoked.hash);

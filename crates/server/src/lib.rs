@@ -8,6 +8,7 @@
 
 pub mod api_keys;
 pub mod app;
+pub mod changes;
 pub mod error;
 pub mod guard;
 pub mod master_key;
@@ -120,24 +121,47 @@ pub async fn serve(settings: Settings) -> Result<(), StartError> {
     Ok(())
 }
 
+/// The tasks that run beside the HTTP workers; they stop when dropped.
+pub struct Background {
+    tasks: Vec<actix_web::rt::task::JoinHandle<()>>,
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Starts the background tasks on the current runtime: writing key usage in batches,
+/// and following the change feed.
+pub fn spawn_background(state: &web::Data<AppState>, settings: &Settings) -> Background {
+    let flusher = usage::flush_periodically(
+        state.usage(),
+        state.store(),
+        settings.auth.last_used_flush(),
+    );
+    let watcher = changes::watch(state.clone(), settings.auth.change_poll());
+    Background {
+        tasks: vec![actix_web::rt::spawn(flusher), actix_web::rt::spawn(watcher)],
+    }
+}
+
 /// Serves `state` on `listener` until stopped, then writes pending key usage.
 pub async fn run(
     state: web::Data<AppState>,
     listener: TcpListener,
     settings: &Settings,
 ) -> std::io::Result<()> {
-    let flusher = actix_web::rt::spawn(usage::flush_periodically(
-        state.usage(),
-        state.store(),
-        settings.auth.last_used_flush(),
-    ));
+    let background = spawn_background(&state, settings);
     let app_state = state.clone();
     let mut server = HttpServer::new(move || app(app_state.clone())).listen(listener)?;
     if let Some(workers) = settings.server.workers {
         server = server.workers(workers);
     }
     let result = server.run().await;
-    flusher.abort();
+    drop(background);
     let (usage, store) = (state.usage(), state.store());
     match web::block(move || usage.flush(&*store)).await {
         Ok(Ok(_)) => {}

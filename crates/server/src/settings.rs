@@ -66,11 +66,14 @@ pub struct DatabaseSettings {
 /// `[auth]`
 #[derive(Debug, Clone, Deserialize)]
 pub struct AuthSettings {
-    /// How long a verified key is trusted from memory before it is read again, in
-    /// milliseconds: the bound on how stale another instance's revocation can be.
+    /// How often the change feed is read, in milliseconds: the bound on how late this
+    /// instance sees a key revoked or changed by another instance or the CLI.
+    pub change_poll_ms: u64,
+    /// The longest a verified key is trusted from memory without being read again, in
+    /// milliseconds, even if the change feed cannot be read.
     pub cache_ttl_ms: u64,
-    /// Most keys held in the cache.
-    pub cache_capacity: u64,
+    /// The memory the key cache may use, in bytes (about 400 bytes a key).
+    pub cache_max_bytes: u64,
     /// How often pending `last_used_at` updates are written, in milliseconds.
     pub last_used_flush_ms: u64,
 }
@@ -86,6 +89,11 @@ impl AuthSettings {
     /// The cache lifetime as a duration.
     pub fn cache_ttl(&self) -> Duration {
         Duration::from_millis(self.cache_ttl_ms)
+    }
+
+    /// The change-feed period as a duration.
+    pub fn change_poll(&self) -> Duration {
+        Duration::from_millis(self.change_poll_ms.max(1))
     }
 
     /// The usage flush period as a duration.
@@ -106,8 +114,9 @@ pool_size = 8
 pool_timeout_ms = 5000
 
 [auth]
-cache_ttl_ms = 1000
-cache_capacity = 100000
+change_poll_ms = 250
+cache_ttl_ms = 60000
+cache_max_bytes = 67108864
 last_used_flush_ms = 1000
 "#;
 
@@ -152,13 +161,20 @@ impl Settings {
             }
         }
         let mut settings: Settings = builder.build()?.try_deserialize()?;
-        if settings
+        let secret_len = settings
             .server
             .secret_key
             .as_ref()
-            .is_some_and(|key| secrecy::ExposeSecret::expose_secret(key).trim().is_empty())
-        {
-            settings.server.secret_key = None;
+            .map(|key| secrecy::ExposeSecret::expose_secret(key).trim().len());
+        match secret_len {
+            Some(0) => settings.server.secret_key = None,
+            Some(len) if len > crate::state::MAX_PRESENTED_KEY => {
+                return Err(ConfigError::Message(format!(
+                    "server.secret_key is {len} bytes long; the most is {}",
+                    crate::state::MAX_PRESENTED_KEY
+                )));
+            }
+            _ => {}
         }
         Ok(settings)
     }
@@ -202,6 +218,7 @@ mod tests {
             ("KEYGATE_SERVER__SECURE", "false"),
             ("KEYGATE_DATABASE__URL", "postgres://u@h/db"),
             ("KEYGATE_AUTH__CACHE_TTL_MS", "250"),
+            ("KEYGATE_AUTH__CHANGE_POLL_MS", "100"),
         ]))
         .expect("loads");
         assert_eq!(settings.server.port, 6001);
@@ -209,6 +226,7 @@ mod tests {
         assert!(!settings.server.secure);
         assert_eq!(settings.database.url, "postgres://u@h/db");
         assert_eq!(settings.auth.cache_ttl(), Duration::from_millis(250));
+        assert_eq!(settings.auth.change_poll(), Duration::from_millis(100));
     }
 
     #[test]
@@ -256,6 +274,12 @@ mod tests {
     fn a_blank_secret_key_counts_as_unset() {
         let settings = Settings::load(&env(&[("BLNK_SERVER_SECRET_KEY", "  ")])).expect("loads");
         assert_eq!(secret(&settings), None);
+    }
+
+    #[test]
+    fn an_overlong_secret_key_is_refused() {
+        let long = "k".repeat(513);
+        assert!(Settings::load(&env(&[("BLNK_SERVER_SECRET_KEY", &long)])).is_err());
     }
 
     #[test]

@@ -1,10 +1,11 @@
-//! Shared state of the running service, and the authentication of a presented key.
+//! Shared state of the running service, and the authentication of a presented key:
+//! the hot path of every guarded request.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use actix_web::web;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use keygate_core::{ApiKey, KeyHash, KeyStatus, KeyStore, PlainKey, Principal, StoreError};
 use moka::sync::Cache;
 use secrecy::{ExposeSecret, SecretString};
@@ -13,19 +14,44 @@ use crate::error::ApiError;
 use crate::settings::AuthSettings;
 use crate::usage::UsageRecorder;
 
+/// The longest key text looked at: anything longer is refused before it is hashed.
+pub const MAX_PRESENTED_KEY: usize = 512;
+
 /// Everything a handler or the guard needs, shared by all workers.
 pub struct AppState {
     store: Arc<dyn KeyStore>,
     /// `None` when secure mode is off: every request then acts as the master key.
     master: Option<Master>,
-    keys: Cache<KeyHash, Arc<ApiKey>>,
-    /// Bumped by every change that must not be undone by a lookup already in flight.
+    keys: Cache<KeyHash, Arc<CachedKey>>,
+    /// Bumped by every change, so a lookup that raced it does not cache what it read.
     invalidations: AtomicU64,
     usage: Arc<UsageRecorder>,
 }
 
 /// How the master key is recognised: by its digest, compared in constant time.
 struct Master(KeyHash);
+
+/// A verified key held in memory.
+struct CachedKey {
+    key: Arc<ApiKey>,
+    /// The last second (Unix time) in which a use of this key was noted, so that a busy
+    /// key costs the usage recorder one entry a second, not one a request.
+    noted_second: AtomicI64,
+}
+
+impl CachedKey {
+    /// Roughly how many bytes the entry holds, for the cache's memory bound.
+    fn weight(&self) -> u32 {
+        let key = &self.key;
+        let text = key.id.as_str().len() + key.hint.len() + key.name.len() + key.owner_id.len();
+        let size = std::mem::size_of::<ApiKey>()
+            + std::mem::size_of::<Self>()
+            + 96
+            + text
+            + 8 * key.scopes.len();
+        u32::try_from(size).unwrap_or(u32::MAX)
+    }
+}
 
 impl AppState {
     /// State over `store`. With `secure` false no key is checked; otherwise `master_key`
@@ -38,7 +64,7 @@ impl AppState {
     ) -> Self {
         let master = secure.then(|| {
             // Without a configured master key, no presented key can match this digest:
-            // it is the digest of 32 random bytes never held anywhere.
+            // it is the digest of 32 random bytes held nowhere.
             let hash = match master_key {
                 Some(key) => KeyHash::of(key.expose_secret()),
                 None => PlainKey::generate()
@@ -51,7 +77,8 @@ impl AppState {
             store,
             master,
             keys: Cache::builder()
-                .max_capacity(auth.cache_capacity)
+                .weigher(|_, entry: &Arc<CachedKey>| entry.weight())
+                .max_capacity(auth.cache_max_bytes)
                 .time_to_live(auth.cache_ttl())
                 .build(),
             invalidations: AtomicU64::new(0),
@@ -69,11 +96,6 @@ impl AppState {
         self.usage.clone()
     }
 
-    /// Whether requests are authenticated at all.
-    pub fn is_secure(&self) -> bool {
-        self.master.is_some()
-    }
-
     /// Runs a blocking storage call on the blocking pool, never on an async worker.
     pub async fn with_store<T: Send + 'static>(
         &self,
@@ -89,33 +111,47 @@ impl AppState {
             .map_err(ApiError::from)
     }
 
-    /// Resolves the key a request presented into the caller it stands for.
+    /// Resolves the key a request presented into the caller it stands for: one blake3
+    /// hash, then memory, then (on a miss) one lookup by the hash's unique index.
     pub async fn authenticate(&self, presented: Option<&str>) -> Result<Principal, ApiError> {
         let Some(Master(master)) = &self.master else {
             return Ok(Principal::Master);
         };
         let presented = presented.ok_or(ApiError::MissingKey)?;
+        if presented.len() > MAX_PRESENTED_KEY {
+            return Err(ApiError::InvalidKey);
+        }
         let hash = KeyHash::of(presented);
         if hash == *master {
             return Ok(Principal::Master);
         }
-        let key = match self.keys.get(&hash) {
-            Some(key) => key,
+        if !PlainKey::could_be_issued(presented) {
+            return Err(ApiError::InvalidKey);
+        }
+        let entry = match self.keys.get(&hash) {
+            Some(entry) => entry,
             None => self.load(hash).await?.ok_or(ApiError::InvalidKey)?,
         };
         let now = Utc::now();
-        match key.status(now) {
+        match entry.key.status(now) {
             KeyStatus::Active => {
-                self.usage.record(&key.id, now);
-                Ok(Principal::Key(key))
+                self.note_use(&entry, now);
+                Ok(Principal::Key(entry.key.clone()))
             }
             KeyStatus::Expired | KeyStatus::Revoked => Err(ApiError::ExpiredKey),
         }
     }
 
-    /// Reads a key missing from the cache, and caches it unless a change raced the read.
-    /// Unknown keys are never cached, so a flood of them cannot evict known ones.
-    async fn load(&self, hash: KeyHash) -> Result<Option<Arc<ApiKey>>, ApiError> {
+    fn note_use(&self, entry: &CachedKey, now: DateTime<Utc>) {
+        let second = now.timestamp();
+        if entry.noted_second.fetch_max(second, Ordering::Relaxed) < second {
+            self.usage.record(&entry.key.id, now);
+        }
+    }
+
+    /// Reads a key missing from memory, and keeps it unless a change raced the read.
+    /// Unknown keys are never kept, so a flood of them cannot evict known ones.
+    async fn load(&self, hash: KeyHash) -> Result<Option<Arc<CachedKey>>, ApiError> {
         let generation = self.invalidations.load(Ordering::SeqCst);
         let Some(key) = self
             .with_store(move |store| store.find_by_hash(&hash))
@@ -123,20 +159,34 @@ impl AppState {
         else {
             return Ok(None);
         };
-        let key = Arc::new(key);
+        let entry = Arc::new(CachedKey {
+            key: Arc::new(key),
+            noted_second: AtomicI64::new(i64::MIN),
+        });
         if self.invalidations.load(Ordering::SeqCst) == generation {
-            self.keys.insert(hash, key.clone());
+            self.keys.insert(hash, entry.clone());
             // A change may have slipped in between the check and the insert.
             if self.invalidations.load(Ordering::SeqCst) != generation {
                 self.keys.invalidate(&hash);
             }
         }
-        Ok(Some(key))
+        Ok(Some(entry))
     }
 
     /// Forgets a key that changed, so the very next request reads it anew.
     pub fn forget(&self, hash: &KeyHash) {
         self.invalidations.fetch_add(1, Ordering::SeqCst);
         self.keys.invalidate(hash);
+    }
+
+    /// Whether the key with this digest is held in memory.
+    pub fn is_cached(&self, hash: &KeyHash) -> bool {
+        self.keys.contains_key(hash)
+    }
+
+    /// How many keys are held in memory, and roughly how many bytes they take.
+    pub fn cache_size(&self) -> (u64, u64) {
+        self.keys.run_pending_tasks();
+        (self.keys.entry_count(), self.keys.weighted_size())
     }
 }

@@ -798,7 +798,7 @@ async fn an_expired_key_is_refused(db: TestDatabase) {
     let key = ApiKey::issue(spec, &plain, created);
     app.state
         .store()
-        .insert(&key)
+        .insert(&key, &keygate_core::Actor::Cli)
         .expect("stored directly, past the API's validation");
     app.call(Method::GET, "/api-keys", Some(plain.expose()), None)
         .await
@@ -885,7 +885,7 @@ async fn the_database_holds_no_plaintext_key(db: TestDatabase) {
             .await;
         plaintexts.push(key);
     }
-    let dump = dump(&app.db);
+    let dump = dump(app.db());
     assert!(dump.len() > 1000, "the dump has the table in it");
     assert!(
         dump.windows(8).any(|w| w == b"api_key_"),

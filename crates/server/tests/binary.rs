@@ -38,7 +38,7 @@ impl Running {
             if let Some(status) = running.child.try_wait().expect("process status") {
                 panic!("keygate exited with {status}: {}", log(dir));
             }
-            if matches!(http(port, "GET", "/health", None), Some((200, _))) {
+            if matches!(http(port, "GET", "/health", None, None), Some((200, _))) {
                 return running;
             }
             assert!(
@@ -51,7 +51,11 @@ impl Running {
     }
 
     fn get(&self, path: &str, key: Option<&str>) -> (u16, String) {
-        http(self.port, "GET", path, key).expect("keygate answers")
+        http(self.port, "GET", path, key, None).expect("keygate answers")
+    }
+
+    fn post(&self, path: &str, key: &str, body: &str) -> (u16, String) {
+        http(self.port, "POST", path, Some(key), Some(body)).expect("keygate answers")
     }
 
     /// Stops the process with SIGTERM and waits for it.
@@ -82,11 +86,28 @@ fn log(dir: &Path) -> String {
 }
 
 /// One HTTP/1.1 request; `None` when nothing listens.
-fn http(port: u16, method: &str, path: &str, key: Option<&str>) -> Option<(u16, String)> {
+fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: Option<&str>,
+) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .ok()?;
+    let key_header = key
+        .map(|key| format!("X-Blnk-Key: {key}\r\n"))
+        .unwrap_or_default();
+    let body = body.unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{key_header}Content-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
     let key_header = key
         .map(|key| format!("X-Blnk-Key: {key}\r\n"))
         .unwrap_or_default();
@@ -247,4 +268,35 @@ fn a_bad_configuration_stops_with_a_clear_message() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("unsupported database URL"), "{stderr}");
+}
+
+#[test]
+fn pending_key_usage_is_written_on_a_graceful_shutdown() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let env = [
+        ("KEYGATE_SERVER__PORT", port.to_string()),
+        ("KEYGATE_SERVER__SECRET_KEY", "shutdown-master".to_owned()),
+        ("KEYGATE_AUTH__LAST_USED_FLUSH_MS", "3600000".to_owned()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let server = Running::start(dir.path(), port, &env);
+    let body = r#"{"name":"n","owner":"alice","scopes":["api-keys:read"],"expires_at":"2099-01-01T00:00:00Z"}"#;
+    let (status, created) = server.post("/api-keys", "shutdown-master", body);
+    assert_eq!(status, 201, "{created}");
+    let key = created
+        .split("\"key\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a key");
+    assert_eq!(server.get("/api-keys", Some(key)).0, 200);
+    assert!(server.stop().success(), "SIGTERM exits 0");
+
+    let server = Running::start(dir.path(), port, &env);
+    let (status, listed) = server.get("/api-keys?owner=alice", Some("shutdown-master"));
+    assert_eq!(status, 200);
+    assert!(
+        listed.contains("\"last_used_at\":\"20"),
+        "the use before the stop was recorded: {listed}"
+    );
 }

@@ -10,7 +10,7 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::sql_types::{Text, Timestamptz, TimestamptzSqlite};
 use diesel::{PgConnection, SqliteConnection};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
-use keygate_core::{ApiKey, ApiKeyId, KeyHash, KeyStore, StoreError};
+use keygate_core::{Actor, ApiKey, ApiKeyId, KeyHash, KeyStore, StoreError};
 
 use crate::rows::KeyRow;
 use crate::url::{Backend, DatabaseUrl};
@@ -23,6 +23,22 @@ const MIGRATION_LOCK: i64 = 0x006b_6579_6761_7465;
 
 /// How many rows one `last_used_at` statement updates at most (bind limits of both backends).
 const LAST_USED_CHUNK: usize = 500;
+
+/// What happened to a key, as `key_events.kind` records it.
+#[derive(Debug, Clone, Copy)]
+enum EventKind {
+    Created,
+    Revoked,
+}
+
+impl EventKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Created => "created",
+            EventKind::Revoked => "revoked",
+        }
+    }
+}
 
 /// How the connection pool is sized and how long a caller waits for a connection.
 #[derive(Debug, Clone)]
@@ -55,19 +71,22 @@ pub struct Database {
     pools: Pools,
 }
 
-/// Runs `$body` with a pooled connection `$conn` and the backend's `api_keys` schema
-/// module as `$t`: each query is written once and compiled for both backends.
+/// Runs `$body` with a pooled connection `$conn`, the backend's `api_keys` table module
+/// as `$t` and its `key_events` module as `$e`: each query is written once and compiled
+/// for both backends.
 macro_rules! with_connection {
-    ($db:expr, |$conn:ident, $t:ident| $body:expr) => {
+    ($db:expr, |$conn:ident, $t:ident, $e:ident| $body:expr) => {
         match &$db.pools {
             Pools::Sqlite(pool) => {
-                use crate::schema::sqlite::api_keys as $t;
+                #[allow(unused_imports)]
+                use crate::schema::sqlite::{api_keys as $t, key_events as $e};
                 let mut pooled = pool.get().map_err(unavailable)?;
                 let $conn: &mut SqliteConnection = &mut pooled;
                 $body
             }
             Pools::Postgres(pool) => {
-                use crate::schema::postgres::api_keys as $t;
+                #[allow(unused_imports)]
+                use crate::schema::postgres::{api_keys as $t, key_events as $e};
                 let mut pooled = pool.get().map_err(unavailable)?;
                 let $conn: &mut PgConnection = &mut pooled;
                 $body
@@ -181,31 +200,42 @@ fn to_keys(rows: Vec<KeyRow>) -> Result<Vec<ApiKey>, StoreError> {
 }
 
 impl KeyStore for Database {
-    fn insert(&self, key: &ApiKey) -> Result<(), StoreError> {
+    fn insert(&self, key: &ApiKey, actor: &Actor) -> Result<(), StoreError> {
         let scopes = key.scopes.to_string();
-        with_connection!(self, |conn, t| {
-            diesel::insert_into(t::table)
-                .values((
-                    t::api_key_id.eq(key.id.as_str()),
-                    t::key_hash.eq(&key.hash.as_bytes()[..]),
-                    t::key_hint.eq(&key.hint),
-                    t::name.eq(&key.name),
-                    t::owner_id.eq(&key.owner_id),
-                    t::scopes.eq(&scopes),
-                    t::expires_at.eq(key.expires_at),
-                    t::created_at.eq(key.created_at),
-                    t::last_used_at.eq(key.last_used_at),
-                    t::is_revoked.eq(key.is_revoked()),
-                    t::revoked_at.eq(key.revoked_at),
-                ))
-                .execute(conn)
-                .map(drop)
-                .map_err(query_error)
+        let actor = actor.to_string();
+        with_connection!(self, |conn, t, e| {
+            conn.transaction(|conn| {
+                diesel::insert_into(t::table)
+                    .values((
+                        t::api_key_id.eq(key.id.as_str()),
+                        t::key_hash.eq(&key.hash.as_bytes()[..]),
+                        t::key_hint.eq(&key.hint),
+                        t::name.eq(&key.name),
+                        t::owner_id.eq(&key.owner_id),
+                        t::scopes.eq(&scopes),
+                        t::expires_at.eq(key.expires_at),
+                        t::created_at.eq(key.created_at),
+                        t::last_used_at.eq(key.last_used_at),
+                        t::is_revoked.eq(key.is_revoked()),
+                        t::revoked_at.eq(key.revoked_at),
+                    ))
+                    .execute(conn)?;
+                diesel::insert_into(e::table)
+                    .values((
+                        e::api_key_id.eq(key.id.as_str()),
+                        e::kind.eq(EventKind::Created.as_str()),
+                        e::actor.eq(&actor),
+                        e::at.eq(key.created_at),
+                    ))
+                    .execute(conn)
+            })
+            .map(drop)
+            .map_err(query_error)
         })
     }
 
     fn find_by_hash(&self, hash: &KeyHash) -> Result<Option<ApiKey>, StoreError> {
-        let row: Option<KeyRow> = with_connection!(self, |conn, t| {
+        let row: Option<KeyRow> = with_connection!(self, |conn, t, e| {
             t::table
                 .filter(t::key_hash.eq(&hash.as_bytes()[..]))
                 .first(conn)
@@ -216,7 +246,7 @@ impl KeyStore for Database {
     }
 
     fn list_by_owner(&self, owner_id: &str) -> Result<Vec<ApiKey>, StoreError> {
-        let rows: Vec<KeyRow> = with_connection!(self, |conn, t| {
+        let rows: Vec<KeyRow> = with_connection!(self, |conn, t, e| {
             t::table
                 .filter(t::owner_id.eq(owner_id))
                 .order((t::created_at.desc(), t::api_key_id.desc()))
@@ -231,20 +261,52 @@ impl KeyStore for Database {
         id: &ApiKeyId,
         owner_id: &str,
         at: DateTime<Utc>,
+        actor: &Actor,
     ) -> Result<Option<ApiKey>, StoreError> {
-        let row: Option<KeyRow> = with_connection!(self, |conn, t| {
+        let actor = actor.to_string();
+        let row: Option<KeyRow> = with_connection!(self, |conn, t, e| {
             conn.transaction(|conn| {
                 let key = t::table
                     .filter(t::api_key_id.eq(id.as_str()))
                     .filter(t::owner_id.eq(owner_id));
-                diesel::update(key.filter(t::is_revoked.eq(false)))
+                let revoked = diesel::update(key.filter(t::is_revoked.eq(false)))
                     .set((t::is_revoked.eq(true), t::revoked_at.eq(Some(at))))
                     .execute(conn)?;
+                if revoked > 0 {
+                    diesel::insert_into(e::table)
+                        .values((
+                            e::api_key_id.eq(id.as_str()),
+                            e::kind.eq(EventKind::Revoked.as_str()),
+                            e::actor.eq(&actor),
+                            e::at.eq(at),
+                        ))
+                        .execute(conn)?;
+                }
                 key.first(conn).optional()
             })
             .map_err(query_error)?
         });
         row.map(ApiKey::try_from).transpose()
+    }
+
+    fn changed_since(&self, since: DateTime<Utc>) -> Result<Vec<KeyHash>, StoreError> {
+        let hashes: Vec<Vec<u8>> = with_connection!(self, |conn, t, e| {
+            e::table
+                .inner_join(t::table)
+                .filter(e::at.ge(since))
+                .filter(e::kind.ne(EventKind::Created.as_str()))
+                .select(t::key_hash)
+                .distinct()
+                .load(conn)
+                .map_err(query_error)?
+        });
+        hashes
+            .iter()
+            .map(|bytes| {
+                KeyHash::from_bytes(bytes)
+                    .ok_or_else(|| StoreError::Internal("a key_hash is not 32 bytes".into()))
+            })
+            .collect()
     }
 
     fn record_last_used(&self, uses: &[(ApiKeyId, DateTime<Utc>)]) -> Result<usize, StoreError> {

@@ -1,4 +1,4 @@
-//! The `api_keys` table, once per backend: the columns are the same, only the SQL type
+//! The tables, once per backend: the columns are the same, only the SQL type
 //! of timestamps differs (native `timestamptz` in PostgreSQL, RFC 3339 text in SQLite).
 
 pub mod postgres {
@@ -17,6 +17,20 @@ pub mod postgres {
             revoked_at -> Nullable<Timestamptz>,
         }
     }
+
+    diesel::table! {
+        key_events (event_id) {
+            event_id -> BigInt,
+            api_key_id -> Text,
+            kind -> Text,
+            actor -> Text,
+            details -> Nullable<Text>,
+            at -> Timestamptz,
+        }
+    }
+
+    diesel::joinable!(key_events -> api_keys (api_key_id));
+    diesel::allow_tables_to_appear_in_same_query!(api_keys, key_events);
 }
 
 pub mod sqlite {
@@ -37,4 +51,20 @@ pub mod sqlite {
             revoked_at -> Nullable<TimestamptzSqlite>,
         }
     }
+
+    diesel::table! {
+        use diesel::sql_types::*;
+
+        key_events (event_id) {
+            event_id -> BigInt,
+            api_key_id -> Text,
+            kind -> Text,
+            actor -> Text,
+            details -> Nullable<Text>,
+            at -> TimestamptzSqlite,
+        }
+    }
+
+    diesel::joinable!(key_events -> api_keys (api_key_id));
+    diesel::allow_tables_to_appear_in_same_query!(api_keys, key_events);
 }

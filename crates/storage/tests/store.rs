@@ -2,7 +2,7 @@
 //! KEYGATE_TEST_POSTGRES_URL is set, a private schema on a real PostgreSQL server.
 
 use chrono::{DateTime, Duration, SubsecRound, Utc};
-use keygate_core::{ApiKey, ApiKeyId, KeySpec, KeyStore, PlainKey, StoreError};
+use keygate_core::{Actor, ApiKey, ApiKeyId, KeySpec, KeyStore, PlainKey, StoreError};
 use keygate_storage::test_support::TestDatabase;
 use keygate_storage::{Database, PoolOptions};
 
@@ -40,7 +40,7 @@ fn new_key(owner: &str, scopes: &[&str], created_at: DateTime<Utc>) -> (PlainKey
 fn a_stored_key_is_found_by_its_hash_exactly_as_written() {
     on_each_backend(|db| {
         let (plain, key) = new_key("owner_1", &["ledgers:read", "balances:*", "*:read"], now());
-        db.insert(&key).expect("insert");
+        db.insert(&key, &Actor::Master).expect("insert");
         let found = db.find_by_hash(&plain.hash()).expect("lookup");
         assert_eq!(found.as_ref(), Some(&key), "{}", db.backend());
     });
@@ -50,7 +50,7 @@ fn a_stored_key_is_found_by_its_hash_exactly_as_written() {
 fn an_unknown_hash_finds_nothing() {
     on_each_backend(|db| {
         let (_, key) = new_key("owner_1", &["ledgers:read"], now());
-        db.insert(&key).expect("insert");
+        db.insert(&key, &Actor::Master).expect("insert");
         let stranger = PlainKey::generate().expect("randomness");
         assert_eq!(db.find_by_hash(&stranger.hash()).expect("lookup"), None);
     });
@@ -60,13 +60,16 @@ fn an_unknown_hash_finds_nothing() {
 fn a_duplicate_id_or_hash_is_a_conflict() {
     on_each_backend(|db| {
         let (_, key) = new_key("owner_1", &["ledgers:read"], now());
-        db.insert(&key).expect("insert");
+        db.insert(&key, &Actor::Master).expect("insert");
         let same_id = ApiKey {
             hash: PlainKey::generate().expect("randomness").hash(),
             ..key.clone()
         };
         assert!(
-            matches!(db.insert(&same_id), Err(StoreError::Conflict(_))),
+            matches!(
+                db.insert(&same_id, &Actor::Master),
+                Err(StoreError::Conflict(_))
+            ),
             "{}",
             db.backend()
         );
@@ -75,7 +78,10 @@ fn a_duplicate_id_or_hash_is_a_conflict() {
             ..key.clone()
         };
         assert!(
-            matches!(db.insert(&same_hash), Err(StoreError::Conflict(_))),
+            matches!(
+                db.insert(&same_hash, &Actor::Master),
+                Err(StoreError::Conflict(_))
+            ),
             "{}",
             db.backend()
         );
@@ -95,7 +101,7 @@ fn listing_returns_the_owners_keys_newest_first() {
         );
         let (_, other) = new_key("bob", &["ledgers:read"], start);
         for key in [&oldest, &newest, &middle, &other] {
-            db.insert(key).expect("insert");
+            db.insert(key, &Actor::Master).expect("insert");
         }
         let listed: Vec<ApiKeyId> = db
             .list_by_owner("alice")
@@ -123,15 +129,20 @@ fn an_owner_without_keys_lists_nothing() {
 fn revoking_marks_the_key_and_keeps_the_first_revocation_time() {
     on_each_backend(|db| {
         let (plain, key) = new_key("alice", &["ledgers:read"], now());
-        db.insert(&key).expect("insert");
+        db.insert(&key, &Actor::Master).expect("insert");
         let first = now();
         let revoked = db
-            .revoke(&key.id, "alice", first)
+            .revoke(&key.id, "alice", first, &Actor::Master)
             .expect("revoke")
             .expect("found");
         assert_eq!(revoked.revoked_at, Some(first));
         let again = db
-            .revoke(&key.id, "alice", first + Duration::seconds(5))
+            .revoke(
+                &key.id,
+                "alice",
+                first + Duration::seconds(5),
+                &Actor::Master,
+            )
             .expect("revoke")
             .expect("found");
         assert_eq!(again.revoked_at, Some(first), "{}", db.backend());
@@ -147,11 +158,20 @@ fn revoking_marks_the_key_and_keeps_the_first_revocation_time() {
 fn another_owners_key_is_never_revoked() {
     on_each_backend(|db| {
         let (plain, key) = new_key("alice", &["ledgers:read"], now());
-        db.insert(&key).expect("insert");
-        assert_eq!(db.revoke(&key.id, "mallory", now()).expect("revoke"), None);
+        db.insert(&key, &Actor::Master).expect("insert");
         assert_eq!(
-            db.revoke(&ApiKeyId::new("api_key_missing"), "alice", now())
+            db.revoke(&key.id, "mallory", now(), &Actor::Master)
                 .expect("revoke"),
+            None
+        );
+        assert_eq!(
+            db.revoke(
+                &ApiKeyId::new("api_key_missing"),
+                "alice",
+                now(),
+                &Actor::Master
+            )
+            .expect("revoke"),
             None
         );
         let stored = db
@@ -170,7 +190,7 @@ fn last_used_is_written_in_one_batch_and_never_moves_back() {
             .map(|_| new_key("alice", &["ledgers:read"], start))
             .collect();
         for (_, key) in &keys {
-            db.insert(key).expect("insert");
+            db.insert(key, &Actor::Master).expect("insert");
         }
         let later = start + Duration::seconds(10);
         let uses: Vec<(ApiKeyId, DateTime<Utc>)> =
@@ -205,7 +225,7 @@ fn last_used_batches_larger_than_one_statement_are_all_written() {
             .map(|_| new_key("bulk", &["ledgers:read"], start).1)
             .collect();
         for key in &keys {
-            db.insert(key).expect("insert");
+            db.insert(key, &Actor::Master).expect("insert");
         }
         let uses: Vec<(ApiKeyId, DateTime<Utc>)> =
             keys.iter().map(|k| (k.id.clone(), start)).collect();
@@ -234,8 +254,9 @@ fn concurrent_writers_all_succeed() {
                         (0..25)
                             .map(|_| {
                                 let (_, key) = new_key("busy", &["ledgers:read"], now());
-                                db.insert(&key).expect("a concurrent insert succeeds");
-                                db.revoke(&key.id, "busy", now())
+                                db.insert(&key, &Actor::Master)
+                                    .expect("a concurrent insert succeeds");
+                                db.revoke(&key.id, "busy", now(), &Actor::Cli)
                                     .expect("a concurrent revoke succeeds");
                                 key
                             })
@@ -258,11 +279,60 @@ fn concurrent_writers_all_succeed() {
 fn reopening_a_migrated_database_keeps_its_keys() {
     for test_db in TestDatabase::all() {
         let (plain, key) = new_key("alice", &["ledgers:read"], now());
-        open(&test_db).insert(&key).expect("insert");
+        open(&test_db).insert(&key, &Actor::Master).expect("insert");
         let reopened = open(&test_db);
         assert_eq!(
             reopened.find_by_hash(&plain.hash()).expect("lookup"),
             Some(key)
         );
     }
+}
+
+#[test]
+fn the_change_feed_names_revoked_keys_from_the_time_asked() {
+    on_each_backend(|db| {
+        let start = now();
+        let (revoked_plain, revoked) = new_key("alice", &["ledgers:read"], start);
+        let (_, untouched) = new_key("alice", &["ledgers:read"], start);
+        db.insert(&revoked, &Actor::Master).expect("insert");
+        db.insert(&untouched, &Actor::Master).expect("insert");
+        assert_eq!(
+            db.changed_since(start).expect("feed"),
+            Vec::new(),
+            "creation is not a change"
+        );
+        let at = start + Duration::milliseconds(10);
+        db.revoke(&revoked.id, "alice", at, &Actor::Key(untouched.id.clone()))
+            .expect("revoke");
+        assert_eq!(
+            db.changed_since(start).expect("feed"),
+            vec![revoked_plain.hash()],
+            "{}",
+            db.backend()
+        );
+        assert_eq!(
+            db.changed_since(at).expect("feed"),
+            vec![revoked_plain.hash()]
+        );
+        assert_eq!(
+            db.changed_since(at + Duration::milliseconds(1))
+                .expect("feed"),
+            Vec::new(),
+            "{}",
+            db.backend()
+        );
+        db.revoke(
+            &revoked.id,
+            "alice",
+            at + Duration::seconds(1),
+            &Actor::Master,
+        )
+        .expect("revoke again");
+        assert_eq!(
+            db.changed_since(at + Duration::milliseconds(1))
+                .expect("feed"),
+            Vec::new(),
+            "revoking a revoked key records nothing"
+        );
+    });
 }

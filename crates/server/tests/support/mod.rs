@@ -13,7 +13,7 @@ use actix_web::http::header::HeaderMap;
 use actix_web::test::{self, TestRequest};
 use actix_web::web;
 use keygate_core::KeyStore;
-use keygate_server::{AppState, Settings, app, usage};
+use keygate_server::{AppState, Settings, app};
 use keygate_storage::test_support::TestDatabase;
 use serde_json::Value;
 
@@ -24,7 +24,9 @@ pub const MASTER: &str = "test-master-key-0123456789abcdefghijklmnop";
 pub struct TestApp<S> {
     pub service: S,
     pub state: web::Data<AppState>,
-    pub db: TestDatabase,
+    /// The database, owned by the first app on it (a peer shares it).
+    pub db: Option<TestDatabase>,
+    pub background: keygate_server::Background,
 }
 
 /// An answer: status, headers and the body as JSON (`Null` when empty).
@@ -60,6 +62,7 @@ pub fn settings(db: &TestDatabase) -> Settings {
     settings.database.url = db.url_string.clone();
     settings.server.secret_key = Some(MASTER.into());
     settings.auth.last_used_flush_ms = 20;
+    settings.auth.change_poll_ms = 50;
     settings
 }
 
@@ -81,23 +84,63 @@ pub async fn start_with(
 > {
     let mut settings = settings(&db);
     adjust(&mut settings);
+    launch(settings, Some(db), |store| store).await
+}
+
+/// Starts a second instance on the database of another, as another process would.
+pub async fn start_peer(
+    db: &TestDatabase,
+) -> TestApp<
+    impl Service<Request, Response = ServiceResponse<impl MessageBody>, Error = actix_web::Error>,
+> {
+    launch(settings(db), None, |store| store).await
+}
+
+/// Starts the app on `db` with its store seen through `wrap` (to observe its calls).
+pub async fn start_observed(
+    db: TestDatabase,
+    adjust: impl FnOnce(&mut Settings),
+    wrap: impl FnOnce(Arc<dyn KeyStore>) -> Arc<dyn KeyStore>,
+) -> TestApp<
+    impl Service<Request, Response = ServiceResponse<impl MessageBody>, Error = actix_web::Error>,
+> {
+    let mut settings = settings(&db);
+    adjust(&mut settings);
+    launch(settings, Some(db), wrap).await
+}
+
+async fn launch(
+    settings: Settings,
+    db: Option<TestDatabase>,
+    wrap: impl FnOnce(Arc<dyn KeyStore>) -> Arc<dyn KeyStore>,
+) -> TestApp<
+    impl Service<Request, Response = ServiceResponse<impl MessageBody>, Error = actix_web::Error>,
+> {
     let database = keygate_server::open_database(&settings)
         .await
         .expect("the test database opens");
-    let store: Arc<dyn KeyStore> = database;
+    let store = wrap(database);
     let state = web::Data::new(AppState::new(
         store,
         settings.server.secure,
         settings.server.secret_key.as_ref(),
         &settings.auth,
     ));
-    actix_web::rt::spawn(usage::flush_periodically(
-        state.usage(),
-        state.store(),
-        settings.auth.last_used_flush(),
-    ));
+    let background = keygate_server::spawn_background(&state, &settings);
     let service = test::init_service(app(state.clone())).await;
-    TestApp { service, state, db }
+    TestApp {
+        service,
+        state,
+        db,
+        background,
+    }
+}
+
+impl<S> TestApp<S> {
+    /// The database this app owns.
+    pub fn db(&self) -> &TestDatabase {
+        self.db.as_ref().expect("this app owns its database")
+    }
 }
 
 impl<S, B> TestApp<S>
@@ -206,4 +249,86 @@ macro_rules! on_both_backends {
             )*
         }
     };
+}
+
+/// A [`KeyStore`] seen through a window: every call goes to the real store, and is counted.
+pub struct CountingStore {
+    inner: Arc<dyn KeyStore>,
+    pub lookups: std::sync::atomic::AtomicUsize,
+    pub writes: std::sync::atomic::AtomicUsize,
+    pub usage_batches: std::sync::atomic::AtomicUsize,
+    pub usage_rows: std::sync::atomic::AtomicUsize,
+}
+
+impl CountingStore {
+    pub fn new(inner: Arc<dyn KeyStore>) -> Arc<Self> {
+        Arc::new(CountingStore {
+            inner,
+            lookups: Default::default(),
+            writes: Default::default(),
+            usage_batches: Default::default(),
+            usage_rows: Default::default(),
+        })
+    }
+
+    pub fn count(counter: &std::sync::atomic::AtomicUsize) -> usize {
+        counter.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+fn bump(counter: &std::sync::atomic::AtomicUsize, by: usize) {
+    counter.fetch_add(by, std::sync::atomic::Ordering::SeqCst);
+}
+
+impl KeyStore for CountingStore {
+    fn insert(
+        &self,
+        key: &keygate_core::ApiKey,
+        actor: &keygate_core::Actor,
+    ) -> Result<(), keygate_core::StoreError> {
+        bump(&self.writes, 1);
+        self.inner.insert(key, actor)
+    }
+
+    fn find_by_hash(
+        &self,
+        hash: &keygate_core::KeyHash,
+    ) -> Result<Option<keygate_core::ApiKey>, keygate_core::StoreError> {
+        bump(&self.lookups, 1);
+        self.inner.find_by_hash(hash)
+    }
+
+    fn list_by_owner(
+        &self,
+        owner_id: &str,
+    ) -> Result<Vec<keygate_core::ApiKey>, keygate_core::StoreError> {
+        self.inner.list_by_owner(owner_id)
+    }
+
+    fn revoke(
+        &self,
+        id: &keygate_core::ApiKeyId,
+        owner_id: &str,
+        at: chrono::DateTime<chrono::Utc>,
+        actor: &keygate_core::Actor,
+    ) -> Result<Option<keygate_core::ApiKey>, keygate_core::StoreError> {
+        bump(&self.writes, 1);
+        self.inner.revoke(id, owner_id, at, actor)
+    }
+
+    fn changed_since(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<keygate_core::KeyHash>, keygate_core::StoreError> {
+        self.inner.changed_since(since)
+    }
+
+    fn record_last_used(
+        &self,
+        uses: &[(keygate_core::ApiKeyId, chrono::DateTime<chrono::Utc>)],
+    ) -> Result<usize, keygate_core::StoreError> {
+        bump(&self.usage_batches, 1);
+        bump(&self.usage_rows, uses.len());
+        self.inner.record_last_used(uses)
+    }
 }

@@ -1,0 +1,229 @@
+//! The hot path's promises: what a request costs the database, how fast a change made
+//! elsewhere reaches this instance's cache, and what a flood of unknown keys can do.
+
+mod support;
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use actix_web::http::Method;
+use keygate_core::{KeyStore, PlainKey};
+use keygate_storage::test_support::TestDatabase;
+use support::{CountingStore, MASTER, start, start_observed, start_peer};
+
+on_both_backends!(
+    a_second_instance_sees_a_revocation_within_the_poll_bound,
+    requests_write_nothing_and_usage_is_written_in_one_batch,
+    keys_that_cannot_be_ours_cost_no_lookup,
+);
+
+async fn a_second_instance_sees_a_revocation_within_the_poll_bound(db: TestDatabase) {
+    let first = start(db).await;
+    let second = start_peer(first.db()).await;
+    let (key, id) = first.new_key("alice", &["api-keys:read"]).await;
+    assert_eq!(
+        second
+            .call(Method::GET, "/api-keys", Some(&key), None)
+            .await
+            .status,
+        200
+    );
+    assert!(
+        second
+            .state
+            .is_cached(&PlainKey::from_presented(&key).hash()),
+        "the second instance caches the key"
+    );
+
+    let reply = first
+        .call(
+            Method::DELETE,
+            &format!("/api-keys/{id}?owner=alice"),
+            Some(MASTER),
+            None,
+        )
+        .await;
+    assert_eq!(reply.status, 204);
+    let revoked = Instant::now();
+    loop {
+        let reply = second
+            .call(Method::GET, "/api-keys", Some(&key), None)
+            .await;
+        if reply.status == 401 {
+            reply.assert_error(401, "AUTH_EXPIRED_API_KEY");
+            eprintln!(
+                "the second instance refused the key {:?} after its revocation",
+                revoked.elapsed()
+            );
+            break;
+        }
+        assert_eq!(reply.status, 200, "{}", reply.json);
+        assert!(
+            revoked.elapsed() < Duration::from_secs(1),
+            "the second instance still accepted the key 1 s after its revocation"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn requests_write_nothing_and_usage_is_written_in_one_batch(db: TestDatabase) {
+    let (observe, counting) = observer();
+    let app = start_observed(
+        db,
+        |settings| settings.auth.last_used_flush_ms = 3_600_000,
+        observe,
+    )
+    .await;
+    let counting = counting.get().expect("the store was wrapped").clone();
+    let mut keys = Vec::new();
+    for _ in 0..5 {
+        keys.push(app.new_key("alice", &["api-keys:read"]).await.0);
+    }
+    let writes_before = CountingStore::count(&counting.writes);
+    for round in 0..40 {
+        let key = &keys[round % keys.len()];
+        assert_eq!(
+            app.call(Method::GET, "/api-keys", Some(key), None)
+                .await
+                .status,
+            200
+        );
+    }
+    assert_eq!(
+        CountingStore::count(&counting.writes),
+        writes_before,
+        "authenticating writes nothing"
+    );
+    assert_eq!(
+        CountingStore::count(&counting.usage_batches),
+        0,
+        "nor records usage on the request path"
+    );
+    assert_eq!(
+        CountingStore::count(&counting.lookups),
+        keys.len(),
+        "one lookup per key, then memory"
+    );
+
+    let store: Arc<dyn KeyStore> = counting.clone();
+    let written = app.state.usage().flush(&*store).expect("flush");
+    assert_eq!(written, keys.len());
+    assert_eq!(
+        CountingStore::count(&counting.usage_batches),
+        1,
+        "one statement for the whole batch"
+    );
+    assert!(
+        CountingStore::count(&counting.usage_rows) <= keys.len(),
+        "each key at most once however often it was used"
+    );
+    let listed = app
+        .call(Method::GET, "/api-keys?owner=alice", Some(MASTER), None)
+        .await;
+    for key in listed.json.as_array().expect("array") {
+        assert_ne!(key["last_used_at"], "0001-01-01T00:00:00Z", "{key}");
+    }
+}
+
+async fn keys_that_cannot_be_ours_cost_no_lookup(db: TestDatabase) {
+    let (observe, counting) = observer();
+    let app = start_observed(db, |_| {}, observe).await;
+    let counting = counting.get().expect("the store was wrapped").clone();
+    let long = "k".repeat(600);
+    let misshapen = [
+        "short",
+        "YVLIhuIplUzLRCcT9r7DQ_jsGKCXAn39JQ3n_o-Ll2Q",
+        "YVLIhuIplUzLRCcT9r7DQ+jsGKCXAn39JQ3n_o/Ll2Q=",
+        long.as_str(),
+        "' OR '1'='1",
+    ];
+    for key in misshapen {
+        let reply = app.call(Method::GET, "/api-keys", Some(key), None).await;
+        reply.assert_error(401, "AUTH_INVALID_API_KEY");
+    }
+    assert_eq!(CountingStore::count(&counting.lookups), 0);
+}
+
+/// Where [`observer`] leaves the counting store once the app has opened its database.
+type Slot = Arc<OnceLock<Arc<CountingStore>>>;
+
+/// A wrapper for [`start_observed`] and the slot where it leaves the counting store.
+fn observer() -> (
+    impl FnOnce(Arc<dyn KeyStore>) -> Arc<dyn KeyStore> + 'static,
+    Slot,
+) {
+    let slot = Arc::new(OnceLock::new());
+    let filled = slot.clone();
+    let wrap = move |store: Arc<dyn KeyStore>| -> Arc<dyn KeyStore> {
+        let observed = CountingStore::new(store);
+        let _ = filled.set(observed.clone());
+        observed
+    };
+    (wrap, slot)
+}
+
+/// Resident memory of this process, in bytes.
+fn resident_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
+#[actix_web::test]
+async fn a_flood_of_unknown_keys_leaves_known_keys_cached_and_memory_bounded() {
+    let app = start(TestDatabase::sqlite()).await;
+    let (known, _) = app.new_key("alice", &["api-keys:read"]).await;
+    let known_hash = PlainKey::from_presented(&known).hash();
+    assert_eq!(
+        app.call(Method::GET, "/api-keys", Some(&known), None)
+            .await
+            .status,
+        200
+    );
+    assert!(app.state.is_cached(&known_hash));
+    let (entries_before, _) = app.state.cache_size();
+
+    let rss_before = resident_bytes();
+    for _ in 0..100_000 {
+        let stranger = PlainKey::generate().expect("randomness");
+        let reply = app
+            .call(Method::GET, "/api-keys", Some(stranger.expose()), None)
+            .await;
+        assert_eq!(reply.status, 401);
+    }
+    let rss_after = resident_bytes();
+
+    assert!(
+        app.state.is_cached(&known_hash),
+        "the known key is still in memory"
+    );
+    assert_eq!(
+        app.state.cache_size().0,
+        entries_before,
+        "no unknown key was kept"
+    );
+    assert!(
+        app.state.usage().pending() <= 1,
+        "no unknown key's use is pending"
+    );
+    assert!(
+        rss_after.saturating_sub(rss_before) < 64 * 1024 * 1024,
+        "memory grew by {} bytes over 100,000 unknown keys",
+        rss_after.saturating_sub(rss_before)
+    );
+    assert_eq!(
+        app.call(Method::GET, "/api-keys", Some(&known), None)
+            .await
+            .status,
+        200
+    );
+}
