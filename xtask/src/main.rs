@@ -1,5 +1,7 @@
 //! Developer tasks: `cargo xtask <task>`. Run `cargo xtask help` for the list.
 
+mod bench;
+
 use std::env;
 use std::process::{Command, ExitCode};
 
@@ -12,6 +14,8 @@ cargo xtask <task>
 tasks:
   ci     the gates CI runs: cargo fmt --check, clippy -D warnings, cargo test --workspace
          (with the PostgreSQL tests; KEYGATE_TEST_POSTGRES_URL defaults to the local server)
+  bench  [--seconds N] [--backend sqlite|postgres|both]: the release server under wrk
+         load, 10,000 keys, 64 connections; prints and writes bench-results/*.json
   dev    run the server for development: debug logs, ./target/dev.db, master key `dev-master-key`
   help   this text
 ";
@@ -21,6 +25,10 @@ fn main() -> ExitCode {
     let result = match task.as_str() {
         "ci" => ci(),
         "dev" => dev(),
+        "bench" => {
+            let args: Vec<String> = env::args().skip(2).collect();
+            bench::Options::parse(&args).and_then(|options| bench::run(&options))
+        }
         "help" | "-h" | "--help" => {
             print!("{HELP}");
             Ok(())
@@ -67,7 +75,7 @@ fn dev() -> Result<(), String> {
     )
 }
 
-fn cargo(args: &[&str], envs: &[(&str, &str)]) -> Result<(), String> {
+pub(crate) fn cargo(args: &[&str], envs: &[(&str, &str)]) -> Result<(), String> {
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     eprintln!("xtask: cargo {}", args.join(" "));
     let status = Command::new(&cargo)

@@ -23,6 +23,13 @@ pub enum StoreError {
 
 /// Persistence of API keys. Calls block; async callers run them off their executor.
 pub trait KeyStore: Send + Sync + 'static {
+    /// Whether reads are answered in-process within microseconds (an embedded database
+    /// in WAL mode, where readers never wait for writers), so that handing them to
+    /// another thread would cost more than running them where they are.
+    fn reads_are_local(&self) -> bool {
+        false
+    }
+
     /// Stores a new key and its `created` event; it is durable when this returns.
     fn insert(&self, key: &ApiKey, actor: &Actor) -> Result<(), StoreError>;
 

@@ -160,7 +160,7 @@ async fn list(
     let requested = query.owner()?;
     let owner = principal.target_owner(requested.as_deref())?.to_owned();
     let keys = state
-        .with_store(move |store| store.list_by_owner(&owner))
+        .read_store(move |store| store.list_by_owner(&owner))
         .await?;
     let views: Vec<KeyView<'_>> = keys
         .iter()

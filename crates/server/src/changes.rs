@@ -29,7 +29,7 @@ pub async fn watch(state: web::Data<AppState>, period: Duration) {
         ticker.tick().await;
         let started = Utc::now();
         match state
-            .with_store(move |store| store.changed_since(since))
+            .read_store(move |store| store.changed_since(since))
             .await
         {
             Ok(hashes) => {

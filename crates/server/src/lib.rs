@@ -103,12 +103,7 @@ pub async fn serve(settings: Settings) -> Result<(), StartError> {
     let database = open_database(&settings).await?;
     tracing::info!(backend = %database.backend(), "database ready");
     let store: Arc<dyn KeyStore> = database;
-    let state = web::Data::new(AppState::new(
-        store.clone(),
-        settings.server.secure,
-        master.as_ref(),
-        &settings.auth,
-    ));
+    let state = web::Data::new(AppState::new(store, &settings, master.as_ref()));
     let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
         .map_err(|e| {
             StartError::Config(format!(

@@ -9,9 +9,10 @@ use chrono::{DateTime, Utc};
 use keygate_core::{ApiKey, KeyHash, KeyStatus, KeyStore, PlainKey, Principal, StoreError};
 use moka::sync::Cache;
 use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::Semaphore;
 
 use crate::error::ApiError;
-use crate::settings::AuthSettings;
+use crate::settings::Settings;
 use crate::usage::UsageRecorder;
 
 /// The longest key text looked at: anything longer is refused before it is hashed.
@@ -23,6 +24,9 @@ pub struct AppState {
     /// `None` when secure mode is off: every request then acts as the master key.
     master: Option<Master>,
     keys: Cache<KeyHash, Arc<CachedKey>>,
+    /// Storage calls in flight at once: no more than the pool has connections, so
+    /// waiting happens here, cheaply, rather than in blocked threads.
+    storage_slots: Semaphore,
     /// Bumped by every change, so a lookup that raced it does not cache what it read.
     invalidations: AtomicU64,
     usage: Arc<UsageRecorder>,
@@ -54,15 +58,15 @@ impl CachedKey {
 }
 
 impl AppState {
-    /// State over `store`. With `secure` false no key is checked; otherwise `master_key`
-    /// (if any) is the master key.
+    /// State over `store` for `settings`. With secure mode off no key is checked;
+    /// otherwise `master_key` (if any) is the master key.
     pub fn new(
         store: Arc<dyn KeyStore>,
-        secure: bool,
+        settings: &Settings,
         master_key: Option<&SecretString>,
-        auth: &AuthSettings,
     ) -> Self {
-        let master = secure.then(|| {
+        let auth = &settings.auth;
+        let master = settings.server.secure.then(|| {
             // Without a configured master key, no presented key can match this digest:
             // it is the digest of 32 random bytes held nowhere.
             let hash = match master_key {
@@ -81,6 +85,7 @@ impl AppState {
                 .max_capacity(auth.cache_max_bytes)
                 .time_to_live(auth.cache_ttl())
                 .build(),
+            storage_slots: Semaphore::new(settings.database.pool_size.max(1) as usize),
             invalidations: AtomicU64::new(0),
             usage: Arc::new(UsageRecorder::default()),
         }
@@ -101,6 +106,11 @@ impl AppState {
         &self,
         call: impl FnOnce(&dyn KeyStore) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, ApiError> {
+        let _slot = self
+            .storage_slots
+            .acquire()
+            .await
+            .map_err(|_| ApiError::Internal)?;
         let store = self.store.clone();
         web::block(move || call(&*store))
             .await
@@ -109,6 +119,20 @@ impl AppState {
                 ApiError::Internal
             })?
             .map_err(ApiError::from)
+    }
+
+    /// Runs a storage read. An embedded database's reads run right here: they take a few
+    /// microseconds, less than the round trip to a blocking thread. A database server's
+    /// reads wait on the network, so they go to the blocking pool like every write.
+    pub async fn read_store<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(&dyn KeyStore) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        if self.store.reads_are_local() {
+            call(&*self.store).map_err(ApiError::from)
+        } else {
+            self.with_store(call).await
+        }
     }
 
     /// Resolves the key a request presented into the caller it stands for: one blake3
@@ -154,7 +178,7 @@ impl AppState {
     async fn load(&self, hash: KeyHash) -> Result<Option<Arc<CachedKey>>, ApiError> {
         let generation = self.invalidations.load(Ordering::SeqCst);
         let Some(key) = self
-            .with_store(move |store| store.find_by_hash(&hash))
+            .read_store(move |store| store.find_by_hash(&hash))
             .await?
         else {
             return Ok(None);

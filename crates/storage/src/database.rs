@@ -202,6 +202,10 @@ fn to_keys(rows: Vec<KeyRow>) -> Result<Vec<ApiKey>, StoreError> {
 }
 
 impl KeyStore for Database {
+    fn reads_are_local(&self) -> bool {
+        self.backend() == Backend::Sqlite
+    }
+
     fn insert(&self, key: &ApiKey, actor: &Actor) -> Result<(), StoreError> {
         let scopes = key.scopes.to_string();
         let actor = actor.to_string();
@@ -314,35 +318,47 @@ impl KeyStore for Database {
     }
 
     fn record_last_used(&self, uses: &[(ApiKeyId, DateTime<Utc>)]) -> Result<usize, StoreError> {
-        let mut changed = 0;
-        for chunk in uses.chunks(LAST_USED_CHUNK) {
-            changed += match &self.pools {
-                Pools::Sqlite(pool) => {
-                    let mut conn = pool.get().map_err(unavailable)?;
-                    let sql = last_used_sql(chunk.len(), |_| "(?, ?)".to_owned());
-                    let mut query = diesel::sql_query(sql).into_boxed();
-                    for (id, at) in chunk {
-                        query = query
-                            .bind::<Text, _>(id.as_str())
-                            .bind::<TimestamptzSqlite, _>(*at);
-                    }
-                    query.execute(&mut *conn).map_err(query_error)?
-                }
-                Pools::Postgres(pool) => {
-                    let mut conn = pool.get().map_err(unavailable)?;
-                    let sql =
-                        last_used_sql(chunk.len(), |i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2));
-                    let mut query = diesel::sql_query(sql).into_boxed();
-                    for (id, at) in chunk {
-                        query = query
-                            .bind::<Text, _>(id.as_str())
-                            .bind::<Timestamptz, _>(*at);
-                    }
-                    query.execute(&mut *conn).map_err(query_error)?
-                }
-            };
+        if uses.is_empty() {
+            return Ok(0);
         }
-        Ok(changed)
+        // One transaction for the whole batch: one commit (and one fsync) however many
+        // statements the bind limits split it into.
+        match &self.pools {
+            Pools::Sqlite(pool) => {
+                let mut conn = pool.get().map_err(unavailable)?;
+                conn.immediate_transaction(|conn| {
+                    uses.chunks(LAST_USED_CHUNK).try_fold(0, |changed, chunk| {
+                        let sql = last_used_sql(chunk.len(), |_| "(?, ?)".to_owned());
+                        let mut query = diesel::sql_query(sql).into_boxed();
+                        for (id, at) in chunk {
+                            query = query
+                                .bind::<Text, _>(id.as_str())
+                                .bind::<TimestamptzSqlite, _>(*at);
+                        }
+                        query.execute(conn).map(|rows| changed + rows)
+                    })
+                })
+                .map_err(query_error)
+            }
+            Pools::Postgres(pool) => {
+                let mut conn = pool.get().map_err(unavailable)?;
+                conn.transaction(|conn| {
+                    uses.chunks(LAST_USED_CHUNK).try_fold(0, |changed, chunk| {
+                        let sql = last_used_sql(chunk.len(), |i| {
+                            format!("(${}, ${})", 2 * i + 1, 2 * i + 2)
+                        });
+                        let mut query = diesel::sql_query(sql).into_boxed();
+                        for (id, at) in chunk {
+                            query = query
+                                .bind::<Text, _>(id.as_str())
+                                .bind::<Timestamptz, _>(*at);
+                        }
+                        query.execute(conn).map(|rows| changed + rows)
+                    })
+                })
+                .map_err(query_error)
+            }
+        }
     }
 }
 

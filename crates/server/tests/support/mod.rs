@@ -122,9 +122,8 @@ async fn launch(
     let store = wrap(database);
     let state = web::Data::new(AppState::new(
         store,
-        settings.server.secure,
+        &settings,
         settings.server.secret_key.as_ref(),
-        &settings.auth,
     ));
     let background = keygate_server::spawn_background(&state, &settings);
     let service = test::init_service(app(state.clone())).await;
