@@ -74,6 +74,8 @@ pub struct ApiKey {
     pub last_used_at: Option<DateTime<Utc>>,
     /// When the key was revoked, if it was.
     pub revoked_at: Option<DateTime<Utc>>,
+    /// The key this one replaced, when it was created by a rotation.
+    pub rotated_from: Option<ApiKeyId>,
 }
 
 impl ApiKey {
@@ -90,7 +92,60 @@ impl ApiKey {
             created_at: now.trunc_subsecs(6),
             last_used_at: None,
             revoked_at: None,
+            rotated_from: None,
         }
+    }
+
+    /// The successor of this key in a rotation: a new id and secret, the same name,
+    /// owner, scopes and expiry, and a link back to this key.
+    pub fn successor(&self, plain: &PlainKey, now: DateTime<Utc>) -> Self {
+        ApiKey {
+            id: ApiKeyId::generate(),
+            hash: plain.hash(),
+            hint: plain.hint(),
+            name: self.name.clone(),
+            owner_id: self.owner_id.clone(),
+            scopes: self.scopes.clone(),
+            expires_at: self.expires_at,
+            created_at: now.trunc_subsecs(6),
+            last_used_at: None,
+            revoked_at: None,
+            rotated_from: Some(self.id.clone()),
+        }
+    }
+
+    /// This key with `patch` applied, and what changed, field by field.
+    pub fn patched(&self, patch: &KeyPatch) -> (ApiKey, Vec<Change>) {
+        let mut key = self.clone();
+        let mut changes = Vec::new();
+        if let Some(name) = &patch.name
+            && *name != key.name
+        {
+            changes.push(Change::Name {
+                from: key.name.clone(),
+                to: name.clone(),
+            });
+            key.name = name.clone();
+        }
+        if let Some(scopes) = &patch.scopes
+            && *scopes != key.scopes
+        {
+            changes.push(Change::Scopes {
+                from: key.scopes.clone(),
+                to: scopes.clone(),
+            });
+            key.scopes = scopes.clone();
+        }
+        if let Some(expires_at) = patch.expires_at
+            && expires_at != key.expires_at
+        {
+            changes.push(Change::ExpiresAt {
+                from: key.expires_at,
+                to: expires_at,
+            });
+            key.expires_at = expires_at;
+        }
+        (key, changes)
     }
 
     /// Whether the key has been revoked.
@@ -108,6 +163,72 @@ impl ApiKey {
             KeyStatus::Active
         }
     }
+}
+
+/// The fields of a key that an update may change; absent fields stay as they are.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyPatch {
+    /// A new name, trimmed.
+    pub name: Option<String>,
+    /// New scopes, parsed and de-duplicated.
+    pub scopes: Option<ScopeSet>,
+    /// A new expiry, in the future.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+impl KeyPatch {
+    /// Validates the fields given, as creation would; at least one must be given.
+    pub fn new<S: AsRef<str>>(
+        name: Option<&str>,
+        scopes: Option<&[S]>,
+        expires_at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<Self, ValidationError> {
+        if name.is_none() && scopes.is_none() && expires_at.is_none() {
+            return Err(ValidationError::new(
+                "body",
+                "give at least one of name, scopes and expires_at",
+            ));
+        }
+        let name = name.map(|name| validate_text("name", name)).transpose()?;
+        let scopes = scopes.map(validate_scopes).transpose()?;
+        if let Some(expires_at) = expires_at
+            && expires_at <= now
+        {
+            return Err(ValidationError::new("expires_at", "must be in the future"));
+        }
+        Ok(KeyPatch {
+            name,
+            scopes,
+            expires_at: expires_at.map(|at| at.trunc_subsecs(6)),
+        })
+    }
+}
+
+/// One field changed by an update, as the audit trail records it. Never a secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// The name changed.
+    Name {
+        /// Before.
+        from: String,
+        /// After.
+        to: String,
+    },
+    /// The scopes changed.
+    Scopes {
+        /// Before.
+        from: ScopeSet,
+        /// After.
+        to: ScopeSet,
+    },
+    /// The expiry changed.
+    ExpiresAt {
+        /// Before.
+        from: DateTime<Utc>,
+        /// After.
+        to: DateTime<Utc>,
+    },
 }
 
 /// A field of a request that is present but not acceptable.
@@ -154,20 +275,7 @@ impl KeySpec {
     ) -> Result<Self, ValidationError> {
         let name = validate_text("name", name)?;
         let owner_id = validate_owner(owner_id)?;
-        if scopes.is_empty() {
-            return Err(ValidationError::new(
-                "scopes",
-                "at least one scope is required",
-            ));
-        }
-        if scopes.len() > MAX_SCOPES {
-            return Err(ValidationError::new(
-                "scopes",
-                format!("at most {MAX_SCOPES} scopes are allowed"),
-            ));
-        }
-        let scopes =
-            ScopeSet::parse(scopes).map_err(|e| ValidationError::new("scopes", e.to_string()))?;
+        let scopes = validate_scopes(scopes)?;
         if expires_at <= now {
             return Err(ValidationError::new("expires_at", "must be in the future"));
         }
@@ -178,6 +286,22 @@ impl KeySpec {
             expires_at: expires_at.trunc_subsecs(6),
         })
     }
+}
+
+fn validate_scopes<S: AsRef<str>>(scopes: &[S]) -> Result<ScopeSet, ValidationError> {
+    if scopes.is_empty() {
+        return Err(ValidationError::new(
+            "scopes",
+            "at least one scope is required",
+        ));
+    }
+    if scopes.len() > MAX_SCOPES {
+        return Err(ValidationError::new(
+            "scopes",
+            format!("at most {MAX_SCOPES} scopes are allowed"),
+        ));
+    }
+    ScopeSet::parse(scopes).map_err(|e| ValidationError::new("scopes", e.to_string()))
 }
 
 /// Checks an owner identifier, from a body or a query string. Owners are compared

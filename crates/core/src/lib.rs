@@ -14,6 +14,7 @@
 
 pub mod actor;
 pub mod api_key;
+pub mod catalogue;
 pub mod principal;
 pub mod route;
 pub mod scope;
@@ -21,8 +22,8 @@ pub mod secret;
 pub mod store;
 
 pub use actor::Actor;
-pub use api_key::{ApiKey, ApiKeyId, KeySpec, KeyStatus, ValidationError};
+pub use api_key::{ApiKey, ApiKeyId, Change, KeyPatch, KeySpec, KeyStatus, ValidationError};
 pub use principal::{Principal, RuleError};
 pub use scope::{Action, Resource, Scope, ScopeError, ScopeSet};
 pub use secret::{KeyHash, PlainKey};
-pub use store::{KeyStore, StoreError};
+pub use store::{KeyEvent, KeyStore, NewEvent, StoreError};

@@ -32,6 +32,9 @@ pub fn resource_for_path(path: &str) -> Option<Resource> {
     if let Some((_, resource)) = ALIASES.iter().find(|(alias, _)| *alias == first) {
         return Some(*resource);
     }
+    if let Some(resource) = crate::catalogue::alias(first) {
+        return Some(resource);
+    }
     match Resource::try_from(first) {
         Ok(Resource::All) | Err(_) => None,
         Ok(resource) => Some(resource),

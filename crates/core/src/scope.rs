@@ -34,10 +34,13 @@ pub enum Resource {
     Metadata,
     /// `backup`
     Backup,
+    /// A resource added to the catalogue by configuration, to guard APIs other than
+    /// Blnk's (see [`crate::catalogue`]).
+    Custom(&'static str),
 }
 
 impl Resource {
-    /// Every resource, the wildcard first.
+    /// Every built-in resource (Blnk's catalogue), the wildcard first.
     pub const ALL: [Resource; 13] = [
         Resource::All,
         Resource::Ledgers,
@@ -70,6 +73,7 @@ impl Resource {
             Resource::Reconciliation => "reconciliation",
             Resource::Metadata => "metadata",
             Resource::Backup => "backup",
+            Resource::Custom(name) => name,
         }
     }
 
@@ -86,6 +90,7 @@ impl TryFrom<&str> for Resource {
         Resource::ALL
             .into_iter()
             .find(|resource| resource.as_str() == name)
+            .or_else(|| crate::catalogue::custom_resource(name))
             .ok_or_else(|| ScopeError::UnknownResource(name.to_owned()))
     }
 }

@@ -54,7 +54,53 @@ pub trait KeyStore: Send + Sync + 'static {
     /// instance or tool sharing the database: the feed that keeps caches honest.
     fn changed_since(&self, since: DateTime<Utc>) -> Result<Vec<KeyHash>, StoreError>;
 
+    /// The owner's key `id`, whatever its status.
+    fn get(&self, id: &ApiKeyId, owner_id: &str) -> Result<Option<ApiKey>, StoreError>;
+
+    /// Replaces `old` (as it was read) by `new`, recording `event`, in one transaction.
+    /// `false`, changing nothing, when the stored key is no longer `old` or was revoked:
+    /// a concurrent change won.
+    fn replace(&self, old: &ApiKey, new: &ApiKey, event: &NewEvent) -> Result<bool, StoreError>;
+
+    /// Rotates `old` (as it was read): stores `successor`, cuts `old`'s expiry to
+    /// `old_expires_at`, and records `rotated` and `created` events, in one transaction.
+    /// `false`, changing nothing, when the stored key is no longer `old` or was revoked.
+    fn rotate(
+        &self,
+        old: &ApiKey,
+        old_expires_at: DateTime<Utc>,
+        successor: &ApiKey,
+        event: &NewEvent,
+    ) -> Result<bool, StoreError>;
+
+    /// The audit trail of key `id`, oldest first.
+    fn events(&self, id: &ApiKeyId) -> Result<Vec<KeyEvent>, StoreError>;
+
     /// Records the latest use of each key, never moving a `last_used_at` backwards.
     /// Returns how many rows changed.
     fn record_last_used(&self, uses: &[(ApiKeyId, DateTime<Utc>)]) -> Result<usize, StoreError>;
+}
+
+/// One entry of a key's audit trail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyEvent {
+    /// `created`, `updated`, `rotated` or `revoked`.
+    pub kind: String,
+    /// When it happened.
+    pub at: DateTime<Utc>,
+    /// Who did it: `master`, `cli`, or an API key's id.
+    pub actor: String,
+    /// What changed, as JSON text; never a secret.
+    pub details: Option<String>,
+}
+
+/// An event about to be recorded with the change it describes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    /// Who is making the change.
+    pub actor: Actor,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// What changed, as JSON text; never a secret.
+    pub details: Option<String>,
 }

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
 use crate::guard::Caller;
+use crate::lifecycle;
 use crate::state::AppState;
 
 /// Routes under `/api-keys`; they expect the guard in front of them.
@@ -23,7 +24,19 @@ pub fn routes(config: &mut web::ServiceConfig) {
             )
             .service(
                 web::resource("/{id}")
+                    .route(web::get().to(lifecycle::get))
+                    .route(web::patch().to(lifecycle::update))
                     .route(web::delete().to(revoke))
+                    .default_service(web::to(method_not_allowed)),
+            )
+            .service(
+                web::resource("/{id}/rotate")
+                    .route(web::post().to(lifecycle::rotate))
+                    .default_service(web::to(method_not_allowed)),
+            )
+            .service(
+                web::resource("/{id}/events")
+                    .route(web::get().to(lifecycle::events))
                     .default_service(web::to(method_not_allowed)),
             )
             .default_service(web::to(not_found)),
@@ -56,7 +69,7 @@ pub struct OwnerQuery {
 
 impl OwnerQuery {
     /// The owner named, if any: an empty `owner=` names none, as in Blnk.
-    fn owner(&self) -> Result<Option<String>, ValidationError> {
+    pub(crate) fn owner(&self) -> Result<Option<String>, ValidationError> {
         match self.owner.as_deref() {
             None | Some("") => Ok(None),
             Some(owner) => validate_owner(owner).map(Some),
@@ -69,7 +82,7 @@ const NEVER: &str = "0001-01-01T00:00:00Z";
 
 /// The key object on the wire.
 #[derive(Debug, Serialize)]
-struct KeyView<'a> {
+pub(crate) struct KeyView<'a> {
     api_key_id: &'a str,
     /// The plaintext on creation; a hint otherwise.
     key: &'a str,
@@ -83,6 +96,8 @@ struct KeyView<'a> {
     is_revoked: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     revoked_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rotated_from: Option<&'a str>,
 }
 
 fn last_used<S: serde::Serializer>(
@@ -96,7 +111,7 @@ fn last_used<S: serde::Serializer>(
 }
 
 impl<'a> KeyView<'a> {
-    fn new(key: &'a ApiKey, shown: &'a str) -> Self {
+    pub(crate) fn new(key: &'a ApiKey, shown: &'a str) -> Self {
         KeyView {
             api_key_id: key.id.as_str(),
             key: shown,
@@ -108,15 +123,19 @@ impl<'a> KeyView<'a> {
             last_used_at: key.last_used_at,
             is_revoked: key.is_revoked(),
             revoked_at: key.revoked_at,
+            rotated_from: key.rotated_from.as_ref().map(ApiKeyId::as_str),
         }
     }
 }
 
-fn no_store() -> CacheControl {
+pub(crate) fn no_store() -> CacheControl {
     CacheControl(vec![CacheDirective::NoStore])
 }
 
-fn parse_timestamp(field: &'static str, text: &str) -> Result<DateTime<Utc>, ValidationError> {
+pub(crate) fn parse_timestamp(
+    field: &'static str,
+    text: &str,
+) -> Result<DateTime<Utc>, ValidationError> {
     DateTime::parse_from_rfc3339(text)
         .map(|at| at.with_timezone(&Utc))
         .map_err(|_| {

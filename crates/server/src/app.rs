@@ -8,10 +8,10 @@ use actix_web::middleware::{DefaultHeaders, from_fn};
 use actix_web::{App, HttpRequest, HttpResponse, web};
 use serde_json::json;
 
-use crate::api_keys;
 use crate::error::ApiError;
 use crate::guard::require_key;
 use crate::state::AppState;
+use crate::{api_keys, forward_auth};
 
 /// The largest request body accepted.
 pub const BODY_LIMIT: usize = 1024 * 1024;
@@ -41,6 +41,7 @@ pub fn app(
         .wrap(DefaultHeaders::new().add(("X-Content-Type-Options", "nosniff")))
         .route("/", web::get().to(root))
         .route("/health", web::get().to(health))
+        .route("/forward-auth", web::route().to(forward_auth::decide))
         .service(
             web::scope("")
                 .wrap(from_fn(require_key))

@@ -25,6 +25,15 @@ pub enum ApiError {
     /// No key with that id for that owner.
     #[error("API key not found")]
     KeyNotFound,
+    /// The key is revoked, so it cannot be changed.
+    #[error("API key is revoked and cannot be changed")]
+    KeyRevoked,
+    /// The key is expired, so it cannot be rotated.
+    #[error("API key is expired and cannot be rotated; create a new one")]
+    KeyExpired,
+    /// A concurrent change to the same key won.
+    #[error("The API key changed while this request was working on it; retry")]
+    Conflict,
     /// No such route.
     #[error("Not found")]
     RouteNotFound,
@@ -65,6 +74,9 @@ impl ApiError {
                 RuleError::ScopeEscalation(_) => "AUTH_SCOPE_ESCALATION",
             },
             ApiError::KeyNotFound => "APIKEY_NOT_FOUND",
+            ApiError::KeyRevoked => "APIKEY_REVOKED",
+            ApiError::KeyExpired => "APIKEY_EXPIRED",
+            ApiError::Conflict => "GEN_CONFLICT",
             ApiError::RouteNotFound => "GEN_NOT_FOUND",
             ApiError::MethodNotAllowed => "GEN_METHOD_NOT_ALLOWED",
             ApiError::Malformed(_) => "GEN_MALFORMED_REQUEST",
@@ -124,6 +136,9 @@ impl ResponseError for ApiError {
             ApiError::Rule(RuleError::OwnerRequired) => StatusCode::BAD_REQUEST,
             ApiError::Rule(_) => StatusCode::FORBIDDEN,
             ApiError::KeyNotFound | ApiError::RouteNotFound => StatusCode::NOT_FOUND,
+            ApiError::KeyRevoked | ApiError::KeyExpired | ApiError::Conflict => {
+                StatusCode::CONFLICT
+            }
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Malformed(_) | ApiError::Validation(_) => StatusCode::BAD_REQUEST,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -203,6 +218,9 @@ mod tests {
                 "APIKEY_OWNER_REQUIRED",
             ),
             (ApiError::KeyNotFound, 404, "APIKEY_NOT_FOUND"),
+            (ApiError::KeyRevoked, 409, "APIKEY_REVOKED"),
+            (ApiError::KeyExpired, 409, "APIKEY_EXPIRED"),
+            (ApiError::Conflict, 409, "GEN_CONFLICT"),
             (
                 ApiError::Malformed("x".into()),
                 400,

@@ -10,7 +10,9 @@ pub mod api_keys;
 pub mod app;
 pub mod changes;
 pub mod error;
+pub mod forward_auth;
 pub mod guard;
+pub mod lifecycle;
 pub mod master_key;
 pub mod settings;
 pub mod state;
@@ -93,6 +95,10 @@ pub fn master_key(settings: &Settings) -> Result<Option<SecretString>, StartErro
 
 /// Runs the service until it is stopped (SIGINT or SIGTERM).
 pub async fn serve(settings: Settings) -> Result<(), StartError> {
+    settings
+        .resources
+        .install()
+        .map_err(|e| StartError::Config(format!("resources: {e}")))?;
     let master = master_key(&settings)?;
     if !settings.server.secure {
         tracing::warn!(

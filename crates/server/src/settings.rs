@@ -32,6 +32,28 @@ pub struct Settings {
     pub database: DatabaseSettings,
     /// The verified-key cache and usage bookkeeping.
     pub auth: AuthSettings,
+    /// Resources beyond Blnk's, to guard other APIs.
+    #[serde(default)]
+    pub resources: ResourceSettings,
+}
+
+/// `[resources]`: additions to the built-in (Blnk) resource catalogue.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ResourceSettings {
+    /// New resource names, usable in scopes (`reports:read`) and as a path's first segment.
+    #[serde(default)]
+    pub extra: Vec<String>,
+    /// Path segments that stand for a resource: `{ "report-exports" = "reports" }`.
+    #[serde(default)]
+    pub aliases: std::collections::BTreeMap<String, String>,
+}
+
+impl ResourceSettings {
+    /// Adds these resources to the process's catalogue.
+    pub fn install(&self) -> Result<(), keygate_core::catalogue::CatalogueError> {
+        let aliases: Vec<(String, String)> = self.aliases.clone().into_iter().collect();
+        keygate_core::catalogue::install(&self.extra, &aliases)
+    }
 }
 
 /// `[server]`
@@ -280,6 +302,29 @@ mod tests {
     fn an_overlong_secret_key_is_refused() {
         let long = "k".repeat(513);
         assert!(Settings::load(&env(&[("BLNK_SERVER_SECRET_KEY", &long)])).is_err());
+    }
+
+    #[test]
+    fn extra_resources_come_from_the_config_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("keygate.toml");
+        std::fs::write(
+            &path,
+            "[resources]\nextra = [\"reports\"]\naliases = { \"report-exports\" = \"reports\" }\n",
+        )
+        .expect("write");
+        let settings =
+            Settings::load(&env(&[(CONFIG_FILE_VAR, &path.to_string_lossy())])).expect("loads");
+        assert_eq!(settings.resources.extra, vec!["reports".to_owned()]);
+        assert_eq!(
+            settings
+                .resources
+                .aliases
+                .get("report-exports")
+                .map(String::as_str),
+            Some("reports")
+        );
+        assert!(Settings::defaults().resources.extra.is_empty());
     }
 
     #[test]

@@ -10,9 +10,9 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::sql_types::{Text, Timestamptz, TimestamptzSqlite};
 use diesel::{PgConnection, SqliteConnection};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
-use keygate_core::{Actor, ApiKey, ApiKeyId, KeyHash, KeyStore, StoreError};
+use keygate_core::{Actor, ApiKey, ApiKeyId, KeyEvent, KeyHash, KeyStore, NewEvent, StoreError};
 
-use crate::rows::KeyRow;
+use crate::rows::{EventRow, KeyRow};
 use crate::url::{Backend, DatabaseUrl};
 
 const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/postgres");
@@ -28,6 +28,8 @@ const LAST_USED_CHUNK: usize = 500;
 #[derive(Debug, Clone, Copy)]
 enum EventKind {
     Created,
+    Updated,
+    Rotated,
     Revoked,
 }
 
@@ -35,6 +37,8 @@ impl EventKind {
     fn as_str(self) -> &'static str {
         match self {
             EventKind::Created => "created",
+            EventKind::Updated => "updated",
+            EventKind::Rotated => "rotated",
             EventKind::Revoked => "revoked",
         }
     }
@@ -224,6 +228,7 @@ impl KeyStore for Database {
                         t::last_used_at.eq(key.last_used_at),
                         t::is_revoked.eq(key.is_revoked()),
                         t::revoked_at.eq(key.revoked_at),
+                        t::rotated_from.eq(key.rotated_from.as_ref().map(ApiKeyId::as_str)),
                     ))
                     .execute(conn)?;
                 diesel::insert_into(e::table)
@@ -315,6 +320,132 @@ impl KeyStore for Database {
                     .ok_or_else(|| StoreError::Internal("a key_hash is not 32 bytes".into()))
             })
             .collect()
+    }
+
+    fn get(&self, id: &ApiKeyId, owner_id: &str) -> Result<Option<ApiKey>, StoreError> {
+        let row: Option<KeyRow> = with_connection!(self, |conn, t, e| {
+            t::table
+                .filter(t::api_key_id.eq(id.as_str()))
+                .filter(t::owner_id.eq(owner_id))
+                .get_result(conn)
+                .optional()
+                .map_err(query_error)?
+        });
+        row.map(ApiKey::try_from).transpose()
+    }
+
+    fn replace(&self, old: &ApiKey, new: &ApiKey, event: &NewEvent) -> Result<bool, StoreError> {
+        let (old_scopes, new_scopes) = (old.scopes.to_string(), new.scopes.to_string());
+        let actor = event.actor.to_string();
+        with_connection!(self, |conn, t, e| {
+            conn.transaction(|conn| {
+                let unchanged = t::table
+                    .filter(t::api_key_id.eq(old.id.as_str()))
+                    .filter(t::owner_id.eq(&old.owner_id))
+                    .filter(t::is_revoked.eq(false))
+                    .filter(t::name.eq(&old.name))
+                    .filter(t::scopes.eq(&old_scopes))
+                    .filter(t::expires_at.eq(old.expires_at));
+                let replaced = diesel::update(unchanged)
+                    .set((
+                        t::name.eq(&new.name),
+                        t::scopes.eq(&new_scopes),
+                        t::expires_at.eq(new.expires_at),
+                    ))
+                    .execute(conn)?;
+                if replaced == 1 {
+                    diesel::insert_into(e::table)
+                        .values((
+                            e::api_key_id.eq(old.id.as_str()),
+                            e::kind.eq(EventKind::Updated.as_str()),
+                            e::actor.eq(&actor),
+                            e::details.eq(event.details.as_deref()),
+                            e::at.eq(event.at),
+                        ))
+                        .execute(conn)?;
+                }
+                Ok(replaced == 1)
+            })
+            .map_err(query_error)
+        })
+    }
+
+    fn rotate(
+        &self,
+        old: &ApiKey,
+        old_expires_at: DateTime<Utc>,
+        successor: &ApiKey,
+        event: &NewEvent,
+    ) -> Result<bool, StoreError> {
+        let old_scopes = old.scopes.to_string();
+        let new_scopes = successor.scopes.to_string();
+        let actor = event.actor.to_string();
+        let created_details = format!(
+            "{{\"rotated_from\":\"{}\"}}",
+            old.id.as_str().replace('"', "")
+        );
+        with_connection!(self, |conn, t, e| {
+            conn.transaction(|conn| {
+                let unchanged = t::table
+                    .filter(t::api_key_id.eq(old.id.as_str()))
+                    .filter(t::owner_id.eq(&old.owner_id))
+                    .filter(t::is_revoked.eq(false))
+                    .filter(t::scopes.eq(&old_scopes))
+                    .filter(t::expires_at.eq(old.expires_at));
+                let cut = diesel::update(unchanged)
+                    .set(t::expires_at.eq(old_expires_at))
+                    .execute(conn)?;
+                if cut != 1 {
+                    return Ok(false);
+                }
+                diesel::insert_into(t::table)
+                    .values((
+                        t::api_key_id.eq(successor.id.as_str()),
+                        t::key_hash.eq(&successor.hash.as_bytes()[..]),
+                        t::key_hint.eq(&successor.hint),
+                        t::name.eq(&successor.name),
+                        t::owner_id.eq(&successor.owner_id),
+                        t::scopes.eq(&new_scopes),
+                        t::expires_at.eq(successor.expires_at),
+                        t::created_at.eq(successor.created_at),
+                        t::is_revoked.eq(false),
+                        t::rotated_from.eq(Some(old.id.as_str())),
+                    ))
+                    .execute(conn)?;
+                diesel::insert_into(e::table)
+                    .values(vec![
+                        (
+                            e::api_key_id.eq(old.id.as_str()),
+                            e::kind.eq(EventKind::Rotated.as_str()),
+                            e::actor.eq(actor.as_str()),
+                            e::details.eq(event.details.as_deref()),
+                            e::at.eq(event.at),
+                        ),
+                        (
+                            e::api_key_id.eq(successor.id.as_str()),
+                            e::kind.eq(EventKind::Created.as_str()),
+                            e::actor.eq(actor.as_str()),
+                            e::details.eq(Some(created_details.as_str())),
+                            e::at.eq(successor.created_at),
+                        ),
+                    ])
+                    .execute(conn)?;
+                Ok(true)
+            })
+            .map_err(query_error)
+        })
+    }
+
+    fn events(&self, id: &ApiKeyId) -> Result<Vec<KeyEvent>, StoreError> {
+        let rows: Vec<EventRow> = with_connection!(self, |conn, t, e| {
+            e::table
+                .filter(e::api_key_id.eq(id.as_str()))
+                .order(e::event_id.asc())
+                .select((e::kind, e::actor, e::details, e::at))
+                .load(conn)
+                .map_err(query_error)?
+        });
+        Ok(rows.into_iter().map(KeyEvent::from).collect())
     }
 
     fn record_last_used(&self, uses: &[(ApiKeyId, DateTime<Utc>)]) -> Result<usize, StoreError> {

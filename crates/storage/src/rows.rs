@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use diesel::Queryable;
-use keygate_core::{ApiKey, ApiKeyId, KeyHash, ScopeSet, StoreError};
+use keygate_core::{ApiKey, ApiKeyId, KeyEvent, KeyHash, ScopeSet, StoreError};
 
 /// One `api_keys` row, in column order (`api_keys::all_columns`).
 #[derive(Queryable)]
@@ -18,6 +18,7 @@ pub struct KeyRow {
     pub last_used_at: Option<DateTime<Utc>>,
     pub is_revoked: bool,
     pub revoked_at: Option<DateTime<Utc>>,
+    pub rotated_from: Option<String>,
 }
 
 impl TryFrom<KeyRow> for ApiKey {
@@ -46,6 +47,27 @@ impl TryFrom<KeyRow> for ApiKey {
             created_at: row.created_at,
             last_used_at: row.last_used_at,
             revoked_at,
+            rotated_from: row.rotated_from.map(ApiKeyId::new),
         })
+    }
+}
+
+/// One `key_events` row as the audit trail shows it.
+#[derive(Queryable)]
+pub struct EventRow {
+    pub kind: String,
+    pub actor: String,
+    pub details: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+impl From<EventRow> for KeyEvent {
+    fn from(row: EventRow) -> Self {
+        KeyEvent {
+            kind: row.kind,
+            at: row.at,
+            actor: row.actor,
+            details: row.details,
+        }
     }
 }

@@ -15,6 +15,7 @@ pub mod postgres {
             last_used_at -> Nullable<Timestamptz>,
             is_revoked -> Bool,
             revoked_at -> Nullable<Timestamptz>,
+            rotated_from -> Nullable<Text>,
         }
     }
 
@@ -49,6 +50,7 @@ pub mod sqlite {
             last_used_at -> Nullable<TimestamptzSqlite>,
             is_revoked -> Bool,
             revoked_at -> Nullable<TimestamptzSqlite>,
+            rotated_from -> Nullable<Text>,
         }
     }
 

@@ -315,6 +315,46 @@ impl KeyStore for CountingStore {
         self.inner.revoke(id, owner_id, at, actor)
     }
 
+    fn get(
+        &self,
+        id: &keygate_core::ApiKeyId,
+        owner_id: &str,
+    ) -> Result<Option<keygate_core::ApiKey>, keygate_core::StoreError> {
+        self.inner.get(id, owner_id)
+    }
+
+    fn replace(
+        &self,
+        old: &keygate_core::ApiKey,
+        new: &keygate_core::ApiKey,
+        event: &keygate_core::NewEvent,
+    ) -> Result<bool, keygate_core::StoreError> {
+        bump(&self.writes, 1);
+        self.inner.replace(old, new, event)
+    }
+
+    fn rotate(
+        &self,
+        old: &keygate_core::ApiKey,
+        old_expires_at: chrono::DateTime<chrono::Utc>,
+        successor: &keygate_core::ApiKey,
+        event: &keygate_core::NewEvent,
+    ) -> Result<bool, keygate_core::StoreError> {
+        bump(&self.writes, 1);
+        self.inner.rotate(old, old_expires_at, successor, event)
+    }
+
+    fn events(
+        &self,
+        id: &keygate_core::ApiKeyId,
+    ) -> Result<Vec<keygate_core::KeyEvent>, keygate_core::StoreError> {
+        self.inner.events(id)
+    }
+
+    fn reads_are_local(&self) -> bool {
+        self.inner.reads_are_local()
+    }
+
     fn changed_since(
         &self,
         since: chrono::DateTime<chrono::Utc>,

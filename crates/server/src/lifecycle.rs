@@ -1,0 +1,235 @@
+//! Beyond Blnk: read one key, update it, rotate it with a grace period, and read its
+//! audit trail. The same guard, owner rules and error envelope as `/api-keys`.
+
+use actix_web::{HttpResponse, web};
+use chrono::{DateTime, Duration, Utc};
+use keygate_core::{
+    Actor, ApiKey, ApiKeyId, Change, KeyPatch, KeyStatus, NewEvent, PlainKey, Principal,
+    ValidationError,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::api_keys::{KeyView, OwnerQuery, no_store, parse_timestamp};
+use crate::error::ApiError;
+use crate::guard::Caller;
+use crate::state::AppState;
+
+/// The longest grace period a rotation may give the old key: one day.
+pub const MAX_GRACE_SECONDS: i64 = 86_400;
+
+/// The owner's key `id`, as the caller may see it: another owner's key does not exist.
+async fn owned_key(
+    state: &AppState,
+    principal: &Principal,
+    id: String,
+    query: &OwnerQuery,
+) -> Result<ApiKey, ApiError> {
+    let owner = principal
+        .target_owner(query.owner()?.as_deref())?
+        .to_owned();
+    let id = ApiKeyId::new(id);
+    state
+        .read_store(move |store| store.get(&id, &owner))
+        .await?
+        .ok_or(ApiError::KeyNotFound)
+}
+
+/// After a conditional write lost: why, as the client should hear it.
+async fn lost_race(state: &AppState, key: &ApiKey) -> ApiError {
+    let (id, owner) = (key.id.clone(), key.owner_id.clone());
+    match state.read_store(move |store| store.get(&id, &owner)).await {
+        Ok(Some(now)) if now.is_revoked() => ApiError::KeyRevoked,
+        Ok(None) => ApiError::KeyNotFound,
+        Ok(Some(_)) => ApiError::Conflict,
+        Err(error) => error,
+    }
+}
+
+/// `GET /api-keys/{id}`
+pub async fn get(
+    state: web::Data<AppState>,
+    Caller(principal): Caller,
+    id: web::Path<String>,
+    query: web::Query<OwnerQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let key = owned_key(&state, &principal, id.into_inner(), &query).await?;
+    Ok(HttpResponse::Ok()
+        .insert_header(no_store())
+        .json(KeyView::new(&key, &key.hint)))
+}
+
+/// `PATCH /api-keys/{id}`: any of these; absent (or null) fields stay as they are.
+#[derive(Debug, Deserialize)]
+pub struct UpdateKey {
+    name: Option<String>,
+    scopes: Option<Vec<String>>,
+    expires_at: Option<String>,
+}
+
+/// `PATCH /api-keys/{id}`
+pub async fn update(
+    state: web::Data<AppState>,
+    Caller(principal): Caller,
+    id: web::Path<String>,
+    query: web::Query<OwnerQuery>,
+    body: web::Json<UpdateKey>,
+) -> Result<HttpResponse, ApiError> {
+    let now = Utc::now();
+    let expires_at = body
+        .expires_at
+        .as_deref()
+        .map(|text| parse_timestamp("expires_at", text))
+        .transpose()?;
+    let patch = KeyPatch::new(
+        body.name.as_deref(),
+        body.scopes.as_deref(),
+        expires_at,
+        now,
+    )?;
+    let key = owned_key(&state, &principal, id.into_inner(), &query).await?;
+    if key.is_revoked() {
+        return Err(ApiError::KeyRevoked);
+    }
+    if let Some(scopes) = &patch.scopes {
+        principal.may_grant(&key.owner_id, scopes)?;
+    }
+    let (updated, changes) = key.patched(&patch);
+    if changes.is_empty() {
+        return Ok(HttpResponse::Ok()
+            .insert_header(no_store())
+            .json(KeyView::new(&key, &key.hint)));
+    }
+    let event = NewEvent {
+        actor: Actor::from(&principal),
+        at: now,
+        details: Some(describe(&changes).to_string()),
+    };
+    let (old, new) = (key.clone(), updated.clone());
+    if !state
+        .with_store(move |store| store.replace(&old, &new, &event))
+        .await?
+    {
+        return Err(lost_race(&state, &key).await);
+    }
+    state.forget(&key.hash);
+    tracing::info!(api_key_id = %key.id, owner_id = %key.owner_id, "API key updated");
+    Ok(HttpResponse::Ok()
+        .insert_header(no_store())
+        .json(KeyView::new(&updated, &updated.hint)))
+}
+
+/// What an update changed, as the audit trail shows it.
+fn describe(changes: &[Change]) -> Value {
+    let mut details = serde_json::Map::new();
+    for change in changes {
+        let (field, from, to) = match change {
+            Change::Name { from, to } => ("name", json!(from), json!(to)),
+            Change::Scopes { from, to } => ("scopes", json!(from), json!(to)),
+            Change::ExpiresAt { from, to } => ("expires_at", json!(from), json!(to)),
+        };
+        details.insert(field.to_owned(), json!({ "from": from, "to": to }));
+    }
+    Value::Object(details)
+}
+
+/// `POST /api-keys/{id}/rotate`, whose body is optional.
+#[derive(Debug, Default, Deserialize)]
+struct RotateKey {
+    grace_period_seconds: Option<i64>,
+}
+
+/// `POST /api-keys/{id}/rotate`: a new key like the old one; the old one keeps working
+/// for the grace period, then fails as expired.
+pub async fn rotate(
+    state: web::Data<AppState>,
+    Caller(principal): Caller,
+    id: web::Path<String>,
+    query: web::Query<OwnerQuery>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let now = Utc::now();
+    let request: RotateKey = if body.iter().all(u8::is_ascii_whitespace) {
+        RotateKey::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::Malformed(format!("Invalid JSON body: {e}")))?
+    };
+    let grace = request.grace_period_seconds.unwrap_or(0);
+    if !(0..=MAX_GRACE_SECONDS).contains(&grace) {
+        return Err(ValidationError::new(
+            "grace_period_seconds",
+            format!("must be between 0 and {MAX_GRACE_SECONDS}"),
+        )
+        .into());
+    }
+    let key = owned_key(&state, &principal, id.into_inner(), &query).await?;
+    match key.status(now) {
+        KeyStatus::Revoked => return Err(ApiError::KeyRevoked),
+        KeyStatus::Expired => return Err(ApiError::KeyExpired),
+        KeyStatus::Active => {}
+    }
+    // A rotation hands out a key with the old key's scopes: only to a caller who could
+    // have granted them.
+    principal.may_grant(&key.owner_id, &key.scopes)?;
+    let plain = PlainKey::generate().map_err(|error| {
+        tracing::error!(%error, "the operating system's random source failed");
+        ApiError::Internal
+    })?;
+    let successor = key.successor(&plain, now);
+    let old_expires_at: DateTime<Utc> = key.expires_at.min(now + Duration::seconds(grace));
+    let event = NewEvent {
+        actor: Actor::from(&principal),
+        at: now,
+        details: Some(
+            json!({ "rotated_to": successor.id.as_str(), "grace_period_seconds": grace })
+                .to_string(),
+        ),
+    };
+    let (old, new) = (key.clone(), successor.clone());
+    if !state
+        .with_store(move |store| store.rotate(&old, old_expires_at, &new, &event))
+        .await?
+    {
+        return Err(lost_race(&state, &key).await);
+    }
+    state.forget(&key.hash);
+    tracing::info!(api_key_id = %key.id, rotated_to = %successor.id, grace, "API key rotated");
+    Ok(HttpResponse::Created()
+        .insert_header(no_store())
+        .json(KeyView::new(&successor, plain.expose())))
+}
+
+/// One entry of the audit trail on the wire.
+#[derive(Debug, Serialize)]
+struct EventView {
+    kind: String,
+    at: DateTime<Utc>,
+    actor: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    details: Option<Value>,
+}
+
+/// `GET /api-keys/{id}/events`: the key's audit trail, oldest first.
+pub async fn events(
+    state: web::Data<AppState>,
+    Caller(principal): Caller,
+    id: web::Path<String>,
+    query: web::Query<OwnerQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let key = owned_key(&state, &principal, id.into_inner(), &query).await?;
+    let id = key.id.clone();
+    let events = state.read_store(move |store| store.events(&id)).await?;
+    let views: Vec<EventView> = events
+        .into_iter()
+        .map(|event| EventView {
+            kind: event.kind,
+            at: event.at,
+            actor: event.actor,
+            details: event
+                .details
+                .and_then(|text| serde_json::from_str(&text).ok()),
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(views))
+}
