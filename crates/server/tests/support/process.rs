@@ -1,0 +1,131 @@
+//! The `keygate` binary as a process, and a bare HTTP/1.1 client to talk to it.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `keygate`, stopped when dropped.
+pub struct Running {
+    child: Child,
+    pub port: u16,
+}
+
+impl Running {
+    /// Starts the binary in `dir` with only `env` (and PATH) in its environment, and
+    /// waits until it answers `/health`.
+    pub fn start(dir: &Path, port: u16, env: &[(&str, &str)]) -> Self {
+        let stderr = File::create(dir.join("stderr.log")).expect("a log file");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_keygate"));
+        command
+            .current_dir(dir)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let child = command.spawn().expect("the binary starts");
+        let mut running = Running { child, port };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = running.child.try_wait().expect("process status") {
+                panic!("keygate exited with {status}: {}", log(dir));
+            }
+            if matches!(http(port, "GET", "/health", None, None), Some((200, _))) {
+                return running;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "keygate did not answer on {port}: {}",
+                log(dir)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn get(&self, path: &str, key: Option<&str>) -> (u16, String) {
+        http(self.port, "GET", path, key, None).expect("keygate answers")
+    }
+
+    pub fn post(&self, path: &str, key: &str, body: &str) -> (u16, String) {
+        http(self.port, "POST", path, Some(key), Some(body)).expect("keygate answers")
+    }
+
+    /// Stops the process with SIGTERM and waits for it.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("process status") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "keygate did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn log(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default()
+}
+
+/// One HTTP/1.1 request; `None` when nothing listens.
+pub fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: Option<&str>,
+) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    let key_header = key
+        .map(|key| format!("X-Blnk-Key: {key}\r\n"))
+        .unwrap_or_default();
+    let body = body.unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{key_header}Content-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let key_header = key
+        .map(|key| format!("X-Blnk-Key: {key}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{key_header}Connection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split(' ').nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free port")
+}
