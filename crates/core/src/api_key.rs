@@ -28,6 +28,14 @@ impl ApiKeyId {
         ApiKeyId(id.into())
     }
 
+    /// An identifier from a request path, or `None` when it cannot name any key (too
+    /// long, or holding control characters), so that it need not be looked up at all.
+    pub fn from_request(text: &str) -> Option<Self> {
+        let plausible =
+            !text.is_empty() && text.len() <= MAX_TEXT_CHARS && !text.chars().any(char::is_control);
+        plausible.then(|| ApiKeyId(text.to_owned()))
+    }
+
     /// The identifier's text.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -288,6 +296,21 @@ impl KeySpec {
     }
 }
 
+/// Checks that `expires_at` is no further than `max_days` after `now`.
+pub fn check_lifetime(
+    expires_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+    max_days: u32,
+) -> Result<(), ValidationError> {
+    if expires_at > now + chrono::Duration::days(i64::from(max_days)) {
+        return Err(ValidationError::new(
+            "expires_at",
+            format!("must be at most {max_days} days away"),
+        ));
+    }
+    Ok(())
+}
+
 fn validate_scopes<S: AsRef<str>>(scopes: &[S]) -> Result<ScopeSet, ValidationError> {
     if scopes.is_empty() {
         return Err(ValidationError::new(
@@ -439,6 +462,17 @@ mod tests {
         )
         .expect_err("invalid");
         assert!(error.message.contains("update"), "{}", error.message);
+    }
+
+    #[test]
+    fn lifetimes_are_bounded() {
+        assert_eq!(
+            check_lifetime(now() + Duration::days(10), now(), 10),
+            Ok(())
+        );
+        let error = check_lifetime(now() + Duration::days(10) + Duration::seconds(1), now(), 10)
+            .expect_err("too far");
+        assert_eq!(error.field, "expires_at");
     }
 
     #[test]

@@ -30,7 +30,7 @@ fn verification(c: &mut Criterion) {
         .expect("stored");
     let settings = Settings::defaults();
     let master = "bench-master-key".into();
-    let state = AppState::new(store, &settings, Some(&master));
+    let state = AppState::new(store, &settings, Some(&master)).expect("valid settings");
     let system = System::new();
     let presented = plain.expose();
 

@@ -3,7 +3,7 @@
 use actix_web::http::header::{CacheControl, CacheDirective};
 use actix_web::{HttpResponse, web};
 use chrono::{DateTime, Utc};
-use keygate_core::api_key::validate_owner;
+use keygate_core::api_key::{check_lifetime, validate_owner};
 use keygate_core::{Actor, ApiKey, ApiKeyId, KeySpec, PlainKey, ScopeSet, ValidationError};
 use serde::{Deserialize, Serialize};
 
@@ -154,6 +154,7 @@ async fn create(
     let now = Utc::now();
     let expires_at = parse_timestamp("expires_at", &body.expires_at)?;
     let spec = KeySpec::new(&body.name, &body.owner, &body.scopes, expires_at, now)?;
+    check_lifetime(spec.expires_at, now, state.max_key_lifetime_days())?;
     principal.may_grant(&spec.owner_id, &spec.scopes)?;
     let plain = PlainKey::generate().map_err(|error| {
         tracing::error!(%error, "the operating system's random source failed");
@@ -196,7 +197,7 @@ async fn revoke(
 ) -> Result<HttpResponse, ApiError> {
     let requested = query.owner()?;
     let owner = principal.target_owner(requested.as_deref())?.to_owned();
-    let id = ApiKeyId::new(id.into_inner());
+    let id = ApiKeyId::from_request(&id).ok_or(ApiError::KeyNotFound)?;
     let actor = Actor::from(&principal);
     let revoked = state
         .with_store(move |store| store.revoke(&id, &owner, Utc::now(), &actor))

@@ -49,6 +49,9 @@ pub enum ApiError {
     /// The body is over the limit.
     #[error("Request body is larger than the limit of {0} bytes")]
     PayloadTooLarge(usize),
+    /// Too many failed authentications from this client; retry after the duration.
+    #[error("Too many failed authentications from this address; retry later")]
+    RateLimited(std::time::Duration),
     /// The database cannot be reached.
     #[error("The service is temporarily unavailable; retry shortly")]
     Unavailable,
@@ -82,6 +85,7 @@ impl ApiError {
             ApiError::Malformed(_) => "GEN_MALFORMED_REQUEST",
             ApiError::Validation(_) => "GEN_VALIDATION_ERROR",
             ApiError::PayloadTooLarge(_) => "GEN_PAYLOAD_TOO_LARGE",
+            ApiError::RateLimited(_) => "GEN_RATE_LIMITED",
             ApiError::Unavailable => "GEN_SERVICE_UNAVAILABLE",
             ApiError::Internal => "GEN_INTERNAL",
         }
@@ -142,6 +146,7 @@ impl ResponseError for ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Malformed(_) | ApiError::Validation(_) => StatusCode::BAD_REQUEST,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -150,8 +155,15 @@ impl ResponseError for ApiError {
     fn error_response(&self) -> HttpResponse {
         let message = self.to_string();
         let mut response = HttpResponse::build(self.status_code());
-        if matches!(self, ApiError::Unavailable) {
-            response.insert_header(("Retry-After", "1"));
+        match self {
+            ApiError::Unavailable => {
+                response.insert_header(("Retry-After", "1"));
+            }
+            ApiError::RateLimited(wait) => {
+                let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                response.insert_header(("Retry-After", seconds.max(1).to_string()));
+            }
+            _ => {}
         }
         response.json(Envelope {
             error: &message,
@@ -232,6 +244,11 @@ mod tests {
                 "GEN_VALIDATION_ERROR",
             ),
             (ApiError::PayloadTooLarge(1), 413, "GEN_PAYLOAD_TOO_LARGE"),
+            (
+                ApiError::RateLimited(std::time::Duration::from_millis(1500)),
+                429,
+                "GEN_RATE_LIMITED",
+            ),
             (ApiError::Unavailable, 503, "GEN_SERVICE_UNAVAILABLE"),
             (ApiError::Internal, 500, "GEN_INTERNAL"),
         ];

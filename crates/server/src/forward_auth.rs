@@ -46,7 +46,14 @@ pub async fn decide(
         )
     })?;
     let path = uri.split(['?', '#']).next().unwrap_or_default();
-    let principal = state.authenticate(presented_key(headers)?).await?;
+    // The client is the gateway's client: with the gateway as a trusted proxy, the
+    // address it forwards in X-Forwarded-For.
+    let client = state
+        .throttle()
+        .client(request.peer_addr().map(|a| a.ip()), headers);
+    let principal = state
+        .authenticate_client(client, presented_key(headers)?)
+        .await?;
     let method = method.trim().to_ascii_uppercase();
     principal.authorize(
         resource_for_path(path),

@@ -61,8 +61,12 @@ async fn admit(request: &ServiceRequest) -> Result<Caller, ApiError> {
     let state = request
         .app_data::<web::Data<AppState>>()
         .ok_or(ApiError::Internal)?;
+    let client = state.throttle().client(
+        request.peer_addr().map(|address| address.ip()),
+        request.headers(),
+    );
     let principal = state
-        .authenticate(presented_key(request.headers())?)
+        .authenticate_client(client, presented_key(request.headers())?)
         .await?;
     let method = request.method().as_str();
     principal.authorize(

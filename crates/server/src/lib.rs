@@ -16,6 +16,7 @@ pub mod lifecycle;
 pub mod master_key;
 pub mod settings;
 pub mod state;
+pub mod throttle;
 pub mod usage;
 
 use std::net::TcpListener;
@@ -109,7 +110,9 @@ pub async fn serve(settings: Settings) -> Result<(), StartError> {
     let database = open_database(&settings).await?;
     tracing::info!(backend = %database.backend(), "database ready");
     let store: Arc<dyn KeyStore> = database;
-    let state = web::Data::new(AppState::new(store, &settings, master.as_ref()));
+    let state = web::Data::new(
+        AppState::new(store, &settings, master.as_ref()).map_err(StartError::Config)?,
+    );
     let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
         .map_err(|e| {
             StartError::Config(format!(
@@ -144,8 +147,20 @@ pub fn spawn_background(state: &web::Data<AppState>, settings: &Settings) -> Bac
         settings.auth.last_used_flush(),
     );
     let watcher = changes::watch(state.clone(), settings.auth.change_poll());
+    let tidied = state.clone();
+    let tidier = async move {
+        let mut ticker = tokio::time::interval(std::time::Duration::from_secs(60));
+        loop {
+            ticker.tick().await;
+            tidied.throttle().tidy();
+        }
+    };
     Background {
-        tasks: vec![actix_web::rt::spawn(flusher), actix_web::rt::spawn(watcher)],
+        tasks: vec![
+            actix_web::rt::spawn(flusher),
+            actix_web::rt::spawn(watcher),
+            actix_web::rt::spawn(tidier),
+        ],
     }
 }
 

@@ -14,6 +14,7 @@ use crate::api_keys::{KeyView, OwnerQuery, no_store, parse_timestamp};
 use crate::error::ApiError;
 use crate::guard::Caller;
 use crate::state::AppState;
+use keygate_core::api_key::check_lifetime;
 
 /// The longest grace period a rotation may give the old key: one day.
 pub const MAX_GRACE_SECONDS: i64 = 86_400;
@@ -28,7 +29,7 @@ async fn owned_key(
     let owner = principal
         .target_owner(query.owner()?.as_deref())?
         .to_owned();
-    let id = ApiKeyId::new(id);
+    let id = ApiKeyId::from_request(&id).ok_or(ApiError::KeyNotFound)?;
     state
         .read_store(move |store| store.get(&id, &owner))
         .await?
@@ -87,6 +88,9 @@ pub async fn update(
         expires_at,
         now,
     )?;
+    if let Some(expires_at) = patch.expires_at {
+        check_lifetime(expires_at, now, state.max_key_lifetime_days())?;
+    }
     let key = owned_key(&state, &principal, id.into_inner(), &query).await?;
     if key.is_revoked() {
         return Err(ApiError::KeyRevoked);

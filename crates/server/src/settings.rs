@@ -32,9 +32,33 @@ pub struct Settings {
     pub database: DatabaseSettings,
     /// The verified-key cache and usage bookkeeping.
     pub auth: AuthSettings,
+    /// Brute-force throttling of failed authentications.
+    pub throttle: ThrottleSettings,
     /// Resources beyond Blnk's, to guard other APIs.
     #[serde(default)]
     pub resources: ResourceSettings,
+}
+
+/// `[throttle]`
+#[derive(Debug, Clone, Deserialize)]
+pub struct ThrottleSettings {
+    /// Failed authentications allowed per client address per minute; 0 turns it off.
+    pub failures_per_minute: u32,
+    /// How many failures may come at once before the rate applies.
+    pub burst: u32,
+    /// Addresses or CIDR ranges of proxies whose `X-Forwarded-For` is believed,
+    /// separated by commas.
+    pub trusted_proxies: String,
+}
+
+impl ThrottleSettings {
+    /// The trusted proxies, one by one.
+    pub fn trusted_proxies(&self) -> impl Iterator<Item = &str> {
+        self.trusted_proxies
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+    }
 }
 
 /// `[resources]`: additions to the built-in (Blnk) resource catalogue.
@@ -98,6 +122,8 @@ pub struct AuthSettings {
     pub cache_max_bytes: u64,
     /// How often pending `last_used_at` updates are written, in milliseconds.
     pub last_used_flush_ms: u64,
+    /// The furthest in the future a key's `expires_at` may be, in days.
+    pub max_key_lifetime_days: u32,
 }
 
 impl DatabaseSettings {
@@ -135,11 +161,17 @@ url = "sqlite://keygate.db"
 pool_size = 8
 pool_timeout_ms = 5000
 
+[throttle]
+failures_per_minute = 20
+burst = 20
+trusted_proxies = ""
+
 [auth]
 change_poll_ms = 250
 cache_ttl_ms = 60000
 cache_max_bytes = 67108864
 last_used_flush_ms = 1000
+max_key_lifetime_days = 3650
 "#;
 
 impl Settings {

@@ -1,6 +1,7 @@
 //! Shared state of the running service, and the authentication of a presented key:
 //! the hot path of every guarded request.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
@@ -13,6 +14,7 @@ use tokio::sync::Semaphore;
 
 use crate::error::ApiError;
 use crate::settings::Settings;
+use crate::throttle::Throttle;
 use crate::usage::UsageRecorder;
 
 /// The longest key text looked at: anything longer is refused before it is hashed.
@@ -30,6 +32,8 @@ pub struct AppState {
     /// Bumped by every change, so a lookup that raced it does not cache what it read.
     invalidations: AtomicU64,
     usage: Arc<UsageRecorder>,
+    throttle: Throttle,
+    max_key_lifetime_days: u32,
 }
 
 /// How the master key is recognised: by its digest, compared in constant time.
@@ -64,7 +68,7 @@ impl AppState {
         store: Arc<dyn KeyStore>,
         settings: &Settings,
         master_key: Option<&SecretString>,
-    ) -> Self {
+    ) -> Result<Self, String> {
         let auth = &settings.auth;
         let master = settings.server.secure.then(|| {
             // Without a configured master key, no presented key can match this digest:
@@ -77,7 +81,9 @@ impl AppState {
             };
             Master(hash)
         });
-        AppState {
+        Ok(AppState {
+            throttle: Throttle::new(&settings.throttle)?,
+            max_key_lifetime_days: auth.max_key_lifetime_days,
             store,
             master,
             keys: Cache::builder()
@@ -88,6 +94,45 @@ impl AppState {
             storage_slots: Semaphore::new(settings.database.pool_size.max(1) as usize),
             invalidations: AtomicU64::new(0),
             usage: Arc::new(UsageRecorder::default()),
+        })
+    }
+
+    /// The furthest in the future a key may expire, in days.
+    pub fn max_key_lifetime_days(&self) -> u32 {
+        self.max_key_lifetime_days
+    }
+
+    /// The brute-force throttle.
+    pub fn throttle(&self) -> &Throttle {
+        &self.throttle
+    }
+
+    /// [`Self::authenticate`], for a request from `client`: a client that failed too
+    /// often is refused (429) without a database lookup, unless its key is already known
+    /// to this instance; each unknown key it presents counts against it.
+    pub async fn authenticate_client(
+        &self,
+        client: Option<IpAddr>,
+        presented: Option<&str>,
+    ) -> Result<Principal, ApiError> {
+        if let Some(wait) = self.throttle.refused(client) {
+            let known = presented.is_some_and(|key| {
+                let hash = KeyHash::of(key);
+                self.master
+                    .as_ref()
+                    .is_some_and(|Master(master)| *master == hash)
+                    || self.keys.contains_key(&hash)
+            });
+            if !known {
+                return Err(ApiError::RateLimited(wait));
+            }
+        }
+        match self.authenticate(presented).await {
+            Err(ApiError::InvalidKey) => Err(self
+                .throttle
+                .failed(client)
+                .map_or(ApiError::InvalidKey, ApiError::RateLimited)),
+            other => other,
         }
     }
 

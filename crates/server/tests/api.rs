@@ -9,7 +9,7 @@ use chrono::{DateTime, Duration, Utc};
 use keygate_core::{ApiKey, KeySpec, PlainKey};
 use keygate_storage::test_support::TestDatabase;
 use serde_json::{Value, json};
-use support::{MASTER, key_request, start, start_with, text};
+use support::{MASTER, key_request, next_year, start, start_with, text};
 
 on_both_backends!(
     health_and_root_need_no_key,
@@ -56,7 +56,7 @@ async fn creating_returns_the_key_object_once(db: TestDatabase) {
         "name": "Service Account",
         "owner": "owner_id",
         "scopes": ["ledgers:read", "balances:write"],
-        "expires_at": "2099-03-11T00:00:00Z",
+        "expires_at": next_year(),
     });
     let reply = app
         .call(Method::POST, "/api-keys", Some(MASTER), Some(request))
@@ -114,7 +114,7 @@ async fn creating_returns_the_key_object_once(db: TestDatabase) {
     assert_eq!(key["name"], "Service Account");
     assert_eq!(key["owner_id"], "owner_id");
     assert_eq!(key["scopes"], json!(["ledgers:read", "balances:write"]));
-    assert_eq!(key["expires_at"], "2099-03-11T00:00:00Z");
+    assert_eq!(key["expires_at"], next_year().as_str());
     assert_eq!(key["last_used_at"], "0001-01-01T00:00:00Z");
     assert_eq!(key["is_revoked"], false);
     let created_at = text(&key["created_at"]);
@@ -457,7 +457,8 @@ async fn escalation_is_refused_including_wildcards(db: TestDatabase) {
 
 async fn invalid_fields_are_validation_errors(db: TestDatabase) {
     let app = start(db).await;
-    let future = "2099-01-01T00:00:00Z";
+    let future = next_year();
+    let future = future.as_str();
     let cases: Vec<(Value, &str, &str)> = vec![
         (
             json!({"name": "n", "owner": "o", "scopes": ["ledgers:update"], "expires_at": future}),
@@ -543,15 +544,15 @@ async fn bodies_that_are_not_the_expected_json_are_malformed(db: TestDatabase) {
         ("", "empty"),
         ("[]", "Invalid JSON"),
         (
-            "{\"owner\": \"o\", \"scopes\": [\"ledgers:read\"], \"expires_at\": \"2099-01-01T00:00:00Z\"}",
+            "{\"owner\": \"o\", \"scopes\": [\"ledgers:read\"], \"expires_at\": \"{EXPIRY}\"}",
             "name",
         ),
         (
-            "{\"name\": \"n\", \"scopes\": [\"ledgers:read\"], \"expires_at\": \"2099-01-01T00:00:00Z\"}",
+            "{\"name\": \"n\", \"scopes\": [\"ledgers:read\"], \"expires_at\": \"{EXPIRY}\"}",
             "owner",
         ),
         (
-            "{\"name\": \"n\", \"owner\": \"o\", \"expires_at\": \"2099-01-01T00:00:00Z\"}",
+            "{\"name\": \"n\", \"owner\": \"o\", \"expires_at\": \"{EXPIRY}\"}",
             "scopes",
         ),
         (
@@ -559,15 +560,15 @@ async fn bodies_that_are_not_the_expected_json_are_malformed(db: TestDatabase) {
             "expires_at",
         ),
         (
-            "{\"name\": \"n\", \"owner\": \"o\", \"scopes\": \"ledgers:read\", \"expires_at\": \"2099-01-01T00:00:00Z\"}",
+            "{\"name\": \"n\", \"owner\": \"o\", \"scopes\": \"ledgers:read\", \"expires_at\": \"{EXPIRY}\"}",
             "sequence",
         ),
         (
-            "{\"name\": null, \"owner\": \"o\", \"scopes\": [\"ledgers:read\"], \"expires_at\": \"2099-01-01T00:00:00Z\"}",
+            "{\"name\": null, \"owner\": \"o\", \"scopes\": [\"ledgers:read\"], \"expires_at\": \"{EXPIRY}\"}",
             "null",
         ),
         (
-            "{\"name\": 7, \"owner\": \"o\", \"scopes\": [\"ledgers:read\"], \"expires_at\": \"2099-01-01T00:00:00Z\"}",
+            "{\"name\": 7, \"owner\": \"o\", \"scopes\": [\"ledgers:read\"], \"expires_at\": \"{EXPIRY}\"}",
             "integer",
         ),
     ];
@@ -576,7 +577,7 @@ async fn bodies_that_are_not_the_expected_json_are_malformed(db: TestDatabase) {
             .uri("/api-keys")
             .insert_header(("X-Blnk-Key", MASTER))
             .insert_header(("Content-Type", "application/json"))
-            .set_payload(body);
+            .set_payload(body.replace("{EXPIRY}", &next_year()));
         let reply = app.send(request).await;
         reply.assert_error(400, "GEN_MALFORMED_REQUEST");
         assert!(
@@ -605,7 +606,7 @@ async fn bodies_that_are_not_the_expected_json_are_malformed(db: TestDatabase) {
 
 async fn bodies_over_a_mebibyte_are_refused(db: TestDatabase) {
     let app = start(db).await;
-    let huge = json!({"name": "x".repeat(1024 * 1024), "owner": "o", "scopes": ["ledgers:read"], "expires_at": "2099-01-01T00:00:00Z"});
+    let huge = json!({"name": "x".repeat(1024 * 1024), "owner": "o", "scopes": ["ledgers:read"], "expires_at": next_year()});
     let reply = app
         .call(Method::POST, "/api-keys", Some(MASTER), Some(huge))
         .await;

@@ -156,8 +156,11 @@ fn pending_key_usage_is_written_on_a_graceful_shutdown() {
     ];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let server = Running::start(dir.path(), port, &env);
-    let body = r#"{"name":"n","owner":"alice","scopes":["api-keys:read"],"expires_at":"2099-01-01T00:00:00Z"}"#;
-    let (status, created) = server.post("/api-keys", "shutdown-master", body);
+    let body = format!(
+        r#"{{"name":"n","owner":"alice","scopes":["api-keys:read"],"expires_at":"{}"}}"#,
+        support::next_year()
+    );
+    let (status, created) = server.post("/api-keys", "shutdown-master", &body);
     assert_eq!(status, 201, "{created}");
     let key = created
         .split("\"key\":\"")

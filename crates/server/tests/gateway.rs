@@ -167,8 +167,9 @@ fn nginx_available() -> bool {
 fn create(keygate: &Running, owner: &str, scopes: &[&str]) -> (String, String) {
     let scopes: Vec<String> = scopes.iter().map(|s| format!("\"{s}\"")).collect();
     let body = format!(
-        r#"{{"name":"gateway","owner":"{owner}","scopes":[{}],"expires_at":"2099-01-01T00:00:00Z"}}"#,
-        scopes.join(",")
+        r#"{{"name":"gateway","owner":"{owner}","scopes":[{}],"expires_at":"{}"}}"#,
+        scopes.join(","),
+        support::next_year()
     );
     let (status, reply) = keygate.post("/api-keys", MASTER, &body);
     assert_eq!(status, 201, "{reply}");

@@ -122,11 +122,10 @@ async fn launch(
         .await
         .expect("the test database opens");
     let store = wrap(database);
-    let state = web::Data::new(AppState::new(
-        store,
-        &settings,
-        settings.server.secret_key.as_ref(),
-    ));
+    let state = web::Data::new(
+        AppState::new(store, &settings, settings.server.secret_key.as_ref())
+            .expect("valid test settings"),
+    );
     let background = keygate_server::spawn_background(&state, &settings);
     let service = test::init_service(app(state.clone())).await;
     TestApp {
@@ -206,6 +205,12 @@ where
         let created = self.create_key(MASTER, owner, scopes).await;
         (text(&created["key"]), text(&created["api_key_id"]))
     }
+}
+
+/// A whole-second expiry about a year away, such as `2027-03-11T00:00:00Z`.
+pub fn next_year() -> String {
+    use chrono::Datelike;
+    format!("{}-03-11T00:00:00Z", chrono::Utc::now().year() + 1)
 }
 
 /// A creation body expiring in 30 days.

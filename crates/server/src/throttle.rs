@@ -1,0 +1,196 @@
+//! Brute-force throttling: failed authentications are counted per client address, and
+//! an address over its budget is refused without a database lookup until it cools down.
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::time::{Duration, Instant};
+
+use actix_web::http::header::HeaderMap;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use ipnet::IpNet;
+use moka::sync::Cache;
+
+use crate::settings::ThrottleSettings;
+
+/// Counts failures per client and remembers who is refused until when.
+pub struct Throttle {
+    limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    refused_until: Cache<IpAddr, Instant>,
+    trusted_proxies: Vec<IpNet>,
+}
+
+impl Throttle {
+    /// A throttle with `settings`' budget; a budget of 0 turns throttling off.
+    pub fn new(settings: &ThrottleSettings) -> Result<Self, String> {
+        let trusted_proxies = settings
+            .trusted_proxies()
+            .map(|text| {
+                text.parse::<IpNet>()
+                    .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+                    .map_err(|_| {
+                        format!(
+                            "throttle.trusted_proxies: {text:?} is not an address or CIDR range"
+                        )
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let limiter = NonZeroU32::new(settings.failures_per_minute).map(|rate| {
+            let burst = NonZeroU32::new(settings.burst).unwrap_or(rate);
+            RateLimiter::keyed(Quota::per_minute(rate).allow_burst(burst))
+        });
+        Ok(Throttle {
+            limiter,
+            refused_until: Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(3600))
+                .build(),
+            trusted_proxies,
+        })
+    }
+
+    fn is_trusted(&self, address: IpAddr) -> bool {
+        self.trusted_proxies
+            .iter()
+            .any(|net| net.contains(&address))
+    }
+
+    /// The client a request comes from: its peer, unless the peer is a trusted proxy, in
+    /// which case the nearest untrusted address of `X-Forwarded-For`.
+    pub fn client(&self, peer: Option<IpAddr>, headers: &HeaderMap) -> Option<IpAddr> {
+        let peer = peer?;
+        if !self.is_trusted(peer) {
+            return Some(peer);
+        }
+        let forwarded: Vec<IpAddr> = headers
+            .get_all("X-Forwarded-For")
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .filter_map(|hop| hop.trim().parse().ok())
+            .collect();
+        Some(
+            forwarded
+                .iter()
+                .rev()
+                .find(|hop| !self.is_trusted(**hop))
+                .or(forwarded.first())
+                .copied()
+                .unwrap_or(peer),
+        )
+    }
+
+    /// How long `client` must still wait, if it is refused now.
+    pub fn refused(&self, client: Option<IpAddr>) -> Option<Duration> {
+        let until = self.refused_until.get(&client?)?;
+        until
+            .checked_duration_since(Instant::now())
+            .filter(|wait| !wait.is_zero())
+    }
+
+    /// Counts a failed authentication from `client`; past the budget, how long it must
+    /// wait before it is heard again.
+    pub fn failed(&self, client: Option<IpAddr>) -> Option<Duration> {
+        let (limiter, client) = (self.limiter.as_ref()?, client?);
+        let refusal = limiter.check_key(&client).err()?;
+        let wait = refusal.wait_time_from(DefaultClock::default().now());
+        self.refused_until.insert(client, Instant::now() + wait);
+        Some(wait)
+    }
+
+    /// Forgets the state of addresses that have been quiet, so memory stays bounded.
+    pub fn tidy(&self) {
+        if let Some(limiter) = &self.limiter {
+            limiter.retain_recent();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::http::header::{HeaderName, HeaderValue};
+
+    fn throttle(per_minute: u32, trusted: &[&str]) -> Throttle {
+        Throttle::new(&ThrottleSettings {
+            failures_per_minute: per_minute,
+            burst: per_minute,
+            trusted_proxies: trusted
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+        })
+        .expect("valid settings")
+    }
+
+    fn forwarded(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            HeaderName::from_static("x-forwarded-for"),
+            HeaderValue::from_str(value).expect("a header value"),
+        );
+        headers
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().expect("an address")
+    }
+
+    #[test]
+    fn the_client_is_the_peer_unless_the_peer_is_a_trusted_proxy() {
+        let throttle = throttle(20, &["127.0.0.1", "10.0.0.0/8"]);
+        let headers = forwarded("198.51.100.1, 203.0.113.9, 10.1.2.3");
+        assert_eq!(
+            throttle.client(Some(ip("192.0.2.1")), &headers),
+            Some(ip("192.0.2.1"))
+        );
+        assert_eq!(
+            throttle.client(Some(ip("127.0.0.1")), &headers),
+            Some(ip("203.0.113.9"))
+        );
+        assert_eq!(
+            throttle.client(Some(ip("127.0.0.1")), &HeaderMap::new()),
+            Some(ip("127.0.0.1"))
+        );
+        assert_eq!(
+            throttle.client(Some(ip("127.0.0.1")), &forwarded("garbage")),
+            Some(ip("127.0.0.1"))
+        );
+        assert_eq!(throttle.client(None, &headers), None);
+    }
+
+    #[test]
+    fn an_address_over_its_budget_is_refused_and_others_are_not() {
+        let throttle = throttle(3, &[]);
+        let guesser = Some(ip("192.0.2.1"));
+        for _ in 0..3 {
+            assert_eq!(throttle.failed(guesser), None);
+        }
+        assert_eq!(throttle.refused(guesser), None);
+        let wait = throttle.failed(guesser).expect("over budget");
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_secs(20),
+            "{wait:?}"
+        );
+        assert!(throttle.refused(guesser).is_some());
+        assert_eq!(throttle.refused(Some(ip("192.0.2.2"))), None);
+    }
+
+    #[test]
+    fn a_zero_budget_turns_throttling_off() {
+        let throttle = throttle(0, &[]);
+        for _ in 0..100 {
+            assert_eq!(throttle.failed(Some(ip("192.0.2.1"))), None);
+        }
+    }
+
+    #[test]
+    fn bad_trusted_proxies_are_refused() {
+        let settings = ThrottleSettings {
+            failures_per_minute: 20,
+            burst: 20,
+            trusted_proxies: "10.0.0.0/8, not-an-address".into(),
+        };
+        assert!(Throttle::new(&settings).is_err());
+    }
+}

@@ -1,0 +1,410 @@
+//! The front door under hostile input, guessing and concurrency: no server error, no
+//! panic, nothing lost, no one let in who does not belong.
+
+mod support;
+
+use std::collections::HashSet;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use actix_web::http::Method;
+use actix_web::test::TestRequest;
+use futures_util::future::join_all;
+use keygate_core::KeyStore;
+use keygate_storage::test_support::TestDatabase;
+use serde_json::json;
+use support::{CountingStore, MASTER, key_request, start, start_observed, text};
+
+on_both_backends!(
+    hostile_requests_get_no_server_error,
+    two_hundred_concurrent_creates_make_two_hundred_keys,
+    a_revoke_among_concurrent_users_stops_every_later_request,
+    repeated_bad_keys_are_throttled_per_address,
+    the_throttle_follows_the_original_client_through_a_trusted_gateway,
+    lifetimes_are_bounded_by_configuration,
+);
+
+/// A small deterministic generator, so a failure can be replayed.
+struct Noise(u64);
+
+impl Noise {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn bytes(&mut self, len: usize) -> Vec<u8> {
+        (0..len).map(|_| self.next() as u8).collect()
+    }
+}
+
+const ODD_TEXT: [&str; 10] = [
+    "\u{202e}gnp.exe",
+    "\u{200b}\u{200b}",
+    "🔑🔑🔑",
+    "a\u{0}b",
+    "\u{feff}owner",
+    "ｌｅｄｇｅｒｓ:read",
+    "ledgers:read\n",
+    "%00%ff",
+    "../../etc/passwd",
+    "' OR 1=1 --",
+];
+
+fn hostile_body(noise: &mut Noise) -> Vec<u8> {
+    let future = support::next_year();
+    let future = future.as_str();
+    match noise.below(12) {
+        0 => noise.bytes(1 + noise.0 as usize % 4096),
+        1 => json!({"name": 7, "owner": [], "scopes": {"a": 1}, "expires_at": false}).to_string().into_bytes(),
+        2 => json!({"name": "x".repeat(100_000), "owner": "o", "scopes": ["ledgers:read"], "expires_at": future})
+            .to_string()
+            .into_bytes(),
+        3 => {
+            let text = ODD_TEXT[noise.below(ODD_TEXT.len())];
+            json!({"name": text, "owner": text, "scopes": [text], "expires_at": future}).to_string().into_bytes()
+        }
+        4 => {
+            let scopes: Vec<&str> = (0..5000).map(|_| "ledgers:read").collect();
+            json!({"name": "n", "owner": "o", "scopes": scopes, "expires_at": future}).to_string().into_bytes()
+        }
+        5 => format!("{}{}", "[".repeat(20_000), "]".repeat(20_000)).into_bytes(),
+        6 => format!("{}1{}", "{\"a\":".repeat(5_000), "}".repeat(5_000)).into_bytes(),
+        7 => json!({"name": "n", "owner": "o", "scopes": ["ledgers:read"], "expires_at": "+275760-09-13T00:00:00Z"})
+            .to_string()
+            .into_bytes(),
+        8 => json!({"name": "n", "owner": "o", "scopes": ["ledgers:read"], "expires_at": 1e308}).to_string().into_bytes(),
+        9 => json!({"grace_period_seconds": 9_223_372_036_854_775_807u64}).to_string().into_bytes(),
+        10 => b"{\"name\": \"\\ud800\", \"owner\": \"o\"}".to_vec(),
+        _ => Vec::new(),
+    }
+}
+
+async fn hostile_requests_get_no_server_error(db: TestDatabase) {
+    let app = start(db).await;
+    let (victim, victim_id) = app.new_key("alice", &["*:*"]).await;
+    let mut noise = Noise(0x6b65_7967_6174_6521);
+    let methods = [
+        Method::GET,
+        Method::POST,
+        Method::PATCH,
+        Method::DELETE,
+        Method::PUT,
+        Method::OPTIONS,
+    ];
+    let paths = [
+        "/api-keys".to_owned(),
+        "/api-keys?owner=alice".to_owned(),
+        format!("/api-keys/{victim_id}"),
+        format!("/api-keys/{victim_id}/rotate?owner=alice"),
+        format!("/api-keys/{victim_id}/events?owner=alice"),
+        "/api-keys/%00%ff?owner=%ff%fe".to_owned(),
+        format!("/api-keys/{}", "a".repeat(10_000)),
+        "/forward-auth".to_owned(),
+        "/ledgers/../api-keys".to_owned(),
+        "/api-keys?owner=a&owner=b".to_owned(),
+    ];
+    for round in 0..1000 {
+        let method = methods[noise.below(methods.len())].clone();
+        let path = &paths[noise.below(paths.len())];
+        let mut request = TestRequest::default().method(method.clone()).uri(path);
+        request = match noise.below(5) {
+            0 => request.insert_header(("X-Blnk-Key", MASTER)),
+            1 => request.insert_header(("X-Blnk-Key", victim.as_str())),
+            2 => request.insert_header((
+                "X-Blnk-Key",
+                actix_web::http::header::HeaderValue::from_bytes(
+                    &noise
+                        .bytes(44)
+                        .iter()
+                        .map(|b| b.max(&32))
+                        .copied()
+                        .collect::<Vec<_>>(),
+                )
+                .unwrap_or(actix_web::http::header::HeaderValue::from_static("x")),
+            )),
+            3 => request.insert_header(("Authorization", "Bearer ".repeat(50))),
+            _ => request,
+        };
+        if noise.below(3) == 0 {
+            request = request
+                .insert_header((
+                    "X-Original-Method",
+                    ODD_TEXT[noise.below(ODD_TEXT.len())].replace(['\n', '\0'], ""),
+                ))
+                .insert_header((
+                    "X-Original-URI",
+                    "/ledgers/\u{202e}".replace('\u{202e}', "%E2%80%AE"),
+                ));
+        }
+        let body = hostile_body(&mut noise);
+        let reply = app
+            .send(
+                request
+                    .insert_header(("Content-Type", "application/json"))
+                    .set_payload(body),
+            )
+            .await;
+        assert!(
+            reply.status < 500,
+            "round {round}: {method} {path} -> {} {}",
+            reply.status,
+            reply.json
+        );
+        if reply.status >= 400 {
+            assert!(
+                reply.json["error_detail"]["code"].is_string(),
+                "round {round}: every error is JSON: {}",
+                reply.json
+            );
+        }
+    }
+    assert_eq!(
+        app.call(Method::GET, "/health", None, None).await.status,
+        200
+    );
+}
+
+async fn two_hundred_concurrent_creates_make_two_hundred_keys(db: TestDatabase) {
+    let app = start(db).await;
+    let creates = (0..200).map(|i| {
+        let app = &app;
+        async move {
+            let reply = app
+                .call(
+                    Method::POST,
+                    "/api-keys",
+                    Some(MASTER),
+                    Some(key_request(&format!("owner_{}", i % 7), &["ledgers:read"])),
+                )
+                .await;
+            assert_eq!(reply.status, 201, "{}", reply.json);
+            (text(&reply.json["api_key_id"]), text(&reply.json["key"]))
+        }
+    });
+    let created = join_all(creates).await;
+    let ids: HashSet<&String> = created.iter().map(|(id, _)| id).collect();
+    let keys: HashSet<&String> = created.iter().map(|(_, key)| key).collect();
+    assert_eq!((ids.len(), keys.len()), (200, 200));
+    let mut stored = 0;
+    for owner in 0..7 {
+        let listed = app
+            .call(
+                Method::GET,
+                &format!("/api-keys?owner=owner_{owner}"),
+                Some(MASTER),
+                None,
+            )
+            .await;
+        stored += listed.json.as_array().map_or(0, Vec::len);
+    }
+    assert_eq!(stored, 200, "every acknowledged key is stored");
+}
+
+async fn a_revoke_among_concurrent_users_stops_every_later_request(db: TestDatabase) {
+    let app = start(db).await;
+    let (key, id) = app.new_key("alice", &["api-keys:read"]).await;
+    let revoked_at: OnceLock<Instant> = OnceLock::new();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let client = |_: usize| {
+        let (app, key, revoked_at, stop) = (&app, &key, &revoked_at, &stop);
+        async move {
+            let mut seen = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let sent = Instant::now();
+                let status = app
+                    .call(Method::GET, "/api-keys", Some(key), None)
+                    .await
+                    .status;
+                seen.push((sent, status));
+                // A cached key is answered without awaiting anything: let the others run.
+                tokio::task::yield_now().await;
+            }
+            let _ = revoked_at;
+            seen
+        }
+    };
+    let revoker = async {
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(100)).await;
+        let reply = app
+            .call(
+                Method::DELETE,
+                &format!("/api-keys/{id}?owner=alice"),
+                Some(MASTER),
+                None,
+            )
+            .await;
+        assert_eq!(reply.status, 204);
+        let _ = revoked_at.set(Instant::now());
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(100)).await;
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        Vec::new()
+    };
+    let mut runs: Vec<_> = (0..8)
+        .map(|i| {
+            Box::pin(client(i))
+                as std::pin::Pin<Box<dyn std::future::Future<Output = Vec<(Instant, u16)>>>>
+        })
+        .collect();
+    runs.push(Box::pin(revoker));
+    let seen: Vec<(Instant, u16)> = join_all(runs).await.into_iter().flatten().collect();
+    let revoked_at = *revoked_at.get().expect("the revoke ran");
+    let (before, after): (Vec<_>, Vec<_>) = seen.iter().partition(|(sent, _)| *sent < revoked_at);
+    assert!(
+        before.iter().any(|(_, status)| *status == 200),
+        "the clients were using the key"
+    );
+    assert!(!after.is_empty(), "requests were sent after the revoke");
+    assert!(
+        after.iter().all(|(_, status)| *status == 401),
+        "a request sent after the 204 succeeded"
+    );
+}
+
+fn from(address: &str, request: TestRequest) -> TestRequest {
+    request.peer_addr(
+        format!("{address}:40000")
+            .parse()
+            .expect("a socket address"),
+    )
+}
+
+async fn repeated_bad_keys_are_throttled_per_address(db: TestDatabase) {
+    let slot: Arc<OnceLock<Arc<CountingStore>>> = Arc::new(OnceLock::new());
+    let filled = slot.clone();
+    let app = start_observed(
+        db,
+        |_| {},
+        move |store: Arc<dyn KeyStore>| -> Arc<dyn KeyStore> {
+            let observed = CountingStore::new(store);
+            let _ = filled.set(observed.clone());
+            observed
+        },
+    )
+    .await;
+    let counting = slot.get().expect("wrapped").clone();
+    let (good, _) = app.new_key("alice", &["api-keys:read"]).await;
+    let guesser = "192.0.2.66";
+    let mut throttled_at = None;
+    for attempt in 1..=30 {
+        let guess = keygate_core::PlainKey::generate().expect("randomness");
+        let request = TestRequest::get()
+            .uri("/api-keys")
+            .insert_header(("X-Blnk-Key", guess.expose()));
+        let reply = app.send(from(guesser, request)).await;
+        if reply.status == 429 {
+            reply.assert_error(429, "GEN_RATE_LIMITED");
+            let retry: u64 = reply
+                .headers
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .expect("Retry-After");
+            assert!((1..=60).contains(&retry), "{retry}");
+            throttled_at.get_or_insert(attempt);
+        } else {
+            assert!(
+                throttled_at.is_none(),
+                "once throttled, the address stays throttled"
+            );
+            reply.assert_error(401, "AUTH_INVALID_API_KEY");
+        }
+        // At the same moment, a valid key from elsewhere works.
+        let other = app
+            .send(from(
+                "192.0.2.77",
+                TestRequest::get()
+                    .uri("/api-keys")
+                    .insert_header(("X-Blnk-Key", good.as_str())),
+            ))
+            .await;
+        assert_eq!(other.status, 200, "attempt {attempt}");
+    }
+    assert_eq!(
+        throttled_at,
+        Some(21),
+        "20 failures a minute, in a burst of 20"
+    );
+    let lookups = CountingStore::count(&counting.lookups);
+    for _ in 0..50 {
+        let guess = keygate_core::PlainKey::generate().expect("randomness");
+        let reply = app
+            .send(from(
+                guesser,
+                TestRequest::get()
+                    .uri("/api-keys")
+                    .insert_header(("X-Blnk-Key", guess.expose())),
+            ))
+            .await;
+        assert_eq!(reply.status, 429);
+    }
+    assert_eq!(
+        CountingStore::count(&counting.lookups),
+        lookups,
+        "a throttled address costs no lookup"
+    );
+}
+
+async fn the_throttle_follows_the_original_client_through_a_trusted_gateway(db: TestDatabase) {
+    let app = support::start_with(db, |settings| {
+        settings.throttle.trusted_proxies = "127.0.0.1".into()
+    })
+    .await;
+    let (good, _) = app.new_key("alice", &["ledgers:read"]).await;
+    let ask = |client: &str, key: &str| {
+        from("127.0.0.1", TestRequest::get().uri("/forward-auth"))
+            .insert_header(("X-Original-Method", "GET"))
+            .insert_header(("X-Original-URI", "/ledgers"))
+            .insert_header(("X-Forwarded-For", client.to_owned()))
+            .insert_header(("X-Blnk-Key", key.to_owned()))
+    };
+    let mut statuses = Vec::new();
+    for _ in 0..22 {
+        statuses.push(app.send(ask("203.0.113.5", "guess")).await.status);
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 401).count(), 20);
+    assert_eq!(*statuses.last().expect("some"), 429);
+    let other = app.send(ask("203.0.113.6", &good)).await;
+    assert_eq!(
+        other.status, 204,
+        "another client behind the same gateway is unaffected"
+    );
+}
+
+async fn lifetimes_are_bounded_by_configuration(db: TestDatabase) {
+    let app = support::start_with(db, |settings| settings.auth.max_key_lifetime_days = 30).await;
+    let mut body = key_request("alice", &["ledgers:read"]);
+    body["expires_at"] = json!((chrono::Utc::now() + chrono::Duration::days(31)).to_rfc3339());
+    let reply = app
+        .call(Method::POST, "/api-keys", Some(MASTER), Some(body.clone()))
+        .await;
+    reply.assert_error(400, "GEN_VALIDATION_ERROR");
+    assert_eq!(reply.json["error_detail"]["details"]["field"], "expires_at");
+    let (_, id) = app.new_key("alice", &["ledgers:read"]).await;
+    app.call(
+        Method::PATCH,
+        &format!("/api-keys/{id}?owner=alice"),
+        Some(MASTER),
+        Some(json!({"expires_at": body["expires_at"]})),
+    )
+    .await
+    .assert_error(400, "GEN_VALIDATION_ERROR");
+    let default = start(TestDatabase::sqlite()).await;
+    let mut far = key_request("alice", &["ledgers:read"]);
+    far["expires_at"] = json!((chrono::Utc::now() + chrono::Duration::days(3651)).to_rfc3339());
+    let reply = default
+        .call(Method::POST, "/api-keys", Some(MASTER), Some(far))
+        .await;
+    reply.assert_error(400, "GEN_VALIDATION_ERROR");
+    assert!(
+        text(&reply.json["error"]).contains("3650 days"),
+        "{}",
+        reply.json
+    );
+}
