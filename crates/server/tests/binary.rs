@@ -170,6 +170,13 @@ fn pending_key_usage_is_written_on_a_graceful_shutdown() {
     assert_eq!(server.get("/api-keys", Some(key)).0, 200);
     assert!(server.stop().success(), "SIGTERM exits 0");
 
+    let _ = std::fs::remove_file(dir.path().join("stderr.log"));
+    let port = free_port();
+    let env = [
+        ("KEYGATE_SERVER__PORT", port.to_string()),
+        ("KEYGATE_SERVER__SECRET_KEY", "shutdown-master".to_owned()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let server = Running::start(dir.path(), port, &env);
     let (status, listed) = server.get("/api-keys?owner=alice", Some("shutdown-master"));
     assert_eq!(status, 200);

@@ -35,7 +35,10 @@ impl Running {
             if let Some(status) = running.child.try_wait().expect("process status") {
                 panic!("keygate exited with {status}: {}", log(dir));
             }
-            if matches!(http(port, "GET", "/health", None, None), Some((200, _))) {
+            // Our own process must have bound the port: another test's server may answer
+            // on a port that was free a moment ago.
+            let listening = log(dir).contains("keygate listening");
+            if listening && matches!(http(port, "GET", "/health", None, None), Some((200, _))) {
                 return running;
             }
             assert!(
@@ -53,6 +56,23 @@ impl Running {
 
     pub fn post(&self, path: &str, key: &str, body: &str) -> (u16, String) {
         http(self.port, "POST", path, Some(key), Some(body)).expect("keygate answers")
+    }
+
+    /// Kills the process outright (SIGKILL), as a crash would, and waits for it.
+    pub fn crash(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends one request.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Option<&str>,
+    ) -> (u16, String) {
+        http(self.port, method, path, key, body).expect("keygate answers")
     }
 
     /// Stops the process with SIGTERM and waits for it.
