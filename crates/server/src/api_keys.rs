@@ -54,11 +54,21 @@ pub async fn not_found() -> Result<HttpResponse, ApiError> {
 
 /// `POST /api-keys`. Fields other than these are ignored, so nothing else can be set.
 #[derive(Debug, Deserialize)]
-struct CreateKey {
+pub struct CreateKey {
     name: String,
     owner: String,
     scopes: Vec<String>,
     expires_at: String,
+}
+
+impl CreateKey {
+    /// The validated key to create, as of `now`, expiring within `max_days`.
+    pub fn validate(&self, now: DateTime<Utc>, max_days: u32) -> Result<KeySpec, ApiError> {
+        let expires_at = parse_timestamp("expires_at", &self.expires_at)?;
+        let spec = KeySpec::new(&self.name, &self.owner, &self.scopes, expires_at, now)?;
+        check_lifetime(spec.expires_at, now, max_days)?;
+        Ok(spec)
+    }
 }
 
 /// `?owner=` on list and revoke.
@@ -82,7 +92,7 @@ const NEVER: &str = "0001-01-01T00:00:00Z";
 
 /// The key object on the wire.
 #[derive(Debug, Serialize)]
-pub(crate) struct KeyView<'a> {
+pub struct KeyView<'a> {
     api_key_id: &'a str,
     /// The plaintext on creation; a hint otherwise.
     key: &'a str,
@@ -111,7 +121,7 @@ fn last_used<S: serde::Serializer>(
 }
 
 impl<'a> KeyView<'a> {
-    pub(crate) fn new(key: &'a ApiKey, shown: &'a str) -> Self {
+    pub fn new(key: &'a ApiKey, shown: &'a str) -> Self {
         KeyView {
             api_key_id: key.id.as_str(),
             key: shown,
@@ -152,9 +162,7 @@ async fn create(
     body: web::Json<CreateKey>,
 ) -> Result<HttpResponse, ApiError> {
     let now = Utc::now();
-    let expires_at = parse_timestamp("expires_at", &body.expires_at)?;
-    let spec = KeySpec::new(&body.name, &body.owner, &body.scopes, expires_at, now)?;
-    check_lifetime(spec.expires_at, now, state.max_key_lifetime_days())?;
+    let spec = body.validate(now, state.max_key_lifetime_days())?;
     principal.may_grant(&spec.owner_id, &spec.scopes)?;
     let plain = PlainKey::generate().map_err(|error| {
         tracing::error!(%error, "the operating system's random source failed");

@@ -9,10 +9,12 @@
 pub mod api_keys;
 pub mod app;
 pub mod changes;
+pub mod cli;
 pub mod error;
 pub mod forward_auth;
 pub mod guard;
 pub mod lifecycle;
+pub mod logging;
 pub mod master_key;
 pub mod settings;
 pub mod state;

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 pub struct Running {
     child: Child,
     pub port: u16,
+    dir: std::path::PathBuf,
 }
 
 impl Running {
@@ -29,7 +30,11 @@ impl Running {
             command.env(key, value);
         }
         let child = command.spawn().expect("the binary starts");
-        let mut running = Running { child, port };
+        let mut running = Running {
+            child,
+            port,
+            dir: dir.to_owned(),
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = running.child.try_wait().expect("process status") {
@@ -51,7 +56,8 @@ impl Running {
     }
 
     pub fn get(&self, path: &str, key: Option<&str>) -> (u16, String) {
-        http(self.port, "GET", path, key, None).expect("keygate answers")
+        http(self.port, "GET", path, key, None)
+            .unwrap_or_else(|| panic!("keygate did not answer GET {path}: {}", log(&self.dir)))
     }
 
     pub fn post(&self, path: &str, key: &str, body: &str) -> (u16, String) {
@@ -72,7 +78,8 @@ impl Running {
         key: Option<&str>,
         body: Option<&str>,
     ) -> (u16, String) {
-        http(self.port, method, path, key, body).expect("keygate answers")
+        http(self.port, method, path, key, body)
+            .unwrap_or_else(|| panic!("keygate did not answer {method} {path}: {}", log(&self.dir)))
     }
 
     /// Stops the process with SIGTERM and waits for it.
@@ -123,14 +130,6 @@ pub fn http(
         "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{key_header}Content-Type: application/json\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
-    )
-    .ok()?;
-    let key_header = key
-        .map(|key| format!("X-Blnk-Key: {key}\r\n"))
-        .unwrap_or_default();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{key_header}Connection: close\r\n\r\n"
     )
     .ok()?;
     let mut response = String::new();

@@ -1,0 +1,280 @@
+//! The `keygate` command line against the real database, beside the real server.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use keygate_storage::test_support::TestDatabase;
+use support::process::{Running, free_port};
+
+const MASTER: &str = "cli-master-key";
+
+fn keygate(dir: &Path, url: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .current_dir(dir)
+        .env_clear()
+        .env("KEYGATE_DATABASE__URL", url)
+        .env("KEYGATE_SERVER__SECRET_KEY", MASTER)
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
+fn json(output: &Output) -> serde_json::Value {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("JSON on stdout")
+}
+
+fn serve(dir: &Path, url: &str) -> Running {
+    let port = free_port();
+    let port_text = port.to_string();
+    Running::start(
+        dir,
+        port,
+        &[
+            ("KEYGATE_SERVER__PORT", &port_text),
+            ("KEYGATE_SERVER__SECRET_KEY", MASTER),
+            ("KEYGATE_DATABASE__URL", url),
+        ],
+    )
+}
+
+#[test]
+fn a_key_created_by_the_cli_works_on_a_server_started_afterwards() {
+    for db in TestDatabase::all() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let migrated = keygate(dir.path(), &db.url_string, &["migrate"]);
+        assert!(
+            migrated.status.success(),
+            "{}",
+            String::from_utf8_lossy(&migrated.stderr)
+        );
+        let created = json(&keygate(
+            dir.path(),
+            &db.url_string,
+            &[
+                "keys",
+                "create",
+                "--owner",
+                "alice",
+                "--name",
+                "ops",
+                "--scope",
+                "api-keys:read",
+                "--scope",
+                "ledgers:*",
+                "--expires-in",
+                "30d",
+            ],
+        ));
+        assert_eq!(created["owner_id"], "alice");
+        assert_eq!(
+            created["scopes"],
+            serde_json::json!(["api-keys:read", "ledgers:*"])
+        );
+        let key = created["key"]
+            .as_str()
+            .expect("the plaintext, once")
+            .to_owned();
+        assert_eq!(key.len(), 44);
+        let server = serve(dir.path(), &db.url_string);
+        assert_eq!(
+            server.get("/api-keys", Some(&key)).0,
+            200,
+            "{}",
+            db.url_string
+        );
+
+        let id = created["api_key_id"].as_str().expect("an id");
+        let (_, events) = server.get(&format!("/api-keys/{id}/events?owner=alice"), Some(MASTER));
+        assert!(events.contains("\"actor\":\"cli\""), "{events}");
+    }
+}
+
+#[test]
+fn the_cli_lists_an_owners_keys_without_secrets() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = TestDatabase::sqlite();
+    let at = support::next_year();
+    let created = json(&keygate(
+        dir.path(),
+        &db.url_string,
+        &[
+            "keys",
+            "create",
+            "--owner",
+            "bob",
+            "--name",
+            "n",
+            "--scope",
+            "balances:read",
+            "--expires-at",
+            &at,
+        ],
+    ));
+    let listed = json(&keygate(
+        dir.path(),
+        &db.url_string,
+        &["keys", "list", "--owner", "bob"],
+    ));
+    let listed = listed.as_array().expect("a JSON array");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["api_key_id"], created["api_key_id"]);
+    assert_eq!(listed[0]["expires_at"], at.as_str());
+    assert_ne!(listed[0]["key"], created["key"], "never the secret again");
+    let nobody = json(&keygate(
+        dir.path(),
+        &db.url_string,
+        &["keys", "list", "--owner", "nobody"],
+    ));
+    assert_eq!(nobody, serde_json::json!([]));
+}
+
+#[test]
+fn a_key_revoked_by_the_cli_fails_on_a_running_server() {
+    for db in TestDatabase::all() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let server = serve(dir.path(), &db.url_string);
+        let created = json(&keygate(
+            dir.path(),
+            &db.url_string,
+            &[
+                "keys",
+                "create",
+                "--owner",
+                "alice",
+                "--name",
+                "n",
+                "--scope",
+                "api-keys:read",
+                "--expires-in",
+                "1h",
+            ],
+        ));
+        let (key, id) = (
+            created["key"].as_str().expect("key"),
+            created["api_key_id"].as_str().expect("id"),
+        );
+        assert_eq!(
+            server.get("/api-keys", Some(key)).0,
+            200,
+            "cached by the server"
+        );
+        let revoked = json(&keygate(
+            dir.path(),
+            &db.url_string,
+            &["keys", "revoke", id, "--owner", "alice"],
+        ));
+        assert_eq!(revoked["is_revoked"], true);
+        let since = Instant::now();
+        while server.get("/api-keys", Some(key)).0 != 401 {
+            assert!(
+                since.elapsed() < Duration::from_secs(1),
+                "still accepted 1 s after the CLI revoked it"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let missing = keygate(
+            dir.path(),
+            &db.url_string,
+            &["keys", "revoke", id, "--owner", "mallory"],
+        );
+        assert!(!missing.status.success());
+        assert!(String::from_utf8_lossy(&missing.stderr).contains("has no key"));
+    }
+}
+
+#[test]
+fn the_cli_explains_what_is_wrong() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = TestDatabase::sqlite();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &[
+                "keys",
+                "create",
+                "--owner",
+                "o",
+                "--name",
+                "n",
+                "--scope",
+                "ledgers:update",
+                "--expires-in",
+                "1d",
+            ],
+            "update",
+        ),
+        (
+            &[
+                "keys",
+                "create",
+                "--owner",
+                "o",
+                "--name",
+                "n",
+                "--scope",
+                "ledger:read",
+                "--expires-in",
+                "1d",
+            ],
+            "ledger",
+        ),
+        (
+            &[
+                "keys",
+                "create",
+                "--owner",
+                "o",
+                "--name",
+                "n",
+                "--scope",
+                "ledgers:read",
+                "--expires-in",
+                "soon",
+            ],
+            "--expires-in",
+        ),
+        (
+            &[
+                "keys",
+                "create",
+                "--owner",
+                "o",
+                "--name",
+                "n",
+                "--scope",
+                "ledgers:read",
+            ],
+            "--expires",
+        ),
+        (
+            &[
+                "keys",
+                "create",
+                "--owner",
+                "o",
+                "--name",
+                "n",
+                "--scope",
+                "ledgers:read",
+                "--expires-in",
+                "40000d",
+            ],
+            "3650 days",
+        ),
+        (&["keys", "list"], "--owner"),
+    ];
+    for (args, mentions) in cases {
+        let output = keygate(dir.path(), &db.url_string, args);
+        assert!(!output.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(mentions), "{args:?}: {stderr}");
+        assert!(output.stdout.is_empty(), "{args:?}: nothing on stdout");
+    }
+}

@@ -1,0 +1,63 @@
+//! From request headers to a caller: any bytes in X-Blnk-Key or Authorization give a
+//! principal or a 401/429, never a panic, and only the configured master key or a stored
+//! key is ever let in.
+#![no_main]
+
+use std::sync::{Arc, LazyLock};
+
+use actix_web::http::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
+use actix_web::rt::System;
+use keygate_core::{KeyStore, Principal};
+use keygate_server::guard::presented_key;
+use keygate_server::{ApiError, AppState, Settings};
+use keygate_storage::test_support::TestDatabase;
+use keygate_storage::{Database, PoolOptions};
+use libfuzzer_sys::fuzz_target;
+
+const MASTER: &str = "fuzz-master-key";
+
+struct World {
+    state: AppState,
+    _db: TestDatabase,
+}
+
+static WORLD: LazyLock<World> = LazyLock::new(|| {
+    let db = TestDatabase::sqlite();
+    let database = Database::connect(&db.url, &PoolOptions::default()).expect("the database opens");
+    let store: Arc<dyn KeyStore> = Arc::new(database);
+    let mut settings = Settings::defaults();
+    settings.throttle.failures_per_minute = 0;
+    let state = AppState::new(store, &settings, Some(&MASTER.into())).expect("valid settings");
+    World { state, _db: db }
+});
+
+thread_local! {
+    static SYSTEM: System = System::new();
+}
+
+fuzz_target!(|data: &[u8]| {
+    let (which, bytes) = data.split_first().unwrap_or((&0, &[]));
+    let mut headers = HeaderMap::new();
+    let Ok(value) = HeaderValue::from_bytes(bytes) else {
+        return;
+    };
+    let name = match which % 3 {
+        0 => HeaderName::from_static("x-blnk-key"),
+        1 => AUTHORIZATION,
+        _ => HeaderName::from_static("x-other"),
+    };
+    headers.insert(name, value);
+    let outcome = match presented_key(&headers) {
+        Err(error) => Err(error),
+        Ok(presented) => SYSTEM.with(|system| system.block_on(WORLD.state.authenticate_client(None, presented))),
+    };
+    match outcome {
+        Ok(Principal::Master) => {
+            let presented = presented_key(&headers).ok().flatten();
+            assert_eq!(presented, Some(MASTER), "only the master key is the master");
+        }
+        Ok(Principal::Key(_)) => panic!("no key is stored, yet one was let in"),
+        Err(ApiError::MissingKey | ApiError::InvalidKey) => {}
+        Err(other) => panic!("unexpected refusal: {other}"),
+    }
+});
