@@ -30,6 +30,11 @@ pub trait KeyStore: Send + Sync + 'static {
         false
     }
 
+    /// The connection pool's size and how many of its connections are idle, if it has one.
+    fn pool_state(&self) -> Option<(u32, u32)> {
+        None
+    }
+
     /// Stores a new key and its `created` event; it is durable when this returns.
     fn insert(&self, key: &ApiKey, actor: &Actor) -> Result<(), StoreError>;
 

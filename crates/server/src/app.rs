@@ -4,14 +4,17 @@
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::error::{JsonPayloadError, QueryPayloadError};
-use actix_web::middleware::{DefaultHeaders, from_fn};
-use actix_web::{App, HttpRequest, HttpResponse, web};
+use actix_web::middleware::{DefaultHeaders, Next, from_fn};
+use actix_web::{App, HttpMessage, HttpRequest, HttpResponse, web};
 use serde_json::json;
+use std::time::Instant;
+use tracing::Instrument;
 
 use crate::error::ApiError;
+use crate::guard::Caller;
 use crate::guard::require_key;
 use crate::state::AppState;
-use crate::{api_keys, forward_auth};
+use crate::{api_keys, forward_auth, metrics};
 
 /// The largest request body accepted.
 pub const BODY_LIMIT: usize = 1024 * 1024;
@@ -39,9 +42,11 @@ pub fn app(
         .app_data(web::QueryConfig::default().error_handler(query_error))
         .app_data(web::PayloadConfig::default().limit(BODY_LIMIT))
         .wrap(DefaultHeaders::new().add(("X-Content-Type-Options", "nosniff")))
+        .wrap(from_fn(observe))
         .route("/", web::get().to(root))
         .route("/health", web::get().to(health))
         .route("/forward-auth", web::route().to(forward_auth::decide))
+        .route("/metrics", web::get().to(metrics::serve))
         .service(
             web::scope("")
                 .wrap(from_fn(require_key))
@@ -83,4 +88,48 @@ fn json_error(error: JsonPayloadError, _: &HttpRequest) -> actix_web::Error {
 
 fn query_error(error: QueryPayloadError, _: &HttpRequest) -> actix_web::Error {
     ApiError::Malformed(format!("Invalid query string: {error}")).into()
+}
+
+/// Logs every request in a span (method, route, status, latency, and the acting key's id,
+/// never the key) and counts it in the metrics.
+async fn observe(
+    request: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let state = request.app_data::<web::Data<AppState>>().cloned();
+    let span = tracing::info_span!(
+        "request",
+        method = %method,
+        route = tracing::field::Empty,
+        status = tracing::field::Empty,
+        latency_ms = tracing::field::Empty,
+        api_key_id = tracing::field::Empty,
+    );
+    let response = next.call(request).instrument(span.clone()).await?;
+    let elapsed = started.elapsed();
+    let route = response
+        .request()
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let status = response.status().as_u16();
+    span.record("route", route.as_str());
+    span.record("status", status);
+    span.record("latency_ms", elapsed.as_secs_f64() * 1000.0);
+    let actor = response
+        .request()
+        .extensions()
+        .get::<Caller>()
+        .map(|Caller(principal)| keygate_core::Actor::from(principal).to_string());
+    if let Some(actor) = actor {
+        span.record("api_key_id", actor.as_str());
+    }
+    span.in_scope(|| tracing::info!("answered"));
+    if let Some(state) = state {
+        state
+            .metrics()
+            .request(method.as_str(), &route, status, elapsed);
+    }
+    Ok(response)
 }

@@ -52,6 +52,9 @@ pub enum ApiError {
     /// Too many failed authentications from this client; retry after the duration.
     #[error("Too many failed authentications from this address; retry later")]
     RateLimited(std::time::Duration),
+    /// `/metrics` without the master key or the metrics token.
+    #[error("Metrics need the master key or the metrics token")]
+    MetricsForbidden,
     /// The database cannot be reached.
     #[error("The service is temporarily unavailable; retry shortly")]
     Unavailable,
@@ -67,6 +70,7 @@ impl ApiError {
             ApiError::MissingKey => "AUTH_MISSING_API_KEY",
             ApiError::InvalidKey => "AUTH_INVALID_API_KEY",
             ApiError::ExpiredKey => "AUTH_EXPIRED_API_KEY",
+            ApiError::MetricsForbidden => "AUTH_METRICS_TOKEN_REQUIRED",
             ApiError::Rule(rule) => match rule {
                 RuleError::UnknownResource => "AUTH_UNKNOWN_RESOURCE",
                 RuleError::MethodNotAllowed(_) | RuleError::InsufficientPermissions(_) => {
@@ -134,9 +138,10 @@ struct Detail<'a> {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            ApiError::MissingKey | ApiError::InvalidKey | ApiError::ExpiredKey => {
-                StatusCode::UNAUTHORIZED
-            }
+            ApiError::MissingKey
+            | ApiError::InvalidKey
+            | ApiError::ExpiredKey
+            | ApiError::MetricsForbidden => StatusCode::UNAUTHORIZED,
             ApiError::Rule(RuleError::OwnerRequired) => StatusCode::BAD_REQUEST,
             ApiError::Rule(_) => StatusCode::FORBIDDEN,
             ApiError::KeyNotFound | ApiError::RouteNotFound => StatusCode::NOT_FOUND,

@@ -16,6 +16,7 @@ pub mod guard;
 pub mod lifecycle;
 pub mod logging;
 pub mod master_key;
+pub mod metrics;
 pub mod settings;
 pub mod state;
 pub mod throttle;
@@ -174,7 +175,11 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let background = spawn_background(&state, settings);
     let app_state = state.clone();
-    let mut server = HttpServer::new(move || app(app_state.clone())).listen(listener)?;
+    // On SIGTERM or SIGINT: stop accepting, finish requests in flight (for up to 10 s),
+    // then write pending usage below.
+    let mut server = HttpServer::new(move || app(app_state.clone()))
+        .shutdown_timeout(10)
+        .listen(listener)?;
     if let Some(workers) = settings.server.workers {
         server = server.workers(workers);
     }

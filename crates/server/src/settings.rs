@@ -96,6 +96,8 @@ pub struct ServerSettings {
     pub secret_key_file: Option<PathBuf>,
     /// HTTP worker threads; by default one per core.
     pub workers: Option<usize>,
+    /// A bearer token that may read `/metrics` (besides the master key).
+    pub metrics_token: Option<SecretString>,
 }
 
 /// `[database]`

@@ -13,6 +13,7 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Semaphore;
 
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 use crate::settings::Settings;
 use crate::throttle::Throttle;
 use crate::usage::UsageRecorder;
@@ -34,6 +35,8 @@ pub struct AppState {
     usage: Arc<UsageRecorder>,
     throttle: Throttle,
     max_key_lifetime_days: u32,
+    metrics: Metrics,
+    metrics_token: Option<SecretString>,
 }
 
 /// How the master key is recognised: by its digest, compared in constant time.
@@ -82,6 +85,12 @@ impl AppState {
             Master(hash)
         });
         Ok(AppState {
+            metrics: Metrics::new().map_err(|e| format!("metrics: {e}"))?,
+            metrics_token: settings
+                .server
+                .metrics_token
+                .clone()
+                .filter(|token| !token.expose_secret().trim().is_empty()),
             throttle: Throttle::new(&settings.throttle)?,
             max_key_lifetime_days: auth.max_key_lifetime_days,
             store,
@@ -100,6 +109,16 @@ impl AppState {
     /// The furthest in the future a key may expire, in days.
     pub fn max_key_lifetime_days(&self) -> u32 {
         self.max_key_lifetime_days
+    }
+
+    /// The service's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The bearer token that may read `/metrics`, if one is configured.
+    pub fn metrics_token(&self) -> Option<&SecretString> {
+        self.metrics_token.as_ref()
     }
 
     /// The brute-force throttle.
@@ -127,13 +146,16 @@ impl AppState {
                 return Err(ApiError::RateLimited(wait));
             }
         }
-        match self.authenticate(presented).await {
+        let outcome = match self.authenticate(presented).await {
             Err(ApiError::InvalidKey) => Err(self
                 .throttle
                 .failed(client)
                 .map_or(ApiError::InvalidKey, ApiError::RateLimited)),
             other => other,
-        }
+        };
+        self.metrics
+            .auth_decision(outcome.as_ref().map_or_else(ApiError::code, |_| "ok"));
+        outcome
     }
 
     /// The key store.
@@ -197,7 +219,9 @@ impl AppState {
         if !PlainKey::could_be_issued(presented) {
             return Err(ApiError::InvalidKey);
         }
-        let entry = match self.keys.get(&hash) {
+        let cached = self.keys.get(&hash);
+        self.metrics.cache(cached.is_some());
+        let entry = match cached {
             Some(entry) => entry,
             None => self.load(hash).await?.ok_or(ApiError::InvalidKey)?,
         };

@@ -210,6 +210,14 @@ impl KeyStore for Database {
         self.backend() == Backend::Sqlite
     }
 
+    fn pool_state(&self) -> Option<(u32, u32)> {
+        let state = match &self.pools {
+            Pools::Sqlite(pool) => pool.state(),
+            Pools::Postgres(pool) => pool.state(),
+        };
+        Some((state.connections, state.idle_connections))
+    }
+
     fn insert(&self, key: &ApiKey, actor: &Actor) -> Result<(), StoreError> {
         let scopes = key.scopes.to_string();
         let actor = actor.to_string();

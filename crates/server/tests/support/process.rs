@@ -64,6 +64,26 @@ impl Running {
         http(self.port, "POST", path, Some(key), Some(body)).expect("keygate answers")
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the process to exit by itself, for up to 10 s.
+    pub fn wait(mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("process status") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "keygate did not exit within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Kills the process outright (SIGKILL), as a crash would, and waits for it.
     pub fn crash(mut self) {
         let _ = self.child.kill();

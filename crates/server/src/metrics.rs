@@ -1,0 +1,154 @@
+//! Prometheus metrics, all named `keygate_*`, served at `GET /metrics` to the master key
+//! or to the bearer of `server.metrics_token`.
+
+use std::time::Duration;
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+use secrecy::ExposeSecret;
+
+use crate::error::ApiError;
+use crate::guard::presented_key;
+use crate::state::AppState;
+
+/// The service's counters, histograms and gauges.
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    latency: HistogramVec,
+    auth: IntCounterVec,
+    cache_hits: IntCounter,
+    cache_misses: IntCounter,
+    pool_connections: IntGauge,
+    pool_idle: IntGauge,
+}
+
+impl Metrics {
+    /// Fresh metrics in their own registry.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "keygate_http_requests_total",
+                "HTTP requests answered, by route and status",
+            ),
+            &["method", "route", "status"],
+        )?;
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "keygate_http_request_duration_seconds",
+                "Time to answer HTTP requests, by route",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+                5.0,
+            ]),
+            &["method", "route"],
+        )?;
+        let auth = IntCounterVec::new(
+            Opts::new(
+                "keygate_auth_decisions_total",
+                "Authentication decisions, by outcome code",
+            ),
+            &["outcome"],
+        )?;
+        let cache_hits = IntCounter::new(
+            "keygate_key_cache_hits_total",
+            "Key verifications answered from memory",
+        )?;
+        let cache_misses = IntCounter::new(
+            "keygate_key_cache_misses_total",
+            "Key verifications that read the database",
+        )?;
+        let pool_connections =
+            IntGauge::new("keygate_db_pool_connections", "Open database connections")?;
+        let pool_idle = IntGauge::new(
+            "keygate_db_pool_idle_connections",
+            "Idle database connections",
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(latency.clone()))?;
+        registry.register(Box::new(auth.clone()))?;
+        registry.register(Box::new(cache_hits.clone()))?;
+        registry.register(Box::new(cache_misses.clone()))?;
+        registry.register(Box::new(pool_connections.clone()))?;
+        registry.register(Box::new(pool_idle.clone()))?;
+        Ok(Metrics {
+            registry,
+            requests,
+            latency,
+            auth,
+            cache_hits,
+            cache_misses,
+            pool_connections,
+            pool_idle,
+        })
+    }
+
+    /// Counts one answered request.
+    pub fn request(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
+        self.requests
+            .with_label_values(&[method, route, &status.to_string()])
+            .inc();
+        self.latency
+            .with_label_values(&[method, route])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts one authentication decision: `ok`, or the refusal's error code.
+    pub fn auth_decision(&self, outcome: &str) {
+        self.auth.with_label_values(&[outcome]).inc();
+    }
+
+    /// Counts a verification answered from memory, or one that read the database.
+    pub fn cache(&self, hit: bool) {
+        if hit {
+            self.cache_hits.inc();
+        } else {
+            self.cache_misses.inc();
+        }
+    }
+
+    fn render(&self, pool: Option<(u32, u32)>) -> Result<String, prometheus::Error> {
+        if let Some((connections, idle)) = pool {
+            self.pool_connections.set(i64::from(connections));
+            self.pool_idle.set(i64::from(idle));
+        }
+        let mut buffer = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buffer)?;
+        Ok(String::from_utf8_lossy(&buffer).into_owned())
+    }
+}
+
+/// `GET /metrics`: for the master key (X-Blnk-Key or Bearer) or the metrics token.
+pub async fn serve(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let presented = presented_key(request.headers())?;
+    let by_token = match (presented, state.metrics_token()) {
+        (Some(presented), Some(token)) => {
+            keygate_core::KeyHash::of(presented) == keygate_core::KeyHash::of(token.expose_secret())
+        }
+        _ => false,
+    };
+    if !by_token {
+        let principal = state.authenticate(presented).await?;
+        if !matches!(principal, keygate_core::Principal::Master) {
+            return Err(ApiError::MetricsForbidden);
+        }
+    }
+    let text = state
+        .metrics()
+        .render(state.store().pool_state())
+        .map_err(|error| {
+            tracing::error!(%error, "could not render metrics");
+            ApiError::Internal
+        })?;
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(text))
+}
