@@ -6,7 +6,7 @@
 use std::sync::{Arc, LazyLock};
 
 use actix_web::http::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
-use actix_web::rt::System;
+use actix_web::rt::{System, SystemRunner};
 use keygate_core::{KeyStore, Principal};
 use keygate_server::guard::presented_key;
 use keygate_server::{ApiError, AppState, Settings};
@@ -32,7 +32,7 @@ static WORLD: LazyLock<World> = LazyLock::new(|| {
 });
 
 thread_local! {
-    static SYSTEM: System = System::new();
+    static SYSTEM: SystemRunner = System::new();
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -28,6 +28,9 @@ enum Command {
     Serve,
     /// Create or update the database schema, then exit.
     Migrate,
+    /// Exit 0 if the service on the configured port answers `/health` (for container
+    /// health checks).
+    Health,
     /// Create, list and revoke keys directly in the database.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -94,6 +97,7 @@ pub fn main() -> ExitCode {
         Command::Migrate => {
             open(&settings).map(|_| eprintln!("keygate: the database is up to date"))
         }
+        Command::Health => health(&settings),
         Command::Keys(command) => keys(&settings, command),
     };
     match outcome {
@@ -180,6 +184,37 @@ fn expiry(args: &CreateArgs, now: DateTime<Utc>) -> Result<DateTime<Utc>, String
     }
     .ok_or_else(bad)?;
     now.checked_add_signed(duration).ok_or_else(bad)
+}
+
+fn health(settings: &Settings) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let host = match settings.server.host.as_str() {
+        "0.0.0.0" | "::" | "[::]" => "127.0.0.1",
+        host => host,
+    };
+    let port = settings.server.port;
+    let mut stream =
+        std::net::TcpStream::connect((host, port)).map_err(|e| format!("{host}:{port}: {e}"))?;
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(3)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        stream,
+        "GET /health HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| e.to_string())?;
+    if response.starts_with("HTTP/1.1 200") {
+        Ok(())
+    } else {
+        Err(format!(
+            "unhealthy: {}",
+            response.lines().next().unwrap_or("no answer")
+        ))
+    }
 }
 
 fn print_json(value: &impl serde::Serialize) -> Result<(), String> {
