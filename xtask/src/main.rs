@@ -16,6 +16,7 @@ tasks:
          (with the PostgreSQL tests; KEYGATE_TEST_POSTGRES_URL defaults to the local server)
   bench  [--seconds N] [--backend sqlite|postgres|both]: the release server under wrk
          load, 10,000 keys, 64 connections; prints and writes bench-results/*.json
+  openapi  write the OpenAPI description to openapi.json (a test fails while it is stale)
   dev    run the server for development: debug logs, ./target/dev.db, master key `dev-master-key`
   help   this text
 ";
@@ -25,6 +26,7 @@ fn main() -> ExitCode {
     let result = match task.as_str() {
         "ci" => ci(),
         "dev" => dev(),
+        "openapi" => openapi(),
         "bench" => {
             let args: Vec<String> = env::args().skip(2).collect();
             bench::Options::parse(&args).and_then(|options| bench::run(&options))
@@ -62,6 +64,32 @@ fn ci() -> Result<(), String> {
         &["test", "--workspace"],
         &[(POSTGRES_URL_VAR, &postgres), ("CI", "true")],
     )
+}
+
+fn openapi() -> Result<(), String> {
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let output = Command::new(cargo)
+        .args([
+            "run",
+            "--quiet",
+            "--package",
+            "keygate-server",
+            "--",
+            "openapi",
+        ])
+        .output()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "keygate openapi failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../openapi.json");
+    std::fs::write(&path, &output.stdout)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    eprintln!("xtask: wrote openapi.json");
+    Ok(())
 }
 
 fn dev() -> Result<(), String> {

@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use keygate_core::api_key::{check_lifetime, validate_owner};
 use keygate_core::{Actor, ApiKey, ApiKeyId, KeySpec, PlainKey, ScopeSet, ValidationError};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::error::ApiError;
 use crate::guard::Caller;
@@ -53,11 +54,19 @@ pub async fn not_found() -> Result<HttpResponse, ApiError> {
 }
 
 /// `POST /api-keys`. Fields other than these are ignored, so nothing else can be set.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct CreateKey {
+    /// A name to recognise the key by (1-255 characters).
+    #[schema(example = "Service Account")]
     name: String,
+    /// Who the key belongs to (1-255 characters).
+    #[schema(example = "owner_id")]
     owner: String,
+    /// `resource:action` scopes, 1 to 64.
+    #[schema(example = json!(["ledgers:read", "balances:write"]))]
     scopes: Vec<String>,
+    /// When the key stops working (RFC 3339), in the future.
+    #[schema(format = DateTime, example = "2030-03-11T00:00:00Z")]
     expires_at: String,
 }
 
@@ -91,21 +100,30 @@ impl OwnerQuery {
 const NEVER: &str = "0001-01-01T00:00:00Z";
 
 /// The key object on the wire.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = ApiKey)]
 pub struct KeyView<'a> {
+    /// `api_key_` and a random UUID.
+    #[schema(example = "api_key_879f0ecb-e29f-4137-801b-1048366381db")]
     api_key_id: &'a str,
-    /// The plaintext on creation; a hint otherwise.
+    /// The secret (44 characters) in the response that creates the key, and only there;
+    /// elsewhere a short hint such as `YVLI...` from which the key cannot be rebuilt.
     key: &'a str,
     name: &'a str,
     owner_id: &'a str,
+    #[schema(value_type = Vec<String>, example = json!(["ledgers:read", "balances:write"]))]
     scopes: &'a ScopeSet,
     expires_at: DateTime<Utc>,
     created_at: DateTime<Utc>,
+    /// `0001-01-01T00:00:00Z` until the key first authenticates a request.
     #[serde(serialize_with = "last_used")]
+    #[schema(value_type = String, format = DateTime, example = "0001-01-01T00:00:00Z")]
     last_used_at: Option<DateTime<Utc>>,
     is_revoked: bool,
+    /// Present once the key is revoked.
     #[serde(skip_serializing_if = "Option::is_none")]
     revoked_at: Option<DateTime<Utc>>,
+    /// The key this one replaced, for a key made by a rotation.
     #[serde(skip_serializing_if = "Option::is_none")]
     rotated_from: Option<&'a str>,
 }

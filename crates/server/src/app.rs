@@ -14,7 +14,7 @@ use crate::error::ApiError;
 use crate::guard::Caller;
 use crate::guard::require_key;
 use crate::state::AppState;
-use crate::{api_keys, forward_auth, metrics};
+use crate::{api_keys, forward_auth, metrics, openapi};
 
 /// The largest request body accepted.
 pub const BODY_LIMIT: usize = 1024 * 1024;
@@ -47,6 +47,7 @@ pub fn app(
         .route("/health", web::get().to(health))
         .route("/forward-auth", web::route().to(forward_auth::decide))
         .route("/metrics", web::get().to(metrics::serve))
+        .route("/openapi.json", web::get().to(openapi::serve))
         .service(
             web::scope("")
                 .wrap(from_fn(require_key))

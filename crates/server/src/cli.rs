@@ -28,6 +28,8 @@ enum Command {
     Serve,
     /// Create or update the database schema, then exit.
     Migrate,
+    /// Print the OpenAPI description of the HTTP API.
+    Openapi,
     /// Exit 0 if the service on the configured port answers `/health` (for container
     /// health checks).
     Health,
@@ -98,6 +100,10 @@ pub fn main() -> ExitCode {
             open(&settings).map(|_| eprintln!("keygate: the database is up to date"))
         }
         Command::Health => health(&settings),
+        Command::Openapi => {
+            print!("{}", crate::openapi::document());
+            Ok(())
+        }
         Command::Keys(command) => keys(&settings, command),
     };
     match outcome {

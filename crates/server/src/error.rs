@@ -266,6 +266,67 @@ mod tests {
     }
 
     #[test]
+    fn every_code_is_in_the_openapi_description() {
+        let described: Vec<String> = serde_json::to_value([
+            crate::openapi::ErrorCode::AuthMissingApiKey,
+            crate::openapi::ErrorCode::AuthInvalidApiKey,
+            crate::openapi::ErrorCode::AuthExpiredApiKey,
+            crate::openapi::ErrorCode::AuthInsufficientPermissions,
+            crate::openapi::ErrorCode::AuthUnknownResource,
+            crate::openapi::ErrorCode::AuthCrossOwnerAccess,
+            crate::openapi::ErrorCode::AuthScopeEscalation,
+            crate::openapi::ErrorCode::AuthMetricsTokenRequired,
+            crate::openapi::ErrorCode::ApikeyOwnerRequired,
+            crate::openapi::ErrorCode::ApikeyNotFound,
+            crate::openapi::ErrorCode::ApikeyRevoked,
+            crate::openapi::ErrorCode::ApikeyExpired,
+            crate::openapi::ErrorCode::GenMalformedRequest,
+            crate::openapi::ErrorCode::GenValidationError,
+            crate::openapi::ErrorCode::GenPayloadTooLarge,
+            crate::openapi::ErrorCode::GenRateLimited,
+            crate::openapi::ErrorCode::GenNotFound,
+            crate::openapi::ErrorCode::GenMethodNotAllowed,
+            crate::openapi::ErrorCode::GenConflict,
+            crate::openapi::ErrorCode::GenServiceUnavailable,
+            crate::openapi::ErrorCode::GenInternal,
+        ])
+        .ok()
+        .and_then(|value| serde_json::from_value(value).ok())
+        .expect("codes serialize as strings");
+        let errors = [
+            ApiError::MissingKey,
+            ApiError::InvalidKey,
+            ApiError::ExpiredKey,
+            RuleError::UnknownResource.into(),
+            RuleError::MethodNotAllowed("TRACE".into()).into(),
+            RuleError::InsufficientPermissions(Scope::EVERYTHING).into(),
+            RuleError::OwnerRequired.into(),
+            RuleError::CrossOwnerAccess.into(),
+            RuleError::ScopeEscalation(Scope::EVERYTHING).into(),
+            ApiError::KeyNotFound,
+            ApiError::KeyRevoked,
+            ApiError::KeyExpired,
+            ApiError::Conflict,
+            ApiError::RouteNotFound,
+            ApiError::MethodNotAllowed,
+            ApiError::Malformed("x".into()),
+            ValidationError::new("name", "x").into(),
+            ApiError::PayloadTooLarge(1),
+            ApiError::RateLimited(std::time::Duration::from_secs(1)),
+            ApiError::MetricsForbidden,
+            ApiError::Unavailable,
+            ApiError::Internal,
+        ];
+        for error in errors {
+            assert!(
+                described.iter().any(|code| code == error.code()),
+                "{} is not in the OpenAPI description",
+                error.code()
+            );
+        }
+    }
+
+    #[test]
     fn internal_errors_say_nothing_of_their_cause() {
         let error = ApiError::from(StoreError::Internal(
             "relation api_keys does not exist".into(),

@@ -17,6 +17,7 @@ pub mod lifecycle;
 pub mod logging;
 pub mod master_key;
 pub mod metrics;
+pub mod openapi;
 pub mod settings;
 pub mod state;
 pub mod throttle;

@@ -9,6 +9,7 @@ use keygate_core::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use utoipa::ToSchema;
 
 use crate::api_keys::{KeyView, OwnerQuery, no_store, parse_timestamp};
 use crate::error::ApiError;
@@ -61,7 +62,7 @@ pub async fn get(
 }
 
 /// `PATCH /api-keys/{id}`: any of these; absent (or null) fields stay as they are.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct UpdateKey {
     name: Option<String>,
     scopes: Option<Vec<String>>,
@@ -138,8 +139,9 @@ fn describe(changes: &[Change]) -> Value {
 }
 
 /// `POST /api-keys/{id}/rotate`, whose body is optional.
-#[derive(Debug, Default, Deserialize)]
-struct RotateKey {
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct RotateKey {
+    /// How long the old key keeps working, 0 to 86,400 seconds (default 0).
     grace_period_seconds: Option<i64>,
 }
 
@@ -205,12 +207,17 @@ pub async fn rotate(
 }
 
 /// One entry of the audit trail on the wire.
-#[derive(Debug, Serialize)]
-struct EventView {
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = KeyEvent)]
+pub struct EventView {
+    /// `created`, `updated`, `rotated` or `revoked`.
     kind: String,
     at: DateTime<Utc>,
+    /// `master`, `cli`, or the acting key's `api_key_id`.
     actor: String,
+    /// What changed (for `updated`: each field's `from` and `to`); never a secret.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     details: Option<Value>,
 }
 
