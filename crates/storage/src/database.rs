@@ -99,6 +99,27 @@ macro_rules! with_connection {
     };
 }
 
+/// The columns of a new `api_keys` row for `$key` (an [`ApiKey`]) whose scopes are
+/// already rendered as `$scopes`, in the backend's table module `$t`.
+macro_rules! key_row {
+    ($t:ident, $key:expr, $scopes:expr) => {
+        (
+            $t::api_key_id.eq($key.id.as_str()),
+            $t::key_hash.eq(&$key.hash.as_bytes()[..]),
+            $t::key_hint.eq(&$key.hint),
+            $t::name.eq(&$key.name),
+            $t::owner_id.eq(&$key.owner_id),
+            $t::scopes.eq(&$scopes),
+            $t::expires_at.eq($key.expires_at),
+            $t::created_at.eq($key.created_at),
+            $t::last_used_at.eq($key.last_used_at),
+            $t::is_revoked.eq($key.is_revoked()),
+            $t::revoked_at.eq($key.revoked_at),
+            $t::rotated_from.eq($key.rotated_from.as_ref().map(ApiKeyId::as_str)),
+        )
+    };
+}
+
 impl Database {
     /// Opens a pool for `url` and applies pending migrations. SQLite files (and their
     /// folders) are created when missing.
@@ -224,20 +245,7 @@ impl KeyStore for Database {
         with_connection!(self, |conn, t, e| {
             conn.transaction(|conn| {
                 diesel::insert_into(t::table)
-                    .values((
-                        t::api_key_id.eq(key.id.as_str()),
-                        t::key_hash.eq(&key.hash.as_bytes()[..]),
-                        t::key_hint.eq(&key.hint),
-                        t::name.eq(&key.name),
-                        t::owner_id.eq(&key.owner_id),
-                        t::scopes.eq(&scopes),
-                        t::expires_at.eq(key.expires_at),
-                        t::created_at.eq(key.created_at),
-                        t::last_used_at.eq(key.last_used_at),
-                        t::is_revoked.eq(key.is_revoked()),
-                        t::revoked_at.eq(key.revoked_at),
-                        t::rotated_from.eq(key.rotated_from.as_ref().map(ApiKeyId::as_str)),
-                    ))
+                    .values(key_row!(t, key, scopes))
                     .execute(conn)?;
                 diesel::insert_into(e::table)
                     .values((
@@ -407,18 +415,7 @@ impl KeyStore for Database {
                     return Ok(false);
                 }
                 diesel::insert_into(t::table)
-                    .values((
-                        t::api_key_id.eq(successor.id.as_str()),
-                        t::key_hash.eq(&successor.hash.as_bytes()[..]),
-                        t::key_hint.eq(&successor.hint),
-                        t::name.eq(&successor.name),
-                        t::owner_id.eq(&successor.owner_id),
-                        t::scopes.eq(&new_scopes),
-                        t::expires_at.eq(successor.expires_at),
-                        t::created_at.eq(successor.created_at),
-                        t::is_revoked.eq(false),
-                        t::rotated_from.eq(Some(old.id.as_str())),
-                    ))
+                    .values(key_row!(t, successor, new_scopes))
                     .execute(conn)?;
                 diesel::insert_into(e::table)
                     .values(vec![

@@ -2,7 +2,7 @@
 //! KEYGATE_TEST_POSTGRES_URL is set, a private schema on a real PostgreSQL server.
 
 use chrono::{DateTime, Duration, SubsecRound, Utc};
-use keygate_core::{Actor, ApiKey, ApiKeyId, KeySpec, KeyStore, PlainKey, StoreError};
+use keygate_core::{Actor, ApiKey, ApiKeyId, KeySpec, KeyStore, NewEvent, PlainKey, StoreError};
 use keygate_storage::test_support::TestDatabase;
 use keygate_storage::{Database, PoolOptions};
 
@@ -333,6 +333,116 @@ fn the_change_feed_names_revoked_keys_from_the_time_asked() {
                 .expect("feed"),
             Vec::new(),
             "revoking a revoked key records nothing"
+        );
+    });
+}
+
+#[test]
+fn get_finds_only_the_owners_key() {
+    on_each_backend(|db| {
+        let (_, key) = new_key("alice", &["ledgers:read"], now());
+        db.insert(&key, &Actor::Master).expect("insert");
+        assert_eq!(db.get(&key.id, "alice").expect("get"), Some(key.clone()));
+        assert_eq!(
+            db.get(&key.id, "bob").expect("get"),
+            None,
+            "{}",
+            db.backend()
+        );
+    });
+}
+
+#[test]
+fn replace_is_conditional_on_the_key_as_read_and_records_the_update() {
+    on_each_backend(|db| {
+        let (_, key) = new_key("alice", &["ledgers:read"], now());
+        db.insert(&key, &Actor::Master).expect("insert");
+        let renamed = ApiKey {
+            name: "renamed".into(),
+            ..key.clone()
+        };
+        let event = NewEvent {
+            actor: Actor::Cli,
+            at: now(),
+            details: Some(r#"{"name":{}}"#.into()),
+        };
+        assert!(
+            db.replace(&key, &renamed, &event).expect("replace"),
+            "{}",
+            db.backend()
+        );
+        assert!(
+            !db.replace(&key, &renamed, &event).expect("replace"),
+            "a stale read loses"
+        );
+        assert_eq!(
+            db.get(&key.id, "alice").expect("get").map(|k| k.name),
+            Some("renamed".to_owned())
+        );
+        db.revoke(&key.id, "alice", now(), &Actor::Master)
+            .expect("revoke");
+        let revoked = db.get(&key.id, "alice").expect("get").expect("found");
+        let again = ApiKey {
+            name: "again".into(),
+            ..revoked.clone()
+        };
+        assert!(
+            !db.replace(&revoked, &again, &event).expect("replace"),
+            "a revoked key is never changed"
+        );
+        let kinds: Vec<String> = db
+            .events(&key.id)
+            .expect("events")
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
+        assert_eq!(kinds, ["created", "updated", "revoked"], "{}", db.backend());
+    });
+}
+
+#[test]
+fn rotate_stores_the_successor_and_cuts_the_old_expiry() {
+    on_each_backend(|db| {
+        let start = now();
+        let (_, old) = new_key("alice", &["ledgers:*"], start);
+        db.insert(&old, &Actor::Master).expect("insert");
+        let plain = PlainKey::generate().expect("randomness");
+        let successor = old.successor(&plain, start);
+        let cut = start + Duration::seconds(60);
+        let event = NewEvent {
+            actor: Actor::Master,
+            at: start,
+            details: None,
+        };
+        assert!(
+            db.rotate(&old, cut, &successor, &event).expect("rotate"),
+            "{}",
+            db.backend()
+        );
+        let stored = db
+            .find_by_hash(&plain.hash())
+            .expect("lookup")
+            .expect("the successor");
+        assert_eq!(stored, successor);
+        assert_eq!(stored.rotated_from, Some(old.id.clone()));
+        assert_eq!(
+            db.get(&old.id, "alice").expect("get").map(|k| k.expires_at),
+            Some(cut)
+        );
+        assert!(
+            !db.rotate(&old, cut, &old.successor(&plain, start), &event)
+                .expect("rotate"),
+            "a stale read loses"
+        );
+        let events = db.events(&successor.id).expect("events");
+        assert_eq!(
+            events[0].details.as_deref(),
+            Some(format!(r#"{{"rotated_from":"{}"}}"#, old.id).as_str())
+        );
+        assert_eq!(
+            db.changed_since(start).expect("feed"),
+            vec![old.hash],
+            "the rotated key is in the feed"
         );
     });
 }
