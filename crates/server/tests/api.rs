@@ -38,7 +38,30 @@ on_both_backends!(
     secure_mode_off_lets_every_request_act_as_master,
     unknown_routes_are_json_404s,
     the_database_holds_no_plaintext_key,
+    the_query_owner_is_validated,
 );
+
+async fn the_query_owner_is_validated(db: TestDatabase) {
+    let app = start(db).await;
+    let long = "o".repeat(256);
+    for path in [
+        "/api-keys?owner=%01".to_owned(),
+        format!("/api-keys?owner={long}"),
+        "/api-keys/api_key_x?owner=a%0Ab".to_owned(),
+    ] {
+        let method = if path.starts_with("/api-keys/") {
+            Method::DELETE
+        } else {
+            Method::GET
+        };
+        let reply = app.call(method, &path, Some(MASTER), None).await;
+        reply.assert_error(400, "GEN_VALIDATION_ERROR");
+        assert_eq!(
+            reply.json["error_detail"]["details"]["field"], "owner",
+            "{path}"
+        );
+    }
+}
 
 async fn health_and_root_need_no_key(db: TestDatabase) {
     let app = start(db).await;
