@@ -221,9 +221,7 @@ async fn revoke(
     id: web::Path<String>,
     query: web::Query<OwnerQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let requested = query.owner()?;
-    let owner = principal.target_owner(requested.as_deref())?.to_owned();
-    let id = ApiKeyId::from_request(&id).ok_or(ApiError::KeyNotFound)?;
+    let (id, owner) = lifecycle::addressed(&principal, &id, &query)?;
     let actor = Actor::from(&principal);
     let revoked = state
         .with_store(move |store| store.revoke(&id, &owner, Utc::now(), &actor))

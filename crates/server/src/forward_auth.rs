@@ -5,10 +5,9 @@
 use actix_web::http::header::HeaderMap;
 use actix_web::{HttpRequest, HttpResponse, web};
 use keygate_core::Principal;
-use keygate_core::route::{action_for_method, resource_for_path};
 
 use crate::error::ApiError;
-use crate::guard::presented_key;
+use crate::guard;
 use crate::state::AppState;
 
 /// The original method, from nginx's or Traefik's header.
@@ -46,19 +45,11 @@ pub async fn decide(
         )
     })?;
     let path = uri.split(['?', '#']).next().unwrap_or_default();
-    // The client is the gateway's client: with the gateway as a trusted proxy, the
-    // address it forwards in X-Forwarded-For.
-    let client = state
-        .throttle()
-        .client(request.peer_addr().map(|a| a.ip()), headers);
-    let principal = state
-        .authenticate_client(client, presented_key(headers)?)
-        .await?;
     let method = method.trim().to_ascii_uppercase();
-    principal.authorize(
-        resource_for_path(path),
-        action_for_method(&method).ok_or(method.as_str()),
-    )?;
+    // With the gateway as a trusted proxy, the throttle sees the client it forwards in
+    // X-Forwarded-For, not the gateway.
+    let peer = request.peer_addr().map(|address| address.ip());
+    let principal = guard::decide(&state, peer, headers, &method, path).await?;
     let mut response = HttpResponse::NoContent();
     match &principal {
         Principal::Master => {

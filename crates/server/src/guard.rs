@@ -3,6 +3,7 @@
 //! `from_fn(require_key)` to protect it.
 
 use std::future::{Ready, ready};
+use std::net::IpAddr;
 
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
@@ -61,19 +62,37 @@ async fn admit(request: &ServiceRequest) -> Result<Caller, ApiError> {
     let state = request
         .app_data::<web::Data<AppState>>()
         .ok_or(ApiError::Internal)?;
-    let client = state.throttle().client(
-        request.peer_addr().map(|address| address.ip()),
+    let peer = request.peer_addr().map(|address| address.ip());
+    decide(
+        state,
+        peer,
         request.headers(),
-    );
+        request.method().as_str(),
+        request.path(),
+    )
+    .await
+    .map(Caller)
+}
+
+/// The guard's decision, for this service's own requests and for a gateway's original
+/// ones alike: who presents the key in `headers` (from `peer`, or the client a trusted
+/// proxy forwards), and whether they may perform `method` on `path`.
+pub async fn decide(
+    state: &AppState,
+    peer: Option<IpAddr>,
+    headers: &HeaderMap,
+    method: &str,
+    path: &str,
+) -> Result<Principal, ApiError> {
+    let client = state.throttle().client(peer, headers);
     let principal = state
-        .authenticate_client(client, presented_key(request.headers())?)
+        .authenticate_client(client, presented_key(headers)?)
         .await?;
-    let method = request.method().as_str();
     principal.authorize(
-        resource_for_path(request.path()),
+        resource_for_path(path),
         action_for_method(method).ok_or(method),
     )?;
-    Ok(Caller(principal))
+    Ok(principal)
 }
 
 impl FromRequest for Caller {

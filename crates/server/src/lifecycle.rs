@@ -20,6 +20,20 @@ use keygate_core::api_key::check_lifetime;
 /// The longest grace period a rotation may give the old key: one day.
 pub const MAX_GRACE_SECONDS: i64 = 86_400;
 
+/// Which key, of which owner, a `/api-keys/{id}` request is about, under the owner
+/// rules; an id that cannot name a key is not found without asking the database.
+pub fn addressed(
+    principal: &Principal,
+    id: &str,
+    query: &OwnerQuery,
+) -> Result<(ApiKeyId, String), ApiError> {
+    let owner = principal
+        .target_owner(query.owner()?.as_deref())?
+        .to_owned();
+    let id = ApiKeyId::from_request(id).ok_or(ApiError::KeyNotFound)?;
+    Ok((id, owner))
+}
+
 /// The owner's key `id`, as the caller may see it: another owner's key does not exist.
 async fn owned_key(
     state: &AppState,
@@ -27,10 +41,7 @@ async fn owned_key(
     id: String,
     query: &OwnerQuery,
 ) -> Result<ApiKey, ApiError> {
-    let owner = principal
-        .target_owner(query.owner()?.as_deref())?
-        .to_owned();
-    let id = ApiKeyId::from_request(&id).ok_or(ApiError::KeyNotFound)?;
+    let (id, owner) = addressed(principal, &id, query)?;
     state
         .read_store(move |store| store.get(&id, &owner))
         .await?
