@@ -6,7 +6,7 @@ mod support;
 use std::process::Command;
 
 use keygate_storage::test_support::TestDatabase;
-use support::process::{Running, free_port, log};
+use support::process::{Running, field, free_port, log};
 
 #[test]
 fn with_no_configuration_it_serves_on_5001_with_a_generated_master_key() {
@@ -162,12 +162,8 @@ fn pending_key_usage_is_written_on_a_graceful_shutdown() {
     );
     let (status, created) = server.post("/api-keys", "shutdown-master", &body);
     assert_eq!(status, 201, "{created}");
-    let key = created
-        .split("\"key\":\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .expect("a key");
-    assert_eq!(server.get("/api-keys", Some(key)).0, 200);
+    let key = field(&created, "key");
+    assert_eq!(server.get("/api-keys", Some(&key)).0, 200);
     assert!(server.stop().success(), "SIGTERM exits 0");
 
     let _ = std::fs::remove_file(dir.path().join("stderr.log"));

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use support::process::{Running, free_port, http};
+use support::process::{Running, field, free_port, http};
 
 const NGINX: &str = "/usr/sbin/nginx";
 const MASTER: &str = "gateway-master-key";
@@ -173,15 +173,7 @@ fn create(keygate: &Running, owner: &str, scopes: &[&str]) -> (String, String) {
     );
     let (status, reply) = keygate.post("/api-keys", MASTER, &body);
     assert_eq!(status, 201, "{reply}");
-    let field = |name: &str| {
-        reply
-            .split(&format!("\"{name}\":\""))
-            .nth(1)
-            .and_then(|rest| rest.split('"').next())
-            .map(str::to_owned)
-            .expect("a field of the key object")
-    };
-    (field("key"), field("api_key_id"))
+    (field(&reply, "key"), field(&reply, "api_key_id"))
 }
 
 #[test]

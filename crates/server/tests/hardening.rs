@@ -4,13 +4,12 @@
 mod support;
 
 use std::collections::HashSet;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use actix_web::http::Method;
 use actix_web::test::TestRequest;
 use futures_util::future::join_all;
-use keygate_core::KeyStore;
 use keygate_storage::test_support::TestDatabase;
 use serde_json::json;
 use support::{CountingStore, MASTER, key_request, start, start_observed, text};
@@ -276,18 +275,8 @@ fn from(address: &str, request: TestRequest) -> TestRequest {
 }
 
 async fn repeated_bad_keys_are_throttled_per_address(db: TestDatabase) {
-    let slot: Arc<OnceLock<Arc<CountingStore>>> = Arc::new(OnceLock::new());
-    let filled = slot.clone();
-    let app = start_observed(
-        db,
-        |_| {},
-        move |store: Arc<dyn KeyStore>| -> Arc<dyn KeyStore> {
-            let observed = CountingStore::new(store);
-            let _ = filled.set(observed.clone());
-            observed
-        },
-    )
-    .await;
+    let (observe, slot) = CountingStore::observer();
+    let app = start_observed(db, |_| {}, observe).await;
     let counting = slot.get().expect("wrapped").clone();
     let (good, _) = app.new_key("alice", &["api-keys:read"]).await;
     let guesser = "192.0.2.66";

@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::http::Method;
@@ -67,7 +67,7 @@ async fn a_second_instance_sees_a_revocation_within_the_poll_bound(db: TestDatab
 }
 
 async fn requests_write_nothing_and_usage_is_written_in_one_batch(db: TestDatabase) {
-    let (observe, counting) = observer();
+    let (observe, counting) = CountingStore::observer();
     let app = start_observed(
         db,
         |settings| settings.auth.last_used_flush_ms = 3_600_000,
@@ -126,7 +126,7 @@ async fn requests_write_nothing_and_usage_is_written_in_one_batch(db: TestDataba
 }
 
 async fn keys_that_cannot_be_ours_cost_no_lookup(db: TestDatabase) {
-    let (observe, counting) = observer();
+    let (observe, counting) = CountingStore::observer();
     let app = start_observed(db, |_| {}, observe).await;
     let counting = counting.get().expect("the store was wrapped").clone();
     let long = "k".repeat(600);
@@ -142,24 +142,6 @@ async fn keys_that_cannot_be_ours_cost_no_lookup(db: TestDatabase) {
         reply.assert_error(401, "AUTH_INVALID_API_KEY");
     }
     assert_eq!(CountingStore::count(&counting.lookups), 0);
-}
-
-/// Where [`observer`] leaves the counting store once the app has opened its database.
-type Slot = Arc<OnceLock<Arc<CountingStore>>>;
-
-/// A wrapper for [`start_observed`] and the slot where it leaves the counting store.
-fn observer() -> (
-    impl FnOnce(Arc<dyn KeyStore>) -> Arc<dyn KeyStore> + 'static,
-    Slot,
-) {
-    let slot = Arc::new(OnceLock::new());
-    let filled = slot.clone();
-    let wrap = move |store: Arc<dyn KeyStore>| -> Arc<dyn KeyStore> {
-        let observed = CountingStore::new(store);
-        let _ = filled.set(observed.clone());
-        observed
-    };
-    (wrap, slot)
 }
 
 /// Resident memory of this process, in bytes.

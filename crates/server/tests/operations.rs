@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use actix_web::http::Method;
 use actix_web::test::TestRequest;
 use keygate_storage::test_support::TestDatabase;
-use support::process::{Running, free_port, log};
+use support::process::{Running, field, free_port, log};
 use support::{MASTER, start_with};
 
 /// The value of the sample `name{labels}` in a Prometheus text page, 0 when absent.
@@ -165,12 +165,7 @@ fn sigterm_finishes_the_request_in_flight_records_usage_and_exits_0() {
     );
     let (status, created) = server.request("POST", "/api-keys", Some("term-master"), Some(&body));
     assert_eq!(status, 201, "{created}");
-    let key: String = created
-        .split("\"key\":\"")
-        .nth(1)
-        .and_then(|r| r.split('"').next())
-        .expect("key")
-        .to_owned();
+    let key = field(&created, "key");
     assert_eq!(
         server.get("/api-keys", Some(&key)).0,
         200,

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use keygate_storage::test_support::TestDatabase;
-use support::process::{Running, free_port, log};
+use support::process::{Running, field, free_port, log};
 
 const MASTER: &str = "resilience-master-key";
 
@@ -19,14 +19,6 @@ fn create_body(owner: &str, scopes: &str) -> String {
         r#"{{"name":"n","owner":"{owner}","scopes":[{scopes}],"expires_at":"{}"}}"#,
         support::next_year()
     )
-}
-
-fn field(json: &str, name: &str) -> String {
-    json.split(&format!("\"{name}\":\""))
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .map(str::to_owned)
-        .unwrap_or_else(|| panic!("no {name} in {json}"))
 }
 
 fn start(dir: &Path, url: &str, extra: &[(&str, &str)]) -> Running {

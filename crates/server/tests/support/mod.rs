@@ -266,7 +266,26 @@ pub struct CountingStore {
     pub usage_rows: std::sync::atomic::AtomicUsize,
 }
 
+/// Where [`CountingStore::observer`] leaves the counting store once the app has opened
+/// its database.
+pub type Slot = Arc<std::sync::OnceLock<Arc<CountingStore>>>;
+
 impl CountingStore {
+    /// A wrapper for [`start_observed`] and the slot where it leaves the counting store.
+    pub fn observer() -> (
+        impl FnOnce(Arc<dyn KeyStore>) -> Arc<dyn KeyStore> + 'static,
+        Slot,
+    ) {
+        let slot: Slot = Arc::new(std::sync::OnceLock::new());
+        let filled = slot.clone();
+        let wrap = move |store: Arc<dyn KeyStore>| -> Arc<dyn KeyStore> {
+            let observed = CountingStore::new(store);
+            let _ = filled.set(observed.clone());
+            observed
+        };
+        (wrap, slot)
+    }
+
     pub fn new(inner: Arc<dyn KeyStore>) -> Arc<Self> {
         Arc::new(CountingStore {
             inner,

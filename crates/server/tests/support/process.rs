@@ -162,6 +162,16 @@ pub fn http(
     Some((status, body))
 }
 
+/// A string field of a JSON object in a response body.
+pub fn field(body: &str, name: &str) -> String {
+    let json: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|_| panic!("a JSON body: {body}"));
+    json[name]
+        .as_str()
+        .unwrap_or_else(|| panic!("no {name} in {body}"))
+        .to_owned()
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
