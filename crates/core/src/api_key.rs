@@ -302,7 +302,10 @@ pub fn check_lifetime(
     now: DateTime<Utc>,
     max_days: u32,
 ) -> Result<(), ValidationError> {
-    if expires_at > now + chrono::Duration::days(i64::from(max_days)) {
+    // A limit beyond the calendar's end limits nothing; it must not overflow.
+    let limit = chrono::TimeDelta::try_days(i64::from(max_days))
+        .and_then(|lifetime| now.checked_add_signed(lifetime));
+    if limit.is_some_and(|limit| expires_at > limit) {
         return Err(ValidationError::new(
             "expires_at",
             format!("must be at most {max_days} days away"),
@@ -353,7 +356,50 @@ fn validate_text(field: &'static str, text: &str) -> Result<String, ValidationEr
             "must not contain control characters",
         ));
     }
+    if text.chars().any(is_bidi_control) {
+        return Err(ValidationError::new(
+            field,
+            "must not contain bidirectional control characters",
+        ));
+    }
+    if trimmed.chars().all(is_invisible) {
+        return Err(ValidationError::new(
+            field,
+            "must contain a visible character",
+        ));
+    }
     Ok(trimmed.to_owned())
+}
+
+/// Characters that reorder the text around them, so that what a listing shows is not
+/// what was stored (CVE-2021-42574's "Trojan Source").
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Characters that draw nothing: white space, and the format characters and fillers
+/// that render as empty.
+fn is_invisible(c: char) -> bool {
+    c.is_whitespace()
+        || matches!(
+            c,
+            '\u{00AD}'
+                | '\u{034F}'
+                | '\u{115F}'
+                | '\u{1160}'
+                | '\u{17B4}'
+                | '\u{17B5}'
+                | '\u{180B}'..='\u{180F}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2060}'..='\u{206F}'
+                | '\u{3164}'
+                | '\u{FE00}'..='\u{FE0F}'
+                | '\u{FEFF}'
+                | '\u{FFA0}'
+                | '\u{1D173}'..='\u{1D17A}'
+                | '\u{E0000}'..='\u{E0FFF}'
+        )
 }
 
 #[cfg(test)]
@@ -422,6 +468,41 @@ mod tests {
                 Duration::days(1),
                 "owner",
             ),
+            (
+                "\u{202e}gnp.exe",
+                "o",
+                vec!["ledgers:read"],
+                Duration::days(1),
+                "name",
+            ),
+            (
+                "\u{200b}",
+                "o",
+                vec!["ledgers:read"],
+                Duration::days(1),
+                "name",
+            ),
+            (
+                "\u{200b}\u{feff} \u{2060}",
+                "o",
+                vec!["ledgers:read"],
+                Duration::days(1),
+                "name",
+            ),
+            (
+                "n",
+                "\u{2066}owner",
+                vec!["ledgers:read"],
+                Duration::days(1),
+                "owner",
+            ),
+            (
+                "n",
+                "\u{200b}",
+                vec!["ledgers:read"],
+                Duration::days(1),
+                "owner",
+            ),
             ("n", "o", vec![], Duration::days(1), "scopes"),
             ("n", "o", many, Duration::days(1), "scopes"),
             (
@@ -473,6 +554,11 @@ mod tests {
         let error = check_lifetime(now() + Duration::days(10) + Duration::seconds(1), now(), 10)
             .expect_err("too far");
         assert_eq!(error.field, "expires_at");
+        assert_eq!(
+            check_lifetime(now() + Duration::days(365), now(), u32::MAX),
+            Ok(()),
+            "a limit past the calendar's end does not overflow"
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@
 pub mod actor;
 pub mod api_key;
 pub mod catalogue;
+pub mod path;
 pub mod principal;
 pub mod route;
 pub mod scope;
@@ -23,7 +24,8 @@ pub mod store;
 
 pub use actor::Actor;
 pub use api_key::{ApiKey, ApiKeyId, Change, KeyPatch, KeySpec, KeyStatus, ValidationError};
+pub use path::{CanonicalPath, PathError};
 pub use principal::{Principal, RuleError};
 pub use scope::{Action, Resource, Scope, ScopeError, ScopeSet};
 pub use secret::{KeyHash, PlainKey};
-pub use store::{KeyEvent, KeyStore, NewEvent, StoreError};
+pub use store::{EventKind, KeyEvent, KeyStore, NewEvent, StoreError};

@@ -1,6 +1,7 @@
 //! How a request maps onto the scope vocabulary: its method to an [`Action`], its path to
 //! a [`Resource`].
 
+use crate::path::CanonicalPath;
 use crate::scope::{Action, Resource};
 
 /// The action a request method performs, or `None` for methods no API key may use.
@@ -22,6 +23,8 @@ const ALIASES: [(&str, Resource); 3] = [
 
 /// The resource a request path addresses: its first segment, through Blnk's aliases.
 /// `None` when that segment names no resource (the wildcard `*` is not a path).
+/// The path is taken as it is: a gateway's original path is made canonical first
+/// ([`resource_for`]).
 pub fn resource_for_path(path: &str) -> Option<Resource> {
     let first = path
         .strip_prefix('/')
@@ -29,6 +32,17 @@ pub fn resource_for_path(path: &str) -> Option<Resource> {
         .split(['/', '?', '#'])
         .next()
         .unwrap_or_default();
+    resource_for_segment(first)
+}
+
+/// The resource a canonical path addresses.
+pub fn resource_for(path: &CanonicalPath) -> Option<Resource> {
+    resource_for_segment(path.first_segment())
+}
+
+/// The resource a path's first segment names, through Blnk's aliases and the configured
+/// catalogue.
+pub fn resource_for_segment(first: &str) -> Option<Resource> {
     if let Some((_, resource)) = ALIASES.iter().find(|(alias, _)| *alias == first) {
         return Some(*resource);
     }

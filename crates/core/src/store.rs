@@ -86,6 +86,31 @@ pub trait KeyStore: Send + Sync + 'static {
     fn record_last_used(&self, uses: &[(ApiKeyId, DateTime<Utc>)]) -> Result<usize, StoreError>;
 }
 
+/// What happened to a key, as its audit trail records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// The key was created.
+    Created,
+    /// Its name, scopes or expiry changed.
+    Updated,
+    /// It was replaced by a successor, and kept working for a grace period.
+    Rotated,
+    /// It was revoked.
+    Revoked,
+}
+
+impl EventKind {
+    /// The kind's name in the audit trail.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Created => "created",
+            EventKind::Updated => "updated",
+            EventKind::Rotated => "rotated",
+            EventKind::Revoked => "revoked",
+        }
+    }
+}
+
 /// One entry of a key's audit trail.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyEvent {

@@ -10,7 +10,9 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::sql_types::{Text, Timestamptz, TimestamptzSqlite};
 use diesel::{PgConnection, SqliteConnection};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
-use keygate_core::{Actor, ApiKey, ApiKeyId, KeyEvent, KeyHash, KeyStore, NewEvent, StoreError};
+use keygate_core::{
+    Actor, ApiKey, ApiKeyId, EventKind, KeyEvent, KeyHash, KeyStore, NewEvent, StoreError,
+};
 
 use crate::rows::{EventRow, KeyRow};
 use crate::url::{Backend, DatabaseUrl};
@@ -23,26 +25,6 @@ const MIGRATION_LOCK: i64 = 0x006b_6579_6761_7465;
 
 /// How many rows one `last_used_at` statement updates at most (bind limits of both backends).
 const LAST_USED_CHUNK: usize = 500;
-
-/// What happened to a key, as `key_events.kind` records it.
-#[derive(Debug, Clone, Copy)]
-enum EventKind {
-    Created,
-    Updated,
-    Rotated,
-    Revoked,
-}
-
-impl EventKind {
-    fn as_str(self) -> &'static str {
-        match self {
-            EventKind::Created => "created",
-            EventKind::Updated => "updated",
-            EventKind::Rotated => "rotated",
-            EventKind::Revoked => "revoked",
-        }
-    }
-}
 
 /// How the connection pool is sized and how long a caller waits for a connection.
 #[derive(Debug, Clone)]
@@ -131,6 +113,9 @@ impl Database {
                         StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
                     })?;
                 }
+                create_private(path).map_err(|e| {
+                    StoreError::Unavailable(format!("cannot create {}: {e}", path.display()))
+                })?;
                 let manager = ConnectionManager::<SqliteConnection>::new(path.to_string_lossy());
                 let pool = Pool::builder()
                     .max_size(options.max_size)
@@ -171,6 +156,23 @@ impl Database {
             Pools::Postgres(_) => Backend::Postgres,
         }
     }
+}
+
+/// Creates the SQLite file, if it does not exist yet, readable and writable by its owner
+/// only: it holds every key's digest. SQLite gives its `-wal` and `-shm` files the
+/// database file's permissions.
+fn create_private(path: &std::path::Path) -> std::io::Result<()> {
+    if path.as_os_str() == ":memory:" || path.exists() {
+        return Ok(());
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path).map(drop)
 }
 
 fn migrate_postgres(conn: &mut PgConnection) -> Result<(), StoreError> {

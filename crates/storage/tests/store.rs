@@ -288,6 +288,27 @@ fn reopening_a_migrated_database_keeps_its_keys() {
     }
 }
 
+#[cfg(unix)]
+#[test]
+fn a_new_sqlite_file_and_its_journal_are_readable_by_their_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let test_db = TestDatabase::sqlite();
+    let path = test_db.sqlite_path().expect("a SQLite file").to_owned();
+    let (_, key) = new_key("alice", &["ledgers:read"], now());
+    let db = open(&test_db);
+    db.insert(&key, &Actor::Master).expect("insert");
+    let mut files = 0;
+    for suffix in ["", "-wal", "-shm"] {
+        let file = std::path::PathBuf::from(format!("{}{suffix}", path.display()));
+        if let Ok(metadata) = std::fs::metadata(&file) {
+            files += 1;
+            let mode = metadata.permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{} is {mode:o}", file.display());
+        }
+    }
+    assert!(files >= 2, "the database and its write-ahead log exist");
+}
+
 #[test]
 fn the_change_feed_names_revoked_keys_from_the_time_asked() {
     on_each_backend(|db| {
