@@ -17,7 +17,7 @@ tasks:
   bench  [--seconds N] [--backend sqlite|postgres|both]: the release server under wrk
          load, 10,000 keys, 64 connections; prints and writes bench-results/*.json
   openapi  write the OpenAPI description to openapi.json (a test fails while it is stale)
-  dev    run the server for development: debug logs, ./target/dev.db, master key `dev-master-key`
+  dev    run the server for development: debug logs, ./target/dev.db, master key `dev-master-key-0123456789`
   help   this text
 ";
 
@@ -98,7 +98,7 @@ fn dev() -> Result<(), String> {
         &[
             ("RUST_LOG", "debug,actix_server=info,h2=info"),
             ("KEYGATE_DATABASE__URL", "sqlite://target/dev.db"),
-            ("KEYGATE_SERVER__SECRET_KEY", "dev-master-key"),
+            ("KEYGATE_SERVER__SECRET_KEY", "dev-master-key-0123456789"),
         ],
     )
 }

@@ -1,10 +1,14 @@
 //! `/api-keys`: create, list and revoke keys, under Blnk's owner rules.
 
 use actix_web::http::header::{CacheControl, CacheDirective};
-use actix_web::{HttpResponse, web};
-use chrono::{DateTime, Utc};
+use std::future::{Ready, ready};
+
+use actix_web::dev::Payload;
+use actix_web::{FromRequest, HttpRequest, HttpResponse, web};
+use chrono::{DateTime, Timelike, Utc};
 use keygate_core::api_key::{check_lifetime, validate_owner};
 use keygate_core::{Actor, ApiKey, ApiKeyId, KeySpec, PlainKey, ScopeSet, ValidationError};
+use percent_encoding::percent_decode_str;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -21,11 +25,13 @@ pub fn routes(config: &mut web::ServiceConfig) {
                 web::resource("")
                     .route(web::post().to(create))
                     .route(web::get().to(list))
+                    .route(web::head().to(list))
                     .default_service(web::to(method_not_allowed)),
             )
             .service(
                 web::resource("/{id}")
                     .route(web::get().to(lifecycle::get))
+                    .route(web::head().to(lifecycle::get))
                     .route(web::patch().to(lifecycle::update))
                     .route(web::delete().to(revoke))
                     .default_service(web::to(method_not_allowed)),
@@ -38,13 +44,14 @@ pub fn routes(config: &mut web::ServiceConfig) {
             .service(
                 web::resource("/{id}/events")
                     .route(web::get().to(lifecycle::events))
+                    .route(web::head().to(lifecycle::events))
                     .default_service(web::to(method_not_allowed)),
             )
             .default_service(web::to(not_found)),
     );
 }
 
-async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
+pub(crate) async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
     Err(ApiError::MethodNotAllowed)
 }
 
@@ -84,6 +91,40 @@ impl CreateKey {
 #[derive(Debug, Deserialize)]
 pub struct OwnerQuery {
     owner: Option<String>,
+}
+
+impl FromRequest for OwnerQuery {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    /// Unlike `web::Query`, which turns bytes that are not UTF-8 into U+FFFD (so that
+    /// `%FF` and `%FE` would name the same owner), refuses them.
+    fn from_request(request: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let query = request.query_string();
+        let checked = query.split('&').try_for_each(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let readable = |text: &str| {
+                percent_decode_str(&text.replace('+', " "))
+                    .decode_utf8()
+                    .is_ok()
+            };
+            if readable(name) && readable(value) {
+                Ok(())
+            } else {
+                let field = if readable(name) && name == "owner" {
+                    "owner"
+                } else {
+                    "query"
+                };
+                Err(ValidationError::new(field, "must percent-encode UTF-8 text").into())
+            }
+        });
+        ready(checked.and_then(|()| {
+            web::Query::<OwnerQuery>::from_query(query)
+                .map(web::Query::into_inner)
+                .map_err(|error| ApiError::Malformed(format!("Invalid query string: {error}")))
+        }))
+    }
 }
 
 impl OwnerQuery {
@@ -164,14 +205,23 @@ pub(crate) fn parse_timestamp(
     field: &'static str,
     text: &str,
 ) -> Result<DateTime<Utc>, ValidationError> {
-    DateTime::parse_from_rfc3339(text)
+    let at = DateTime::parse_from_rfc3339(text)
         .map(|at| at.with_timezone(&Utc))
         .map_err(|_| {
             ValidationError::new(
                 field,
                 "must be an RFC 3339 timestamp, such as 2030-01-01T00:00:00Z",
             )
-        })
+        })?;
+    // chrono keeps a leap second (:60) as a nanosecond count past one second, which the
+    // two databases store differently: refuse it rather than store two different times.
+    if at.nanosecond() >= 1_000_000_000 {
+        return Err(ValidationError::new(
+            field,
+            "must not be a leap second (:60)",
+        ));
+    }
+    Ok(at)
 }
 
 async fn create(
@@ -201,7 +251,7 @@ async fn create(
 async fn list(
     state: web::Data<AppState>,
     Caller(principal): Caller,
-    query: web::Query<OwnerQuery>,
+    query: OwnerQuery,
 ) -> Result<HttpResponse, ApiError> {
     let requested = query.owner()?;
     let owner = principal.target_owner(requested.as_deref())?.to_owned();
@@ -219,7 +269,7 @@ async fn revoke(
     state: web::Data<AppState>,
     Caller(principal): Caller,
     id: web::Path<String>,
-    query: web::Query<OwnerQuery>,
+    query: OwnerQuery,
 ) -> Result<HttpResponse, ApiError> {
     let (id, owner) = lifecycle::addressed(&principal, &id, &query)?;
     let actor = Actor::from(&principal);

@@ -1,11 +1,14 @@
 //! The one function that builds the application: routes, guard, limits and error
 //! mapping. `main` and every HTTP test serve this same app.
 
-use actix_web::body::MessageBody;
+use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::error::{JsonPayloadError, QueryPayloadError};
+use actix_web::http::StatusCode;
+use actix_web::http::header::CONTENT_TYPE;
 use actix_web::middleware::{DefaultHeaders, Next, from_fn};
-use actix_web::{App, HttpMessage, HttpRequest, HttpResponse, web};
+use actix_web::{App, HttpMessage, HttpRequest, HttpResponse, ResponseError, web};
+use actix_web::{FromRequest, Handler, Responder};
 use serde_json::json;
 use std::time::Instant;
 use tracing::Instrument;
@@ -41,19 +44,63 @@ pub fn app(
         )
         .app_data(web::QueryConfig::default().error_handler(query_error))
         .app_data(web::PayloadConfig::default().limit(BODY_LIMIT))
+        .wrap(from_fn(json_errors))
         .wrap(DefaultHeaders::new().add(("X-Content-Type-Options", "nosniff")))
         .wrap(from_fn(observe))
-        .route("/", web::get().to(root))
-        .route("/health", web::get().to(health))
+        .service(read("/", root))
+        .service(read("/health", health))
         .route("/forward-auth", web::route().to(forward_auth::decide))
-        .route("/metrics", web::get().to(metrics::serve))
-        .route("/openapi.json", web::get().to(openapi::serve))
+        .service(read("/metrics", metrics::serve))
+        .service(read("/openapi.json", openapi::serve))
         .service(
             web::scope("")
                 .wrap(from_fn(require_key))
                 .configure(api_keys::routes)
                 .default_service(web::to(api_keys::not_found)),
         )
+}
+
+/// A resource answering GET and HEAD (a read, whose body HTTP then leaves out) with
+/// `handler`, and any other method with 405.
+fn read<F, Args>(path: &str, handler: F) -> actix_web::Resource
+where
+    F: Handler<Args>,
+    Args: FromRequest + 'static,
+    F::Output: Responder + 'static,
+{
+    web::resource(path)
+        .route(web::get().to(handler.clone()))
+        .route(web::head().to(handler))
+        .default_service(web::to(api_keys::method_not_allowed))
+}
+
+/// Makes every error answer the JSON envelope, including those that actix-web's own
+/// extractors answer in plain text (a body over the limit, an unreadable path).
+async fn json_errors(
+    request: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    let response = next.call(request).await?;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/json"));
+    if is_json || !(status.is_client_error() || status.is_server_error()) {
+        return Ok(response.map_into_left_body());
+    }
+    let error = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(BODY_LIMIT),
+        StatusCode::NOT_FOUND => ApiError::RouteNotFound,
+        StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed,
+        StatusCode::BAD_REQUEST => ApiError::Malformed("The request could not be read".into()),
+        StatusCode::SERVICE_UNAVAILABLE => ApiError::Unavailable,
+        StatusCode::INTERNAL_SERVER_ERROR => ApiError::Internal,
+        _ => return Ok(response.map_into_left_body()),
+    };
+    let (request, _) = response.into_parts();
+    let answer = error.error_response();
+    Ok(ServiceResponse::new(request, answer).map_into_right_body())
 }
 
 async fn root() -> HttpResponse {
@@ -98,11 +145,11 @@ async fn observe(
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = Instant::now();
-    let method = request.method().clone();
+    let method = metrics::method_label(request.method());
     let state = request.app_data::<web::Data<AppState>>().cloned();
     let span = tracing::info_span!(
         "request",
-        method = %method,
+        method,
         route = tracing::field::Empty,
         status = tracing::field::Empty,
         latency_ms = tracing::field::Empty,
@@ -131,9 +178,7 @@ async fn observe(
         span.in_scope(|| tracing::info!("answered"));
     }
     if let Some(state) = state {
-        state
-            .metrics()
-            .request(method.as_str(), &route, status, elapsed);
+        state.metrics().request(method, &route, status, elapsed);
     }
     Ok(response)
 }

@@ -31,6 +31,9 @@ pub enum ApiError {
     /// The key is expired, so it cannot be rotated.
     #[error("API key is expired and cannot be rotated; create a new one")]
     KeyExpired,
+    /// The key was rotated, so its expiry is the end of its grace period.
+    #[error("API key was rotated; its expiry is the end of its grace period and cannot change")]
+    KeyRotated,
     /// A concurrent change to the same key won.
     #[error("The API key changed while this request was working on it; retry")]
     Conflict,
@@ -83,6 +86,7 @@ impl ApiError {
             ApiError::KeyNotFound => "APIKEY_NOT_FOUND",
             ApiError::KeyRevoked => "APIKEY_REVOKED",
             ApiError::KeyExpired => "APIKEY_EXPIRED",
+            ApiError::KeyRotated => "APIKEY_ROTATED",
             ApiError::Conflict => "GEN_CONFLICT",
             ApiError::RouteNotFound => "GEN_NOT_FOUND",
             ApiError::MethodNotAllowed => "GEN_METHOD_NOT_ALLOWED",
@@ -145,9 +149,10 @@ impl ResponseError for ApiError {
             ApiError::Rule(RuleError::OwnerRequired) => StatusCode::BAD_REQUEST,
             ApiError::Rule(_) => StatusCode::FORBIDDEN,
             ApiError::KeyNotFound | ApiError::RouteNotFound => StatusCode::NOT_FOUND,
-            ApiError::KeyRevoked | ApiError::KeyExpired | ApiError::Conflict => {
-                StatusCode::CONFLICT
-            }
+            ApiError::KeyRevoked
+            | ApiError::KeyExpired
+            | ApiError::KeyRotated
+            | ApiError::Conflict => StatusCode::CONFLICT,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Malformed(_) | ApiError::Validation(_) => StatusCode::BAD_REQUEST,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -237,6 +242,7 @@ mod tests {
             (ApiError::KeyNotFound, 404, "APIKEY_NOT_FOUND"),
             (ApiError::KeyRevoked, 409, "APIKEY_REVOKED"),
             (ApiError::KeyExpired, 409, "APIKEY_EXPIRED"),
+            (ApiError::KeyRotated, 409, "APIKEY_ROTATED"),
             (ApiError::Conflict, 409, "GEN_CONFLICT"),
             (
                 ApiError::Malformed("x".into()),
@@ -280,6 +286,7 @@ mod tests {
             crate::openapi::ErrorCode::ApikeyNotFound,
             crate::openapi::ErrorCode::ApikeyRevoked,
             crate::openapi::ErrorCode::ApikeyExpired,
+            crate::openapi::ErrorCode::ApikeyRotated,
             crate::openapi::ErrorCode::GenMalformedRequest,
             crate::openapi::ErrorCode::GenValidationError,
             crate::openapi::ErrorCode::GenPayloadTooLarge,
@@ -306,6 +313,7 @@ mod tests {
             ApiError::KeyNotFound,
             ApiError::KeyRevoked,
             ApiError::KeyExpired,
+            ApiError::KeyRotated,
             ApiError::Conflict,
             ApiError::RouteNotFound,
             ApiError::MethodNotAllowed,

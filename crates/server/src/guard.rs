@@ -10,10 +10,12 @@ use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
 use actix_web::http::header::{AUTHORIZATION, HeaderMap};
 use actix_web::middleware::Next;
 use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
-use keygate_core::Principal;
-use keygate_core::route::{action_for_method, resource_for_path};
+use keygate_core::CanonicalPath;
+use keygate_core::route::{action_for_method, resource_for};
+use keygate_core::{Principal, ValidationError};
 
 use crate::error::ApiError;
+use crate::original;
 use crate::state::AppState;
 
 /// The header Blnk's clients send their key in.
@@ -25,7 +27,22 @@ pub struct Caller(pub Principal);
 
 /// What a request presented as its key: `Ok(None)` when it presented none.
 /// A header that is not valid text is a key that matches nothing.
+/// A key header sent twice is refused: a gateway would judge one copy while the API
+/// behind it might read the other.
 pub fn presented_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    for name in [KEY_HEADER, AUTHORIZATION.as_str()] {
+        if headers.get_all(name).nth(1).is_some() {
+            return Err(ValidationError::new(
+                if name == KEY_HEADER {
+                    KEY_HEADER
+                } else {
+                    "Authorization"
+                },
+                "must be sent once",
+            )
+            .into());
+        }
+    }
     if let Some(value) = headers.get(KEY_HEADER) {
         let key = value.to_str().map_err(|_| ApiError::InvalidKey)?.trim();
         return Ok((!key.is_empty()).then_some(key));
@@ -63,12 +80,13 @@ async fn admit(request: &ServiceRequest) -> Result<Caller, ApiError> {
         .app_data::<web::Data<AppState>>()
         .ok_or(ApiError::Internal)?;
     let peer = request.peer_addr().map(|address| address.ip());
+    let path = original::canonical(request.path(), "path")?;
     decide(
         state,
         peer,
         request.headers(),
         request.method().as_str(),
-        request.path(),
+        &path,
     )
     .await
     .map(Caller)
@@ -82,16 +100,13 @@ pub async fn decide(
     peer: Option<IpAddr>,
     headers: &HeaderMap,
     method: &str,
-    path: &str,
+    path: &CanonicalPath,
 ) -> Result<Principal, ApiError> {
     let client = state.throttle().client(peer, headers);
     let principal = state
         .authenticate_client(client, presented_key(headers)?)
         .await?;
-    principal.authorize(
-        resource_for_path(path),
-        action_for_method(method).ok_or(method),
-    )?;
+    principal.authorize(resource_for(path), action_for_method(method).ok_or(method))?;
     Ok(principal)
 }
 

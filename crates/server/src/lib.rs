@@ -18,6 +18,7 @@ pub mod logging;
 pub mod master_key;
 pub mod metrics;
 pub mod openapi;
+pub mod original;
 pub mod settings;
 pub mod state;
 pub mod throttle;
@@ -35,6 +36,11 @@ pub use app::app;
 pub use error::ApiError;
 pub use settings::Settings;
 pub use state::AppState;
+
+/// Said at every start with secure mode off, whatever the log level.
+pub const INSECURE_WARNING: &str = "SECURE MODE IS OFF: requests are not authenticated and \
+    every caller acts as the master key. Never run like this where the port can be reached by \
+    others.";
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -105,11 +111,13 @@ pub async fn serve(settings: Settings) -> Result<(), StartError> {
         .install()
         .map_err(|e| StartError::Config(format!("resources: {e}")))?;
     let master = master_key(&settings)?;
+    for warning in settings.warnings() {
+        tracing::warn!("{warning}");
+    }
     if !settings.server.secure {
-        tracing::warn!(
-            "SECURE MODE IS OFF: requests are not authenticated and every caller acts as the \
-             master key. Never run like this where the port can be reached by others."
-        );
+        // Straight to stderr as well: a log level that hides warnings must not hide this.
+        eprintln!("keygate: {INSECURE_WARNING}");
+        tracing::warn!("{INSECURE_WARNING}");
     }
     let database = open_database(&settings).await?;
     tracing::info!(backend = %database.backend(), "database ready");

@@ -4,7 +4,7 @@
 use actix_web::{HttpResponse, web};
 use chrono::{DateTime, Duration, Utc};
 use keygate_core::{
-    Actor, ApiKey, ApiKeyId, Change, KeyPatch, KeyStatus, NewEvent, PlainKey, Principal,
+    Actor, ApiKey, ApiKeyId, Change, EventKind, KeyPatch, KeyStatus, NewEvent, PlainKey, Principal,
     ValidationError,
 };
 use serde::{Deserialize, Serialize};
@@ -64,7 +64,7 @@ pub async fn get(
     state: web::Data<AppState>,
     Caller(principal): Caller,
     id: web::Path<String>,
-    query: web::Query<OwnerQuery>,
+    query: OwnerQuery,
 ) -> Result<HttpResponse, ApiError> {
     let key = owned_key(&state, &principal, id.into_inner(), &query).await?;
     Ok(HttpResponse::Ok()
@@ -85,7 +85,7 @@ pub async fn update(
     state: web::Data<AppState>,
     Caller(principal): Caller,
     id: web::Path<String>,
-    query: web::Query<OwnerQuery>,
+    query: OwnerQuery,
     body: web::Json<UpdateKey>,
 ) -> Result<HttpResponse, ApiError> {
     let now = Utc::now();
@@ -107,8 +107,14 @@ pub async fn update(
     if key.is_revoked() {
         return Err(ApiError::KeyRevoked);
     }
+    // A key may change only keys it could have created: else a narrow key could extend or
+    // rename a wider sibling, or bring an expired one back to life.
+    principal.may_grant(&key.owner_id, &key.scopes)?;
     if let Some(scopes) = &patch.scopes {
         principal.may_grant(&key.owner_id, scopes)?;
+    }
+    if patch.expires_at.is_some() && was_rotated(&state, &key).await? {
+        return Err(ApiError::KeyRotated);
     }
     let (updated, changes) = key.patched(&patch);
     if changes.is_empty() {
@@ -133,6 +139,16 @@ pub async fn update(
     Ok(HttpResponse::Ok()
         .insert_header(no_store())
         .json(KeyView::new(&updated, &updated.hint)))
+}
+
+/// Whether `key` was replaced by a rotation: its expiry is then the end of its grace
+/// period, which no one may move.
+async fn was_rotated(state: &AppState, key: &ApiKey) -> Result<bool, ApiError> {
+    let id = key.id.clone();
+    let events = state.read_store(move |store| store.events(&id)).await?;
+    Ok(events
+        .iter()
+        .any(|event| event.kind == EventKind::Rotated.as_str()))
 }
 
 /// What an update changed, as the audit trail shows it.
@@ -162,7 +178,7 @@ pub async fn rotate(
     state: web::Data<AppState>,
     Caller(principal): Caller,
     id: web::Path<String>,
-    query: web::Query<OwnerQuery>,
+    query: OwnerQuery,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let now = Utc::now();
@@ -237,7 +253,7 @@ pub async fn events(
     state: web::Data<AppState>,
     Caller(principal): Caller,
     id: web::Path<String>,
-    query: web::Query<OwnerQuery>,
+    query: OwnerQuery,
 ) -> Result<HttpResponse, ApiError> {
     let key = owned_key(&state, &principal, id.into_inner(), &query).await?;
     let id = key.id.clone();

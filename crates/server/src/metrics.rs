@@ -3,12 +3,12 @@
 
 use std::time::Duration;
 
+use actix_web::http::Method;
 use actix_web::{HttpRequest, HttpResponse, web};
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
 };
-use secrecy::ExposeSecret;
 
 use crate::error::ApiError;
 use crate::guard::presented_key;
@@ -123,24 +123,33 @@ impl Metrics {
     }
 }
 
+/// A request method as a metric label: one of the standard methods, or `other`, so a
+/// client inventing methods cannot grow the metrics without bound.
+pub fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "other",
+    }
+}
+
 /// `GET /metrics`: for the master key (X-Blnk-Key or Bearer) or the metrics token.
+/// Nothing else is looked up, so it tells an API key from a wrong one no more than any
+/// other text, and every wrong key counts against the client's brute-force budget.
 pub async fn serve(
     state: web::Data<AppState>,
     request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let presented = presented_key(request.headers())?;
-    let by_token = match (presented, state.metrics_token()) {
-        (Some(presented), Some(token)) => {
-            keygate_core::KeyHash::of(presented) == keygate_core::KeyHash::of(token.expose_secret())
-        }
-        _ => false,
-    };
-    if !by_token {
-        let principal = state.authenticate(presented).await?;
-        if !matches!(principal, keygate_core::Principal::Master) {
-            return Err(ApiError::MetricsForbidden);
-        }
-    }
+    let peer = request.peer_addr().map(|address| address.ip());
+    let client = state.throttle().client(peer, request.headers());
+    state.admit_operator(client, presented_key(request.headers())?)?;
     let text = state
         .metrics()
         .render(state.store().pool_state())

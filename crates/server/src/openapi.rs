@@ -1,7 +1,11 @@
 //! The OpenAPI 3 description of keygate's HTTP API, generated from the handlers' types
 //! with utoipa and served at `GET /openapi.json`.
 
-use actix_web::HttpResponse;
+use std::sync::LazyLock;
+
+use actix_web::http::header::{CacheControl, CacheDirective, ETAG, IF_NONE_MATCH};
+use actix_web::web::Bytes;
+use actix_web::{HttpRequest, HttpResponse};
 use serde::Serialize;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
@@ -26,6 +30,7 @@ pub enum ErrorCode {
     ApikeyNotFound,
     ApikeyRevoked,
     ApikeyExpired,
+    ApikeyRotated,
     GenMalformedRequest,
     GenValidationError,
     GenPayloadTooLarge,
@@ -136,9 +141,9 @@ mod paths {
             (status = 200, description = "The updated key", body = KeyView),
             (status = 400, description = "GEN_MALFORMED_REQUEST, GEN_VALIDATION_ERROR or APIKEY_OWNER_REQUIRED", body = ErrorBody),
             (status = 401, description = "AUTH_MISSING_API_KEY, AUTH_INVALID_API_KEY or AUTH_EXPIRED_API_KEY", body = ErrorBody),
-            (status = 403, description = "AUTH_INSUFFICIENT_PERMISSIONS, AUTH_CROSS_OWNER_ACCESS or AUTH_SCOPE_ESCALATION", body = ErrorBody),
+            (status = 403, description = "AUTH_INSUFFICIENT_PERMISSIONS, AUTH_CROSS_OWNER_ACCESS, or AUTH_SCOPE_ESCALATION (the caller's scopes must cover the key's, as they stand and as requested)", body = ErrorBody),
             (status = 404, description = "APIKEY_NOT_FOUND", body = ErrorBody),
-            (status = 409, description = "APIKEY_REVOKED or GEN_CONFLICT", body = ErrorBody),
+            (status = 409, description = "APIKEY_REVOKED, APIKEY_ROTATED (a rotated key's expiry is the end of its grace period) or GEN_CONFLICT", body = ErrorBody),
         ))]
     fn update() {}
 
@@ -187,7 +192,7 @@ mod paths {
         security(("X-Blnk-Key" = []), ("bearer" = [])),
         responses(
             (status = 204, description = "Allowed; X-Keygate-Key-Id, X-Keygate-Owner-Id and X-Keygate-Scopes name the caller"),
-            (status = 400, description = "GEN_MALFORMED_REQUEST: the original request's headers are missing", body = ErrorBody),
+            (status = 400, description = "GEN_MALFORMED_REQUEST: the original request's headers are missing; GEN_VALIDATION_ERROR (details.field names the header): both header families at once, a header twice, or a path upstreams could read differently (encoded / or \\, a backslash, ; parameters, control characters, double encoding, dot segments climbing above the root or changing the first segment)", body = ErrorBody),
             (status = 401, description = "AUTH_MISSING_API_KEY, AUTH_INVALID_API_KEY or AUTH_EXPIRED_API_KEY", body = ErrorBody),
             (status = 403, description = "AUTH_INSUFFICIENT_PERMISSIONS or AUTH_UNKNOWN_RESOURCE", body = ErrorBody),
             (status = 429, description = "GEN_RATE_LIMITED", body = ErrorBody),
@@ -202,7 +207,8 @@ mod paths {
         security(("X-Blnk-Key" = []), ("bearer" = [])),
         responses(
             (status = 200, description = "Prometheus text", content_type = "text/plain", body = String),
-            (status = 401, description = "AUTH_MISSING_API_KEY, AUTH_INVALID_API_KEY or AUTH_METRICS_TOKEN_REQUIRED", body = ErrorBody),
+            (status = 401, description = "AUTH_MISSING_API_KEY, or AUTH_METRICS_TOKEN_REQUIRED for any other key (API keys included)", body = ErrorBody),
+            (status = 429, description = "GEN_RATE_LIMITED: too many wrong keys from this address", body = ErrorBody),
         ))]
     fn metrics() {}
 }
@@ -229,9 +235,34 @@ pub fn document() -> String {
     text
 }
 
-/// `GET /openapi.json`
-pub async fn serve() -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("application/json")
-        .body(document())
+/// The served description and its entity tag, built on first use.
+static SERVED: LazyLock<(Bytes, String)> = LazyLock::new(|| {
+    let text = document();
+    let tag = format!("\"{}\"", &blake3::hash(text.as_bytes()).to_hex()[..32]);
+    (Bytes::from(text), tag)
+});
+
+/// `GET /openapi.json`: the same bytes every time, so no caller can make the service
+/// rebuild the description, with an `ETag` so clients can skip the download.
+pub async fn serve(request: HttpRequest) -> HttpResponse {
+    let (body, tag) = &*SERVED;
+    let fresh = request
+        .headers()
+        .get_all(IF_NONE_MATCH)
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|candidate| candidate.trim() == tag || candidate.trim() == "*");
+    let mut response = if fresh {
+        HttpResponse::NotModified()
+    } else {
+        HttpResponse::Ok()
+    };
+    response
+        .insert_header((ETAG, tag.as_str()))
+        .insert_header(CacheControl(vec![CacheDirective::NoCache]));
+    if fresh {
+        response.finish()
+    } else {
+        response.content_type("application/json").body(body.clone())
+    }
 }

@@ -2,11 +2,13 @@
 //! < Blnk's environment names.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use config::{Config, ConfigError, Environment, File, FileFormat};
-use secrecy::SecretString;
+use ipnet::{IpNet, Ipv4Net};
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 /// The environment variable that names a configuration file.
@@ -52,12 +54,37 @@ pub struct ThrottleSettings {
 }
 
 impl ThrottleSettings {
-    /// The trusted proxies, one by one.
-    pub fn trusted_proxies(&self) -> impl Iterator<Item = &str> {
+    /// The trusted proxies as networks, IPv4-mapped IPv6 ones as the IPv4 networks they
+    /// stand for.
+    pub fn trusted_networks(&self) -> Result<Vec<IpNet>, String> {
         self.trusted_proxies
             .split(',')
             .map(str::trim)
             .filter(|s| !s.is_empty())
+            .map(|text| {
+                text.parse::<IpNet>()
+                    .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+                    .map(canonical_network)
+                    .map_err(|_| {
+                        format!(
+                            "throttle.trusted_proxies: {text:?} is not an address or CIDR range"
+                        )
+                    })
+            })
+            .collect()
+    }
+}
+
+/// An IPv4-mapped IPv6 network (`::ffff:10.0.0.0/104`) as its IPv4 network
+/// (`10.0.0.0/8`); any other network as it is.
+fn canonical_network(network: IpNet) -> IpNet {
+    match network {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => v6
+            .addr()
+            .to_ipv4_mapped()
+            .and_then(|v4| Ipv4Net::new(v4, v6.prefix_len() - 96).ok())
+            .map_or(network, IpNet::V4),
+        other => other,
     }
 }
 
@@ -110,6 +137,9 @@ pub struct DatabaseSettings {
     /// How long a request waits for a connection before answering 503, in milliseconds.
     pub pool_timeout_ms: u64,
 }
+
+/// The furthest `auth.max_key_lifetime_days` may reach: a hundred years.
+pub const MAX_KEY_LIFETIME_DAYS: u32 = 36_500;
 
 /// `[auth]`
 #[derive(Debug, Clone, Deserialize)]
@@ -176,7 +206,120 @@ last_used_flush_ms = 1000
 max_key_lifetime_days = 3650
 "#;
 
+/// The fewest characters a master key or metrics token may have.
+pub const MIN_SECRET_CHARS: usize = 16;
+/// Below this many characters a master key is accepted (an existing Blnk deployment's
+/// secret must keep working) but warned about.
+pub const GOOD_SECRET_CHARS: usize = 32;
+
+/// Checks that `value` lies in `range`, naming `setting` otherwise.
+fn in_range<T: PartialOrd + std::fmt::Display>(
+    setting: &str,
+    value: T,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<(), String> {
+    if range.contains(&value) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{setting} = {value} is out of range: it must be between {} and {}",
+            range.start(),
+            range.end()
+        ))
+    }
+}
+
+/// Checks a secret's shape, naming `setting` otherwise; never shows the secret.
+fn check_secret(setting: &str, secret: &SecretString) -> Result<(), String> {
+    let text = secret.expose_secret();
+    if text.trim() != text {
+        return Err(format!(
+            "{setting} starts or ends with whitespace (a stray newline?); it would never match"
+        ));
+    }
+    let chars = text.chars().count();
+    if chars < MIN_SECRET_CHARS {
+        return Err(format!(
+            "{setting} is {chars} characters long; it must have at least {MIN_SECRET_CHARS} \
+             (at least {GOOD_SECRET_CHARS} random ones are recommended)"
+        ));
+    }
+    if text.len() > crate::state::MAX_PRESENTED_KEY {
+        return Err(format!(
+            "{setting} is {} bytes long; the most is {}",
+            text.len(),
+            crate::state::MAX_PRESENTED_KEY
+        ));
+    }
+    if text.chars().any(char::is_control) {
+        return Err(format!("{setting} contains control characters"));
+    }
+    Ok(())
+}
+
 impl Settings {
+    /// Checks every setting against its documented range, in one place, so that a bad
+    /// value stops the start with one line naming it instead of failing a request later.
+    pub fn validate(&self) -> Result<(), String> {
+        let (server, database, auth, throttle) =
+            (&self.server, &self.database, &self.auth, &self.throttle);
+        if server.host.trim().is_empty() {
+            return Err("server.host must not be empty".into());
+        }
+        if let Some(key) = &server.secret_key {
+            check_secret("server.secret_key", key)?;
+        }
+        if let Some(token) = &server.metrics_token {
+            check_secret("server.metrics_token", token)?;
+        }
+        if let Some(workers) = server.workers {
+            in_range("server.workers", workers, 1..=1024)?;
+        }
+        keygate_storage::DatabaseUrl::parse(&database.url)
+            .map_err(|error| format!("database.url: {error}"))?;
+        in_range("database.pool_size", database.pool_size, 1..=1000)?;
+        in_range(
+            "database.pool_timeout_ms",
+            database.pool_timeout_ms,
+            10..=600_000,
+        )?;
+        in_range("auth.change_poll_ms", auth.change_poll_ms, 10..=60_000)?;
+        in_range("auth.cache_ttl_ms", auth.cache_ttl_ms, 0..=86_400_000)?;
+        in_range("auth.cache_max_bytes", auth.cache_max_bytes, 0..=1 << 40)?;
+        in_range(
+            "auth.last_used_flush_ms",
+            auth.last_used_flush_ms,
+            10..=3_600_000,
+        )?;
+        in_range(
+            "auth.max_key_lifetime_days",
+            auth.max_key_lifetime_days,
+            1..=MAX_KEY_LIFETIME_DAYS,
+        )?;
+        in_range(
+            "throttle.failures_per_minute",
+            throttle.failures_per_minute,
+            0..=1_000_000,
+        )?;
+        in_range("throttle.burst", throttle.burst, 0..=1_000_000)?;
+        throttle.trusted_networks()?;
+        Ok(())
+    }
+
+    /// What is allowed but unwise, to be said once at start-up.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if let Some(key) = &self.server.secret_key
+            && key.expose_secret().chars().count() < GOOD_SECRET_CHARS
+        {
+            warnings.push(format!(
+                "server.secret_key has fewer than {GOOD_SECRET_CHARS} characters; a longer, \
+                 random master key is much harder to guess"
+            ));
+        }
+        warnings
+    }
+
     /// The settings from the process environment (and the file it names, if any).
     pub fn from_env() -> Result<Self, ConfigError> {
         let env: HashMap<String, String> = std::env::vars_os()
@@ -217,21 +360,19 @@ impl Settings {
             }
         }
         let mut settings: Settings = builder.build()?.try_deserialize()?;
-        let secret_len = settings
-            .server
-            .secret_key
-            .as_ref()
-            .map(|key| secrecy::ExposeSecret::expose_secret(key).trim().len());
-        match secret_len {
-            Some(0) => settings.server.secret_key = None,
-            Some(len) if len > crate::state::MAX_PRESENTED_KEY => {
-                return Err(ConfigError::Message(format!(
-                    "server.secret_key is {len} bytes long; the most is {}",
-                    crate::state::MAX_PRESENTED_KEY
-                )));
-            }
-            _ => {}
+        // A blank secret is no secret: the master key is then generated, the token unset.
+        let blank = |secret: &Option<SecretString>| {
+            secret
+                .as_ref()
+                .is_some_and(|s| s.expose_secret().trim().is_empty())
+        };
+        if blank(&settings.server.secret_key) {
+            settings.server.secret_key = None;
         }
+        if blank(&settings.server.metrics_token) {
+            settings.server.metrics_token = None;
+        }
+        settings.validate().map_err(ConfigError::Message)?;
         Ok(settings)
     }
 }
@@ -270,7 +411,10 @@ mod tests {
     fn keygate_variables_set_nested_keys() {
         let settings = Settings::load(&env(&[
             ("KEYGATE_SERVER__PORT", "6001"),
-            ("KEYGATE_SERVER__SECRET_KEY", "12345"),
+            (
+                "KEYGATE_SERVER__SECRET_KEY",
+                "a-master-key-of-forty-characters-000000",
+            ),
             ("KEYGATE_SERVER__SECURE", "false"),
             ("KEYGATE_DATABASE__URL", "postgres://u@h/db"),
             ("KEYGATE_AUTH__CACHE_TTL_MS", "250"),
@@ -278,7 +422,10 @@ mod tests {
         ]))
         .expect("loads");
         assert_eq!(settings.server.port, 6001);
-        assert_eq!(secret(&settings), Some("12345"));
+        assert_eq!(
+            secret(&settings),
+            Some("a-master-key-of-forty-characters-000000")
+        );
         assert!(!settings.server.secure);
         assert_eq!(settings.database.url, "postgres://u@h/db");
         assert_eq!(settings.auth.cache_ttl(), Duration::from_millis(250));
@@ -289,15 +436,15 @@ mod tests {
     fn blnk_names_are_honoured_and_win() {
         let settings = Settings::load(&env(&[
             ("KEYGATE_SERVER__PORT", "6001"),
-            ("KEYGATE_SERVER__SECRET_KEY", "keygate-name"),
+            ("KEYGATE_SERVER__SECRET_KEY", "keygate-name-0123456789"),
             ("BLNK_SERVER_PORT", "7001"),
-            ("BLNK_SERVER_SECRET_KEY", "blnk-name"),
+            ("BLNK_SERVER_SECRET_KEY", "blnk-name-0123456789"),
             ("BLNK_SERVER_SECURE", "false"),
             ("BLNK_DATA_SOURCE_DNS", "postgres://blnk@db/blnk"),
         ]))
         .expect("loads");
         assert_eq!(settings.server.port, 7001);
-        assert_eq!(secret(&settings), Some("blnk-name"));
+        assert_eq!(secret(&settings), Some("blnk-name-0123456789"));
         assert!(!settings.server.secure);
         assert_eq!(settings.database.url, "postgres://blnk@db/blnk");
     }
@@ -359,6 +506,124 @@ mod tests {
             Some("reports")
         );
         assert!(Settings::defaults().resources.extra.is_empty());
+    }
+
+    fn refusal(pairs: &[(&str, &str)]) -> String {
+        match Settings::load(&env(pairs)) {
+            Ok(_) => panic!("{pairs:?} is refused"),
+            Err(error) => error.to_string(),
+        }
+    }
+
+    #[test]
+    fn every_setting_outside_its_range_is_refused_by_name() {
+        let cases = [
+            (
+                "KEYGATE_AUTH__MAX_KEY_LIFETIME_DAYS",
+                "4294967295",
+                "auth.max_key_lifetime_days",
+            ),
+            (
+                "KEYGATE_AUTH__MAX_KEY_LIFETIME_DAYS",
+                "0",
+                "auth.max_key_lifetime_days",
+            ),
+            (
+                "KEYGATE_AUTH__MAX_KEY_LIFETIME_DAYS",
+                "36501",
+                "auth.max_key_lifetime_days",
+            ),
+            ("KEYGATE_AUTH__CHANGE_POLL_MS", "0", "auth.change_poll_ms"),
+            (
+                "KEYGATE_AUTH__CHANGE_POLL_MS",
+                "3600000",
+                "auth.change_poll_ms",
+            ),
+            (
+                "KEYGATE_AUTH__CACHE_TTL_MS",
+                "864000000",
+                "auth.cache_ttl_ms",
+            ),
+            (
+                "KEYGATE_AUTH__CACHE_MAX_BYTES",
+                "18446744073709551615",
+                "auth.cache_max_bytes",
+            ),
+            (
+                "KEYGATE_AUTH__LAST_USED_FLUSH_MS",
+                "0",
+                "auth.last_used_flush_ms",
+            ),
+            ("KEYGATE_DATABASE__POOL_SIZE", "0", "database.pool_size"),
+            (
+                "KEYGATE_DATABASE__POOL_SIZE",
+                "100000",
+                "database.pool_size",
+            ),
+            (
+                "KEYGATE_DATABASE__POOL_TIMEOUT_MS",
+                "0",
+                "database.pool_timeout_ms",
+            ),
+            ("KEYGATE_DATABASE__URL", "mysql://x/y", "database.url"),
+            ("KEYGATE_SERVER__WORKERS", "0", "server.workers"),
+            ("KEYGATE_SERVER__HOST", " ", "server.host"),
+            (
+                "KEYGATE_THROTTLE__FAILURES_PER_MINUTE",
+                "4000000000",
+                "throttle.failures_per_minute",
+            ),
+            ("KEYGATE_THROTTLE__BURST", "4000000000", "throttle.burst"),
+            (
+                "KEYGATE_THROTTLE__TRUSTED_PROXIES",
+                "10.0.0.0/8, nope",
+                "throttle.trusted_proxies",
+            ),
+            (
+                "KEYGATE_SERVER__METRICS_TOKEN",
+                "short",
+                "server.metrics_token",
+            ),
+        ];
+        for (variable, value, setting) in cases {
+            let message = refusal(&[(variable, value)]);
+            assert!(message.contains(setting), "{variable}={value}: {message}");
+            assert!(!message.contains('\n'), "one line: {message}");
+        }
+    }
+
+    #[test]
+    fn weak_or_mistyped_master_keys_are_refused_without_being_shown() {
+        for key in [
+            "1",
+            "fifteen-chars-x",
+            "a-long-enough-master-key\n",
+            " a-long-enough-master-key",
+        ] {
+            let message = refusal(&[("BLNK_SERVER_SECRET_KEY", key)]);
+            assert!(message.contains("server.secret_key"), "{message}");
+            if key.trim().len() >= 8 {
+                assert!(
+                    !message.contains(key.trim()),
+                    "the key is not shown: {message}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_short_master_key_is_accepted_with_a_warning_and_a_long_one_without() {
+        let short = Settings::load(&env(&[("BLNK_SERVER_SECRET_KEY", "sixteen-chars-ok")]))
+            .expect("a Blnk deployment's shorter secret keeps working");
+        assert_eq!(short.warnings().len(), 1);
+        assert!(short.warnings()[0].contains("server.secret_key"));
+        let long = Settings::load(&env(&[(
+            "BLNK_SERVER_SECRET_KEY",
+            "YVLIhuIplUzLRCcT9r7DQ_jsGKCXAn39JQ3n_o-Ll2Q=",
+        )]))
+        .expect("accepted");
+        assert!(long.warnings().is_empty());
+        assert!(Settings::defaults().warnings().is_empty());
     }
 
     #[test]

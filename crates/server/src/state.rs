@@ -36,7 +36,8 @@ pub struct AppState {
     throttle: Throttle,
     max_key_lifetime_days: u32,
     metrics: Metrics,
-    metrics_token: Option<SecretString>,
+    /// The digest of the bearer token that may read `/metrics`, if one is configured.
+    metrics_token: Option<KeyHash>,
 }
 
 /// How the master key is recognised: by its digest, compared in constant time.
@@ -89,8 +90,8 @@ impl AppState {
             metrics_token: settings
                 .server
                 .metrics_token
-                .clone()
-                .filter(|token| !token.expose_secret().trim().is_empty()),
+                .as_ref()
+                .map(|token| KeyHash::of(token.expose_secret())),
             throttle: Throttle::new(&settings.throttle)?,
             max_key_lifetime_days: auth.max_key_lifetime_days,
             store,
@@ -114,11 +115,6 @@ impl AppState {
     /// The service's metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
-    }
-
-    /// The bearer token that may read `/metrics`, if one is configured.
-    pub fn metrics_token(&self) -> Option<&SecretString> {
-        self.metrics_token.as_ref()
     }
 
     /// The brute-force throttle.
@@ -155,6 +151,37 @@ impl AppState {
         };
         self.metrics
             .auth_decision(outcome.as_ref().map_or_else(ApiError::code, |_| "ok"));
+        outcome
+    }
+
+    /// Admits the master key or the metrics token for an operational endpoint, from
+    /// `client`. No API key is looked up: any other text is refused alike, and counts as a
+    /// failed authentication.
+    pub fn admit_operator(
+        &self,
+        client: Option<IpAddr>,
+        presented: Option<&str>,
+    ) -> Result<(), ApiError> {
+        let Some(Master(master)) = &self.master else {
+            return Ok(());
+        };
+        let presented = presented.ok_or(ApiError::MissingKey)?;
+        let hash = KeyHash::of(presented);
+        let by_token = self.metrics_token.as_ref() == Some(&hash);
+        let outcome = if by_token || hash == *master {
+            Ok(())
+        } else if let Some(wait) = self.throttle.refused(client) {
+            Err(ApiError::RateLimited(wait))
+        } else {
+            Err(self
+                .throttle
+                .failed(client)
+                .map_or(ApiError::MetricsForbidden, ApiError::RateLimited))
+        };
+        // Scrapes are not key checks: only refusals are counted.
+        if let Err(refusal) = &outcome {
+            self.metrics.auth_decision(refusal.code());
+        }
         outcome
     }
 

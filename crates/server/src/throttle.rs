@@ -23,18 +23,7 @@ pub struct Throttle {
 impl Throttle {
     /// A throttle with `settings`' budget; a budget of 0 turns throttling off.
     pub fn new(settings: &ThrottleSettings) -> Result<Self, String> {
-        let trusted_proxies = settings
-            .trusted_proxies()
-            .map(|text| {
-                text.parse::<IpNet>()
-                    .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
-                    .map_err(|_| {
-                        format!(
-                            "throttle.trusted_proxies: {text:?} is not an address or CIDR range"
-                        )
-                    })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let trusted_proxies = settings.trusted_networks()?;
         let limiter = NonZeroU32::new(settings.failures_per_minute).map(|rate| {
             let burst = NonZeroU32::new(settings.burst).unwrap_or(rate);
             RateLimiter::keyed(Quota::per_minute(rate).allow_burst(burst))
@@ -57,8 +46,10 @@ impl Throttle {
 
     /// The client a request comes from: its peer, unless the peer is a trusted proxy, in
     /// which case the nearest untrusted address of `X-Forwarded-For`.
+    /// Addresses are compared in their canonical form: an IPv4 peer seen by a socket
+    /// listening on `::` as `::ffff:a.b.c.d` is `a.b.c.d`.
     pub fn client(&self, peer: Option<IpAddr>, headers: &HeaderMap) -> Option<IpAddr> {
-        let peer = peer?;
+        let peer = peer?.to_canonical();
         if !self.is_trusted(peer) {
             return Some(peer);
         }
@@ -66,7 +57,8 @@ impl Throttle {
             .get_all("X-Forwarded-For")
             .filter_map(|value| value.to_str().ok())
             .flat_map(|value| value.split(','))
-            .filter_map(|hop| hop.trim().parse().ok())
+            .filter_map(|hop| hop.trim().parse::<IpAddr>().ok())
+            .map(|hop| hop.to_canonical())
             .collect();
         Some(
             forwarded
@@ -157,6 +149,24 @@ mod tests {
             Some(ip("127.0.0.1"))
         );
         assert_eq!(throttle.client(None, &headers), None);
+    }
+
+    #[test]
+    fn ipv4_mapped_addresses_are_their_ipv4_selves() {
+        let throttle = throttle(20, &["127.0.0.1", "::ffff:10.0.0.0/104"]);
+        let headers = forwarded("::ffff:203.0.113.9, ::ffff:10.1.2.3");
+        assert_eq!(
+            throttle.client(Some(ip("::ffff:127.0.0.1")), &headers),
+            Some(ip("203.0.113.9")),
+            "a mapped peer is the trusted proxy, and mapped hops are plain IPv4"
+        );
+        assert_eq!(
+            throttle.client(Some(ip("::ffff:192.0.2.1")), &headers),
+            Some(ip("192.0.2.1"))
+        );
+        let guesser = Some(ip("192.0.2.1"));
+        throttle.failed(Some(ip("::ffff:192.0.2.1").to_canonical()));
+        assert_eq!(throttle.refused(guesser), None);
     }
 
     #[test]

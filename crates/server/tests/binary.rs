@@ -98,13 +98,15 @@ fn blnk_environment_names_configure_the_server() {
         port,
         &[
             ("BLNK_SERVER_PORT", &port.to_string()),
-            ("BLNK_SERVER_SECRET_KEY", "blnk-env-master"),
+            ("BLNK_SERVER_SECRET_KEY", "blnk-env-master-key"),
             ("BLNK_DATA_SOURCE_DNS", &db.url_string),
             ("BLNK_SERVER_SECURE", "true"),
         ],
     );
     assert_eq!(
-        server.get("/api-keys?owner=me", Some("blnk-env-master")).0,
+        server
+            .get("/api-keys?owner=me", Some("blnk-env-master-key"))
+            .0,
         200
     );
     assert_eq!(server.get("/api-keys?owner=me", Some("wrong")).0, 401);
@@ -151,7 +153,10 @@ fn pending_key_usage_is_written_on_a_graceful_shutdown() {
     let port = free_port();
     let env = [
         ("KEYGATE_SERVER__PORT", port.to_string()),
-        ("KEYGATE_SERVER__SECRET_KEY", "shutdown-master".to_owned()),
+        (
+            "KEYGATE_SERVER__SECRET_KEY",
+            "shutdown-master-key".to_owned(),
+        ),
         ("KEYGATE_AUTH__LAST_USED_FLUSH_MS", "3600000".to_owned()),
     ];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -160,7 +165,7 @@ fn pending_key_usage_is_written_on_a_graceful_shutdown() {
         r#"{{"name":"n","owner":"alice","scopes":["api-keys:read"],"expires_at":"{}"}}"#,
         support::next_year()
     );
-    let (status, created) = server.post("/api-keys", "shutdown-master", &body);
+    let (status, created) = server.post("/api-keys", "shutdown-master-key", &body);
     assert_eq!(status, 201, "{created}");
     let key = field(&created, "key");
     assert_eq!(server.get("/api-keys", Some(&key)).0, 200);
@@ -170,14 +175,91 @@ fn pending_key_usage_is_written_on_a_graceful_shutdown() {
     let port = free_port();
     let env = [
         ("KEYGATE_SERVER__PORT", port.to_string()),
-        ("KEYGATE_SERVER__SECRET_KEY", "shutdown-master".to_owned()),
+        (
+            "KEYGATE_SERVER__SECRET_KEY",
+            "shutdown-master-key".to_owned(),
+        ),
     ];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let server = Running::start(dir.path(), port, &env);
-    let (status, listed) = server.get("/api-keys?owner=alice", Some("shutdown-master"));
+    let (status, listed) = server.get("/api-keys?owner=alice", Some("shutdown-master-key"));
     assert_eq!(status, 200);
     assert!(
         listed.contains("\"last_used_at\":\"20"),
         "the use before the stop was recorded: {listed}"
     );
+}
+
+/// Runs the binary with only `env`, expecting it to refuse to start; its stderr.
+fn refused_start(env: &[(&str, &str)]) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_keygate"));
+    command.current_dir(dir.path()).env_clear();
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let output = command.output().expect("the binary runs");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!output.status.success(), "{env:?} must not start: {stderr}");
+    stderr
+}
+
+#[test]
+fn settings_outside_their_range_stop_the_start_with_one_line_naming_them() {
+    let cases = [
+        (("BLNK_SERVER_SECRET_KEY", "1"), "server.secret_key"),
+        (
+            ("KEYGATE_SERVER__SECRET_KEY", "a-long-enough-master-key\n"),
+            "server.secret_key",
+        ),
+        (
+            ("KEYGATE_AUTH__MAX_KEY_LIFETIME_DAYS", "4294967295"),
+            "auth.max_key_lifetime_days",
+        ),
+        (("KEYGATE_DATABASE__POOL_SIZE", "0"), "database.pool_size"),
+    ];
+    for ((variable, value), setting) in cases {
+        let stderr = refused_start(&[(variable, value), ("KEYGATE_SERVER__PORT", "0")]);
+        let lines: Vec<&str> = stderr
+            .lines()
+            .filter(|line| !line.trim().is_empty())
+            .collect();
+        assert_eq!(lines.len(), 1, "one line: {stderr}");
+        assert!(lines[0].contains(setting), "{variable}: {stderr}");
+        assert!(
+            !variable.contains("SECRET")
+                || value.trim().len() < 8
+                || !stderr.contains(value.trim()),
+            "the secret is not shown: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn with_secure_mode_off_the_warning_reaches_stderr_whatever_the_log_level() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let stderr = std::fs::File::create(dir.path().join("stderr.log")).expect("a log file");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .current_dir(dir.path())
+        .env_clear()
+        .env("RUST_LOG", "error")
+        .env("BLNK_SERVER_SECURE", "false")
+        .env("KEYGATE_SERVER__PORT", port.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("the binary starts");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while support::process::http(port, "GET", "/health", None, None).is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "keygate did not answer"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = log(dir.path());
+    assert!(log.contains("SECURE MODE IS OFF"), "{log:?}");
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use keygate_storage::test_support::TestDatabase;
 use support::process::{Running, free_port};
 
-const MASTER: &str = "cli-master-key";
+const MASTER: &str = "cli-master-key-0123456";
 
 fn keygate(dir: &Path, url: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_keygate"))

@@ -35,7 +35,7 @@ fn the_health_command_reports_whether_the_service_answers() {
         port,
         &[
             ("KEYGATE_SERVER__PORT", &port_text),
-            ("KEYGATE_SERVER__SECRET_KEY", "health-master"),
+            ("KEYGATE_SERVER__SECRET_KEY", "health-master-key-01"),
         ],
     );
     let answered = health(&port_text);

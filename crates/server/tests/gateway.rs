@@ -11,10 +11,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use support::process::{Running, field, free_port, http};
+use support::process::{Running, field, free_port, http, http_from};
 
 const NGINX: &str = "/usr/sbin/nginx";
-const MASTER: &str = "gateway-master-key";
+const MASTER: &str = "gateway-master-key-0123456789";
 
 /// An upstream that answers every request with 200 and the request's head as its body.
 struct Upstream {
@@ -78,6 +78,9 @@ impl Nginx {
     fn start(dir: &Path, keygate: u16, upstream: u16) -> Self {
         let port = free_port();
         let d = dir.display();
+        let snippet = readme_snippet("nginx")
+            .replace("127.0.0.1:5001", &format!("127.0.0.1:{keygate}"))
+            .replace("http://my-api", &format!("http://127.0.0.1:{upstream}"));
         let config = format!(
             r#"
 daemon off;
@@ -95,22 +98,7 @@ http {{
     scgi_temp_path {d}/scgi;
     server {{
         listen 127.0.0.1:{port};
-        location = /_keygate {{
-            internal;
-            proxy_pass http://127.0.0.1:{keygate}/forward-auth;
-            proxy_pass_request_body off;
-            proxy_set_header Content-Length "";
-            proxy_set_header X-Original-Method $request_method;
-            proxy_set_header X-Original-URI $request_uri;
-        }}
-        location / {{
-            auth_request /_keygate;
-            auth_request_set $keygate_owner $upstream_http_x_keygate_owner_id;
-            auth_request_set $keygate_key $upstream_http_x_keygate_key_id;
-            proxy_set_header X-Keygate-Owner-Id $keygate_owner;
-            proxy_set_header X-Keygate-Key-Id $keygate_key;
-            proxy_pass http://127.0.0.1:{upstream};
-        }}
+{snippet}
     }}
 }}
 "#
@@ -142,6 +130,12 @@ http {{
     fn request(&self, method: &str, path: &str, key: Option<&str>) -> (u16, String) {
         http(self.port, method, path, key, None).expect("nginx answers")
     }
+
+    /// A request from the loopback address `client`, with `headers`.
+    fn request_from(&self, client: [u8; 4], path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+        http_from(Some(client.into()), self.port, "GET", path, headers, None)
+            .expect("nginx answers")
+    }
 }
 
 impl Drop for Nginx {
@@ -149,6 +143,16 @@ impl Drop for Nginx {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The first code block of `language` in the README: the configuration users copy.
+fn readme_snippet(language: &str) -> String {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
+        .expect("the README");
+    let fence = format!("```{language}\n");
+    let start = readme.find(&fence).expect("a snippet in the README") + fence.len();
+    let end = start + readme[start..].find("```").expect("the snippet ends");
+    readme[start..end].to_owned()
 }
 
 fn nginx_available() -> bool {
@@ -196,6 +200,7 @@ fn nginx_guards_an_upstream_with_forward_auth() {
             ("KEYGATE_SERVER__PORT", &port.to_string()),
             ("KEYGATE_SERVER__SECRET_KEY", MASTER),
             ("KEYGATE_CONFIG", &config.to_string_lossy()),
+            ("KEYGATE_THROTTLE__TRUSTED_PROXIES", "127.0.0.1"),
         ],
     );
     let upstream = Upstream::start();
@@ -250,6 +255,76 @@ fn nginx_guards_an_upstream_with_forward_auth() {
         403,
         "guarded like a built-in"
     );
+
+    let forged = [
+        ("X-Keygate-Key-Id", "master"),
+        ("X-Keygate-Owner-Id", "bob"),
+        ("X-Keygate-Scopes", "*:*"),
+        ("X-Blnk-Key", reader.as_str()),
+    ];
+    let (status, seen) = nginx.request_from([127, 0, 0, 9], "/ledgers/ldg_1", &forged);
+    assert_eq!(status, 200, "{seen}");
+    let seen = seen.to_ascii_lowercase();
+    assert!(
+        seen.contains(&format!("x-keygate-key-id: {reader_id}")),
+        "{seen}"
+    );
+    assert!(seen.contains("x-keygate-owner-id: alice"), "{seen}");
+    assert!(seen.contains("x-keygate-scopes: ledgers:read"), "{seen}");
+    for forgery in [
+        "x-keygate-key-id: master",
+        "x-keygate-owner-id: bob",
+        "x-keygate-scopes: *:*",
+    ] {
+        assert!(
+            !seen.contains(forgery),
+            "the client's own {forgery} reached the upstream: {seen}"
+        );
+    }
+    let (status, seen) = nginx.request_from(
+        [127, 0, 0, 9],
+        "/ledgers/ldg_1",
+        &[("X-Keygate-Owner-Id", "bob"), ("X-Blnk-Key", MASTER)],
+    );
+    assert_eq!(status, 200, "{seen}");
+    assert!(
+        !seen.to_ascii_lowercase().contains("x-keygate-owner-id"),
+        "the master key has no owner, and the client's is dropped: {seen}"
+    );
+    let (status, _) = nginx.request_from(
+        [127, 0, 0, 9],
+        "/ledgers/../balances/b1",
+        &[("X-Blnk-Key", reader.as_str())],
+    );
+    assert_ne!(status, 200, "a dot segment does not reach another resource");
+    let (status, _) = nginx.request_from(
+        [127, 0, 0, 9],
+        "/ledgers/ldg_1",
+        &[
+            ("X-Blnk-Key", reader.as_str()),
+            ("X-Forwarded-Method", "GET"),
+            ("X-Forwarded-Uri", "/ledgers"),
+        ],
+    );
+    assert_eq!(
+        status, 200,
+        "a client's copies of Traefik's headers are dropped"
+    );
+
+    // Each client behind nginx has its own brute-force budget: a guesser exhausting its
+    // own does not lock out a valid key that keygate has not seen yet.
+    let (fresh, _) = create(&keygate, "alice", &["ledgers:read"]);
+    for _ in 0..25 {
+        let guess = [("X-Blnk-Key", "not-a-key-at-all")];
+        let (status, _) = nginx.request_from([127, 0, 0, 7], "/ledgers", &guess);
+        assert_ne!(status, 200);
+    }
+    let (status, seen) = nginx.request_from(
+        [127, 0, 0, 8],
+        "/ledgers",
+        &[("X-Blnk-Key", fresh.as_str())],
+    );
+    assert_eq!(status, 200, "another client keeps its budget: {seen}");
 
     let (status, reply) = http(
         port,

@@ -397,3 +397,228 @@ async fn lifetimes_are_bounded_by_configuration(db: TestDatabase) {
         reply.json
     );
 }
+
+#[actix_web::test]
+async fn names_and_owners_that_would_mislead_a_reader_are_refused() {
+    let app = start(TestDatabase::sqlite()).await;
+    let cases = [
+        ("\u{202e}gnp.exe", "alice", "name"),
+        ("invoice\u{2066}", "alice", "name"),
+        ("\u{200b}", "alice", "name"),
+        ("\u{200b}\u{feff}\u{2060}", "alice", "name"),
+        ("deploy", "\u{200b}", "owner"),
+        ("deploy", "al\u{202e}ice", "owner"),
+    ];
+    for (name, owner, field) in cases {
+        let mut body = key_request(owner, &["ledgers:read"]);
+        body["name"] = json!(name);
+        let reply = app
+            .call(Method::POST, "/api-keys", Some(MASTER), Some(body))
+            .await;
+        reply.assert_error(400, "GEN_VALIDATION_ERROR");
+        assert_eq!(
+            reply.json["error_detail"]["details"]["field"], field,
+            "{name:?} {owner:?}"
+        );
+    }
+    let mut body = key_request("ålice", &["ledgers:read"]);
+    body["name"] = json!("🔑 déploiement 部署");
+    let reply = app
+        .call(Method::POST, "/api-keys", Some(MASTER), Some(body))
+        .await;
+    assert_eq!(
+        reply.status, 201,
+        "visible text of any script is welcome: {}",
+        reply.json
+    );
+}
+
+#[actix_web::test]
+async fn query_values_that_are_not_utf8_are_refused_not_replaced() {
+    let app = start(TestDatabase::sqlite()).await;
+    let (_, id) = app.new_key("caf\u{e9}", &["ledgers:read"]).await;
+    for path in [
+        "/api-keys?owner=%FF".to_owned(),
+        "/api-keys?owner=%FE".to_owned(),
+        "/api-keys?owner=caf%E9".to_owned(),
+        format!("/api-keys/{id}?owner=%C3"),
+    ] {
+        let reply = app.call(Method::GET, &path, Some(MASTER), None).await;
+        reply.assert_error(400, "GEN_VALIDATION_ERROR");
+        assert_eq!(
+            reply.json["error_detail"]["details"]["field"], "owner",
+            "{path}"
+        );
+    }
+    let reply = app
+        .call(Method::GET, "/api-keys?owner=caf%C3%A9", Some(MASTER), None)
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.json);
+    assert_eq!(reply.json.as_array().map(Vec::len), Some(1));
+}
+
+#[actix_web::test]
+async fn leap_seconds_are_refused_rather_than_stored_two_ways() {
+    let app = start(TestDatabase::sqlite()).await;
+    let year = chrono::Datelike::year(&chrono::Utc::now()) + 1;
+    let leap = format!("{year}-06-30T23:59:60.5Z");
+    let mut body = key_request("alice", &["ledgers:read"]);
+    body["expires_at"] = json!(leap);
+    let reply = app
+        .call(Method::POST, "/api-keys", Some(MASTER), Some(body))
+        .await;
+    reply.assert_error(400, "GEN_VALIDATION_ERROR");
+    assert_eq!(reply.json["error_detail"]["details"]["field"], "expires_at");
+    let (_, id) = app.new_key("alice", &["ledgers:read"]).await;
+    app.call(
+        Method::PATCH,
+        &format!("/api-keys/{id}?owner=alice"),
+        Some(MASTER),
+        Some(json!({ "expires_at": leap })),
+    )
+    .await
+    .assert_error(400, "GEN_VALIDATION_ERROR");
+}
+
+#[actix_web::test]
+async fn every_oversized_body_gets_the_json_413() {
+    let app = start(TestDatabase::sqlite()).await;
+    let (_, id) = app.new_key("alice", &["ledgers:read"]).await;
+    let big = format!(
+        "{{\"grace_period_seconds\": 1, \"pad\": \"{}\"}}",
+        "x".repeat(1_100_000)
+    );
+    for path in [
+        format!("/api-keys/{id}/rotate?owner=alice"),
+        "/api-keys".to_owned(),
+    ] {
+        let reply = app
+            .send(
+                TestRequest::post()
+                    .uri(&path)
+                    .insert_header(("X-Blnk-Key", MASTER))
+                    .insert_header(("Content-Type", "application/json"))
+                    .set_payload(big.clone()),
+            )
+            .await;
+        reply.assert_error(413, "GEN_PAYLOAD_TOO_LARGE");
+    }
+}
+
+#[actix_web::test]
+async fn head_is_a_read_wherever_get_is() {
+    let app = start(TestDatabase::sqlite()).await;
+    let (reader, id) = app.new_key("alice", &["api-keys:read"]).await;
+    let (writer_only, _) = app.new_key("alice", &["api-keys:write"]).await;
+    for (path, key) in [
+        ("/api-keys?owner=alice".to_owned(), MASTER),
+        ("/api-keys".to_owned(), reader.as_str()),
+        (format!("/api-keys/{id}"), reader.as_str()),
+        (format!("/api-keys/{id}/events"), reader.as_str()),
+        ("/health".to_owned(), ""),
+        ("/".to_owned(), ""),
+        ("/openapi.json".to_owned(), ""),
+    ] {
+        let mut request = TestRequest::default().method(Method::HEAD).uri(&path);
+        if !key.is_empty() {
+            request = request.insert_header(("X-Blnk-Key", key));
+        }
+        let response = actix_web::test::call_service(&app.service, request.to_request()).await;
+        assert_eq!(response.status(), 200, "HEAD {path}");
+    }
+    app.send(
+        TestRequest::default()
+            .method(Method::HEAD)
+            .uri("/api-keys")
+            .insert_header(("X-Blnk-Key", writer_only.as_str())),
+    )
+    .await
+    .assert_error(403, "AUTH_INSUFFICIENT_PERMISSIONS");
+    app.call(Method::POST, "/health", None, None)
+        .await
+        .assert_error(405, "GEN_METHOD_NOT_ALLOWED");
+}
+
+#[actix_web::test]
+async fn the_openapi_description_is_built_once_and_revalidated_by_its_tag() {
+    let app = start(TestDatabase::sqlite()).await;
+    let first = actix_web::test::call_service(
+        &app.service,
+        TestRequest::get().uri("/openapi.json").to_request(),
+    )
+    .await;
+    assert_eq!(first.status(), 200);
+    let tag = first
+        .headers()
+        .get("etag")
+        .and_then(|v| v.to_str().ok())
+        .expect("an ETag")
+        .to_owned();
+    let body = actix_web::test::read_body(first).await;
+    assert_eq!(body, keygate_server::openapi::document().as_bytes());
+    let again = actix_web::test::call_service(
+        &app.service,
+        TestRequest::get()
+            .uri("/openapi.json")
+            .insert_header(("If-None-Match", tag.as_str()))
+            .to_request(),
+    )
+    .await;
+    assert_eq!(again.status(), 304);
+    assert!(actix_web::test::read_body(again).await.is_empty());
+}
+
+#[actix_web::test]
+async fn an_ipv4_gateway_seen_through_an_ipv6_socket_is_still_trusted() {
+    let app = support::start_with(TestDatabase::sqlite(), |settings| {
+        settings.throttle.trusted_proxies = "127.0.0.1".into()
+    })
+    .await;
+    let (good, _) = app.new_key("alice", &["ledgers:read"]).await;
+    let ask = |client: &str, key: &str| {
+        TestRequest::get()
+            .uri("/forward-auth")
+            .peer_addr("[::ffff:127.0.0.1]:40000".parse().expect("an address"))
+            .insert_header(("X-Original-Method", "GET"))
+            .insert_header(("X-Original-URI", "/ledgers"))
+            .insert_header(("X-Forwarded-For", client.to_owned()))
+            .insert_header(("X-Blnk-Key", key.to_owned()))
+    };
+    for _ in 0..25 {
+        app.send(ask("203.0.113.5", "guess")).await;
+    }
+    app.send(ask("203.0.113.5", "guess"))
+        .await
+        .assert_error(429, "GEN_RATE_LIMITED");
+    let other = app.send(ask("::ffff:203.0.113.6", &good)).await;
+    assert_eq!(
+        other.status, 204,
+        "another client behind the same gateway keeps its own budget: {}",
+        other.json
+    );
+}
+
+#[actix_web::test]
+async fn a_key_header_sent_twice_is_refused() {
+    let app = start(TestDatabase::sqlite()).await;
+    let (reader, _) = app.new_key("alice", &["ledgers:read"]).await;
+    let (writer, _) = app.new_key("alice", &["ledgers:write"]).await;
+    for (name, first, second) in [
+        ("X-Blnk-Key", reader.clone(), writer.clone()),
+        (
+            "Authorization",
+            format!("Bearer {reader}"),
+            format!("Bearer {writer}"),
+        ),
+    ] {
+        let request = TestRequest::post()
+            .uri("/forward-auth")
+            .insert_header(("X-Original-Method", "POST"))
+            .insert_header(("X-Original-URI", "/ledgers"))
+            .append_header((name, first))
+            .append_header((name, second));
+        let reply = app.send(request).await;
+        reply.assert_error(400, "GEN_VALIDATION_ERROR");
+        assert_eq!(reply.json["error_detail"]["details"]["field"], name);
+    }
+}

@@ -23,6 +23,10 @@ on_both_backends!(
     the_audit_trail_records_every_change_in_order,
     forward_auth_decides_like_the_guard,
     forward_auth_needs_the_original_request,
+    a_key_changes_only_keys_its_scopes_cover,
+    a_rotated_out_key_keeps_the_end_of_its_grace_period,
+    forward_auth_judges_the_path_the_upstream_will_see,
+    forward_auth_refuses_two_names_for_the_original_request,
 );
 
 async fn a_key_is_read_by_its_owner_only(db: TestDatabase) {
@@ -613,4 +617,209 @@ async fn forward_auth_needs_the_original_request(db: TestDatabase) {
     app.send(only_uri)
         .await
         .assert_error(400, "GEN_MALFORMED_REQUEST");
+}
+
+async fn a_key_changes_only_keys_its_scopes_cover(db: TestDatabase) {
+    let app = start(db).await;
+    let (writer, _) = app.new_key("alice", &["api-keys:write"]).await;
+    let (_, wide_id) = app.new_key("alice", &["*:*"]).await;
+    let mut soon = support::key_request("alice", &["*:*"]);
+    soon["expires_at"] =
+        json!((chrono::Utc::now() + chrono::Duration::milliseconds(1500)).to_rfc3339());
+    let expired = app
+        .call(Method::POST, "/api-keys", Some(MASTER), Some(soon))
+        .await;
+    assert_eq!(expired.status, 201, "{}", expired.json);
+    let (expired_key, expired_id) = (
+        text(&expired.json["key"]),
+        text(&expired.json["api_key_id"]),
+    );
+    actix_web::rt::time::sleep(Duration::from_millis(1600)).await;
+    app.send(forward("GET", "/ledgers", Some(&expired_key), false))
+        .await
+        .assert_error(401, "AUTH_EXPIRED_API_KEY");
+
+    let far = support::next_year();
+    for (id, body) in [
+        (&wide_id, json!({"expires_at": far})),
+        (&wide_id, json!({"name": "renamed"})),
+        (&expired_id, json!({"expires_at": far})),
+    ] {
+        let reply = app
+            .call(
+                Method::PATCH,
+                &format!("/api-keys/{id}"),
+                Some(&writer),
+                Some(body.clone()),
+            )
+            .await;
+        reply.assert_error(403, "AUTH_SCOPE_ESCALATION");
+        assert_eq!(
+            reply.json["error_detail"]["details"]["scope"], "*:*",
+            "{body}"
+        );
+    }
+    app.send(forward("GET", "/ledgers", Some(&expired_key), false))
+        .await
+        .assert_error(401, "AUTH_EXPIRED_API_KEY");
+    let events = app
+        .call(
+            Method::GET,
+            &format!("/api-keys/{wide_id}/events?owner=alice"),
+            Some(MASTER),
+            None,
+        )
+        .await;
+    assert_eq!(
+        events.json.as_array().map(Vec::len),
+        Some(1),
+        "only created: {}",
+        events.json
+    );
+
+    let (_, narrow_id) = app.new_key("alice", &["api-keys:write"]).await;
+    let allowed = app
+        .call(
+            Method::PATCH,
+            &format!("/api-keys/{narrow_id}"),
+            Some(&writer),
+            Some(json!({"name": "renamed"})),
+        )
+        .await;
+    assert_eq!(allowed.status, 200, "a key it covers: {}", allowed.json);
+    let revived = app
+        .call(
+            Method::PATCH,
+            &format!("/api-keys/{expired_id}?owner=alice"),
+            Some(MASTER),
+            Some(json!({"expires_at": far})),
+        )
+        .await;
+    assert_eq!(revived.status, 200, "the master key may: {}", revived.json);
+}
+
+async fn a_rotated_out_key_keeps_the_end_of_its_grace_period(db: TestDatabase) {
+    let app = start(db).await;
+    let (manager, _) = app.new_key("alice", &["*:*"]).await;
+    let (old_key, old_id) = app.new_key("alice", &["ledgers:read"]).await;
+    let rotated = app
+        .call(
+            Method::POST,
+            &format!("/api-keys/{old_id}/rotate?owner=alice"),
+            Some(MASTER),
+            Some(json!({"grace_period_seconds": 60})),
+        )
+        .await;
+    assert_eq!(rotated.status, 201, "{}", rotated.json);
+    let far = support::next_year();
+    for by in [MASTER, manager.as_str()] {
+        app.call(
+            Method::PATCH,
+            &format!("/api-keys/{old_id}?owner=alice"),
+            Some(by),
+            Some(json!({"expires_at": far})),
+        )
+        .await
+        .assert_error(409, "APIKEY_ROTATED");
+    }
+    let renamed = app
+        .call(
+            Method::PATCH,
+            &format!("/api-keys/{old_id}?owner=alice"),
+            Some(MASTER),
+            Some(json!({"name": "old one"})),
+        )
+        .await;
+    assert_eq!(
+        renamed.status, 200,
+        "other fields may change: {}",
+        renamed.json
+    );
+    let expires_at = chrono::DateTime::parse_from_rfc3339(&text(&renamed.json["expires_at"]))
+        .expect("a timestamp");
+    assert!(expires_at < chrono::Utc::now() + chrono::Duration::seconds(61));
+    assert_eq!(
+        app.send(forward("GET", "/ledgers", Some(&old_key), false))
+            .await
+            .status,
+        204,
+        "still inside its grace period"
+    );
+}
+
+/// Every spelling reported to reach another resource through a gateway that passes the
+/// path on and an upstream that normalises it.
+const DOT_SEGMENT_BYPASSES: [&str; 11] = [
+    "/ledgers/../balances/b1",
+    "/ledgers/%2e%2e/balances/b1",
+    "/ledgers/%2E%2E/balances/b1",
+    "/ledgers/.%2e/balances/b1",
+    "/ledgers/..;/balances/b1",
+    "/ledgers/..%2fbalances/b1",
+    "/ledgers/..%2Fbalances/b1",
+    "/ledgers/..\\balances/b1",
+    "/ledgers/x/../../balances/b1",
+    "/ledgers//../balances/b1",
+    "/ledgers/%252e%252e/balances/b1",
+];
+
+async fn forward_auth_judges_the_path_the_upstream_will_see(db: TestDatabase) {
+    let app = start(db).await;
+    let (reader, _) = app.new_key("alice", &["ledgers:read"]).await;
+    for traefik in [false, true] {
+        let header = if traefik {
+            "X-Forwarded-Uri"
+        } else {
+            "X-Original-URI"
+        };
+        for uri in DOT_SEGMENT_BYPASSES {
+            let reply = app.send(forward("GET", uri, Some(&reader), traefik)).await;
+            reply.assert_error(400, "GEN_VALIDATION_ERROR");
+            assert_eq!(
+                reply.json["error_detail"]["details"]["field"], header,
+                "{uri}"
+            );
+        }
+        for (uri, status) in [
+            ("/ledgers/x/../ldg_1", 204),
+            ("/%6Cedgers/ldg_1", 204),
+            ("/ledgers/./ldg_1?next=/../balances", 204),
+            ("/%62alances/b1", 403),
+            ("/ledgers/a%00b", 400),
+            ("ledgers", 400),
+        ] {
+            let reply = app.send(forward("GET", uri, Some(&reader), traefik)).await;
+            assert_eq!(reply.status, status, "{uri}: {}", reply.json);
+        }
+    }
+    let reply = app
+        .call(Method::GET, "/api-keys/../ledgers", Some(&reader), None)
+        .await;
+    assert_ne!(reply.status, 200, "{}", reply.json);
+}
+
+async fn forward_auth_refuses_two_names_for_the_original_request(db: TestDatabase) {
+    let app = start(db).await;
+    let (reader, _) = app.new_key("alice", &["ledgers:read"]).await;
+    let forged = TestRequest::get()
+        .uri("/forward-auth")
+        .insert_header(("X-Original-Method", "GET"))
+        .insert_header(("X-Original-URI", "/ledgers"))
+        .insert_header(("X-Forwarded-Method", "DELETE"))
+        .insert_header(("X-Forwarded-Uri", "/balances/b1"))
+        .insert_header(("X-Blnk-Key", reader.as_str()));
+    let reply = app.send(forged).await;
+    reply.assert_error(400, "GEN_VALIDATION_ERROR");
+    let twice = TestRequest::get()
+        .uri("/forward-auth")
+        .insert_header(("X-Forwarded-Method", "GET"))
+        .append_header(("X-Forwarded-Uri", "/ledgers"))
+        .append_header(("X-Forwarded-Uri", "/balances/b1"))
+        .insert_header(("X-Blnk-Key", reader.as_str()));
+    let reply = app.send(twice).await;
+    reply.assert_error(400, "GEN_VALIDATION_ERROR");
+    assert_eq!(
+        reply.json["error_detail"]["details"]["field"],
+        "X-Forwarded-Uri"
+    );
 }

@@ -27,26 +27,27 @@ fn sample(page: &str, name_and_labels: &str) -> f64 {
 #[actix_web::test]
 async fn metrics_need_the_master_key_or_the_metrics_token() {
     let app = start_with(TestDatabase::sqlite(), |settings| {
-        settings.server.metrics_token = Some("scrape-me".into());
+        settings.server.metrics_token = Some("scrape-me-0123456789".into());
     })
     .await;
     let (all_powerful, _) = app.new_key("alice", &["*:*"]).await;
     app.call(Method::GET, "/metrics", None, None)
         .await
         .assert_error(401, "AUTH_MISSING_API_KEY");
-    app.call(Method::GET, "/metrics", Some(&all_powerful), None)
-        .await
-        .assert_error(401, "AUTH_METRICS_TOKEN_REQUIRED");
-    app.call(Method::GET, "/metrics", Some("wrong-token"), None)
-        .await
-        .assert_error(401, "AUTH_INVALID_API_KEY");
+    // A valid API key and a made-up one are refused alike: /metrics tells neither apart.
+    let wrong = keygate_core::PlainKey::generate().expect("randomness");
+    for key in [all_powerful.as_str(), wrong.expose(), "wrong-token"] {
+        app.call(Method::GET, "/metrics", Some(key), None)
+            .await
+            .assert_error(401, "AUTH_METRICS_TOKEN_REQUIRED");
+    }
     for request in [
         TestRequest::get()
             .uri("/metrics")
             .insert_header(("X-Blnk-Key", MASTER)),
         TestRequest::get()
             .uri("/metrics")
-            .insert_header(("Authorization", "Bearer scrape-me")),
+            .insert_header(("Authorization", "Bearer scrape-me-0123456789")),
     ] {
         let response = actix_web::test::call_service(&app.service, request.to_request()).await;
         assert_eq!(response.status(), 200);
@@ -74,6 +75,103 @@ async fn metrics_need_the_master_key_or_the_metrics_token() {
             "{names:?}"
         );
     }
+}
+
+#[actix_web::test]
+async fn metrics_are_no_key_oracle_and_share_the_brute_force_budget() {
+    let (observe, slot) = support::CountingStore::observer();
+    let app = support::start_observed(TestDatabase::sqlite(), |_| {}, observe).await;
+    let counting = slot.get().expect("wrapped").clone();
+    let (valid, _) = app.new_key("alice", &["*:*"]).await;
+    let lookups = support::CountingStore::count(&counting.lookups);
+    let guesser = "192.0.2.80:40000".parse().expect("an address");
+    let mut statuses = Vec::new();
+    for attempt in 0..30 {
+        let guess = if attempt == 5 {
+            valid.clone()
+        } else {
+            keygate_core::PlainKey::generate()
+                .expect("randomness")
+                .expose()
+                .to_owned()
+        };
+        let request = TestRequest::get()
+            .uri("/metrics")
+            .peer_addr(guesser)
+            .insert_header(("X-Blnk-Key", guess));
+        statuses.push(app.send(request).await.code().to_owned());
+    }
+    assert_eq!(
+        support::CountingStore::count(&counting.lookups),
+        lookups,
+        "/metrics looks no key up"
+    );
+    assert!(
+        statuses[..20]
+            .iter()
+            .all(|code| code == "AUTH_METRICS_TOKEN_REQUIRED"),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses[20..].iter().all(|code| code == "GEN_RATE_LIMITED"),
+        "the same budget as every other key check: {statuses:?}"
+    );
+    let api = TestRequest::get()
+        .uri("/api-keys")
+        .peer_addr(guesser)
+        .insert_header(("X-Blnk-Key", "another-guess"));
+    app.send(api).await.assert_error(429, "GEN_RATE_LIMITED");
+    let master = TestRequest::get()
+        .uri("/metrics")
+        .peer_addr(guesser)
+        .insert_header(("X-Blnk-Key", MASTER));
+    let response = actix_web::test::call_service(&app.service, master.to_request()).await;
+    assert_eq!(response.status(), 200, "the master key still reads them");
+}
+
+#[actix_web::test]
+async fn odd_methods_and_paths_do_not_grow_the_metrics() {
+    let app = start_with(TestDatabase::sqlite(), |_| {}).await;
+    let page = || async {
+        let response = actix_web::test::call_service(
+            &app.service,
+            TestRequest::get()
+                .uri("/metrics")
+                .insert_header(("X-Blnk-Key", MASTER))
+                .to_request(),
+        )
+        .await;
+        actix_web::test::read_body(response).await.len()
+    };
+    for warm in ["/health", "/nowhere", "/api-keys/x/y/z", "/api-keys"] {
+        for method in [
+            Method::GET,
+            Method::POST,
+            Method::from_bytes(b"BREW").expect("a method"),
+        ] {
+            app.send(TestRequest::default().method(method).uri(warm))
+                .await;
+        }
+    }
+    let before = page().await;
+    for i in 0..1000 {
+        let method = Method::from_bytes(format!("M{i}{}", "X".repeat(i % 64)).as_bytes())
+            .expect("a method token");
+        let path = match i % 4 {
+            0 => format!("/health/{i}"),
+            1 => format!("/nowhere-{i}"),
+            2 => format!("/api-keys/{i}/x/{i}"),
+            _ => "/health".to_owned(),
+        };
+        app.send(TestRequest::default().method(method).uri(&path))
+            .await;
+        app.send(TestRequest::get().uri(&path)).await;
+    }
+    let after = page().await;
+    assert!(
+        after < before + 20_000,
+        "/metrics grew from {before} to {after} bytes"
+    );
 }
 
 #[actix_web::test]
@@ -154,7 +252,7 @@ fn sigterm_finishes_the_request_in_flight_records_usage_and_exits_0() {
     let port_text = port.to_string();
     let env = [
         ("KEYGATE_SERVER__PORT", port_text.as_str()),
-        ("KEYGATE_SERVER__SECRET_KEY", "term-master"),
+        ("KEYGATE_SERVER__SECRET_KEY", "term-master-key-0123"),
         ("KEYGATE_AUTH__LAST_USED_FLUSH_MS", "3600000"),
         ("KEYGATE_LOG__FORMAT", "json"),
     ];
@@ -163,7 +261,12 @@ fn sigterm_finishes_the_request_in_flight_records_usage_and_exits_0() {
         r#"{{"name":"n","owner":"alice","scopes":["api-keys:read"],"expires_at":"{}"}}"#,
         support::next_year()
     );
-    let (status, created) = server.request("POST", "/api-keys", Some("term-master"), Some(&body));
+    let (status, created) = server.request(
+        "POST",
+        "/api-keys",
+        Some("term-master-key-0123"),
+        Some(&body),
+    );
     assert_eq!(status, 201, "{created}");
     let key = field(&created, "key");
     assert_eq!(
@@ -179,7 +282,7 @@ fn sigterm_finishes_the_request_in_flight_records_usage_and_exits_0() {
     let (first, rest) = body.split_at(body.len() / 2);
     write!(
         slow,
-        "POST /api-keys HTTP/1.1\r\nHost: x\r\nX-Blnk-Key: term-master\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{first}",
+        "POST /api-keys HTTP/1.1\r\nHost: x\r\nX-Blnk-Key: term-master-key-0123\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{first}",
         body.len()
     )
     .expect("the first half");
@@ -228,10 +331,10 @@ fn sigterm_finishes_the_request_in_flight_records_usage_and_exits_0() {
         port,
         &[
             ("KEYGATE_SERVER__PORT", port_text.as_str()),
-            ("KEYGATE_SERVER__SECRET_KEY", "term-master"),
+            ("KEYGATE_SERVER__SECRET_KEY", "term-master-key-0123"),
         ],
     );
-    let (_, listed) = server.get("/api-keys?owner=alice", Some("term-master"));
+    let (_, listed) = server.get("/api-keys?owner=alice", Some("term-master-key-0123"));
     assert!(
         listed.contains("\"last_used_at\":\"20"),
         "the use before SIGTERM was written: {listed}"

@@ -137,17 +137,45 @@ pub fn http(
     key: Option<&str>,
     body: Option<&str>,
 ) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    let key_header = key.map(|key| ("X-Blnk-Key", key));
+    http_from(None, port, method, path, key_header.as_slice(), body)
+}
+
+/// One HTTP/1.1 request with extra `headers`, sent from the loopback address `source`
+/// (any of 127.0.0.0/8, so that a test can play several clients), or from the default
+/// address; `None` when nothing listens.
+pub fn http_from(
+    source: Option<std::net::Ipv4Addr>,
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Option<(u16, String)> {
+    let target = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream: TcpStream = match source {
+        None => TcpStream::connect(target).ok()?,
+        Some(source) => {
+            let socket =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).ok()?;
+            socket
+                .bind(&std::net::SocketAddr::from((source, 0)).into())
+                .ok()?;
+            socket.connect(&target.into()).ok()?;
+            socket.into()
+        }
+    };
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .ok()?;
-    let key_header = key
-        .map(|key| format!("X-Blnk-Key: {key}\r\n"))
-        .unwrap_or_default();
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
     let body = body.unwrap_or_default();
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{key_header}Content-Type: application/json\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{extra}Content-Type: application/json\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
