@@ -14,7 +14,7 @@ use keygate_storage::test_support::TestDatabase;
 use keygate_storage::{Database, PoolOptions};
 use libfuzzer_sys::fuzz_target;
 
-const MASTER: &str = "fuzz-master-key";
+const MASTER: &str = "fuzz-master-key-0123456789";
 
 struct World {
     state: AppState,
