@@ -156,12 +156,6 @@ fn decode_unreserved(segment: &str) -> Result<String, PathError> {
                     _ => return Err(PathError::BadEscape),
                 };
                 check_byte(value)?;
-                if value == b'%'
-                    && bytes.get(index + 3).copied().and_then(hex).is_some()
-                    && bytes.get(index + 4).copied().and_then(hex).is_some()
-                {
-                    return Err(PathError::DoubleEncoded);
-                }
                 if is_unreserved(value) {
                     out.push(char::from(value));
                 } else {
@@ -184,6 +178,15 @@ fn decode_unreserved(segment: &str) -> Result<String, PathError> {
         }
     }
     std::str::from_utf8(&decoded).map_err(|_| PathError::NotUtf8)?;
+    // An encoded `%` before two hex digits, however those digits were spelled
+    // (`%252e`, `%25%32%65`), becomes another character when decoded again.
+    let escaped = out.as_bytes();
+    let twice = escaped.windows(5).any(|window| {
+        window.starts_with(b"%25") && hex(window[3]).is_some() && hex(window[4]).is_some()
+    });
+    if twice {
+        return Err(PathError::DoubleEncoded);
+    }
     Ok(out)
 }
 
@@ -293,6 +296,8 @@ mod tests {
             ("/ledgers/\t", PathError::Control),
             ("/ledgers/%7f", PathError::Control),
             ("/ledgers/%252e%252e", PathError::DoubleEncoded),
+            ("/ledgers/%25%32%65", PathError::DoubleEncoded),
+            ("/]l`%25%3532&", PathError::DoubleEncoded),
             ("/ledgers/%zz", PathError::BadEscape),
             ("/ledgers/%4", PathError::BadEscape),
             ("/ledgers/%", PathError::BadEscape),

@@ -55,9 +55,13 @@ pub trait KeyStore: Send + Sync + 'static {
         actor: &Actor,
     ) -> Result<Option<ApiKey>, StoreError>;
 
-    /// The hashes of keys changed (revoked, updated, ...) at or after `since`, by any
-    /// instance or tool sharing the database: the feed that keeps caches honest.
-    fn changed_since(&self, since: DateTime<Utc>) -> Result<Vec<KeyHash>, StoreError>;
+    /// The change feed that keeps caches honest: the hashes of keys changed (revoked,
+    /// updated, rotated) by any instance or tool sharing the database in transactions
+    /// that committed after `cursor`, and the cursor to read from next. With no cursor,
+    /// no keys and the cursor of the present. Every change is returned by the first read
+    /// from a cursor taken before it committed, whatever the clocks of the writers and
+    /// however long their transactions waited; a change may be returned more than once.
+    fn changes_after(&self, cursor: Option<ChangeCursor>) -> Result<Changes, StoreError>;
 
     /// The owner's key `id`, whatever its status.
     fn get(&self, id: &ApiKeyId, owner_id: &str) -> Result<Option<ApiKey>, StoreError>;
@@ -84,6 +88,19 @@ pub trait KeyStore: Send + Sync + 'static {
     /// Records the latest use of each key, never moving a `last_used_at` backwards.
     /// Returns how many rows changed.
     fn record_last_used(&self, uses: &[(ApiKeyId, DateTime<Utc>)]) -> Result<usize, StoreError>;
+}
+
+/// A position in the change feed, meaningful only to the store that gave it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ChangeCursor(pub i64);
+
+/// What the change feed holds past a cursor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Changes {
+    /// The keys that changed, each once.
+    pub keys: Vec<KeyHash>,
+    /// Where the next read starts.
+    pub next: ChangeCursor,
 }
 
 /// What happened to a key, as its audit trail records it.

@@ -10,7 +10,7 @@ use upstreams::{UPSTREAMS, first_segment};
 
 /// Pieces an attacker joins into paths: resource names and every spelling of a
 /// separator, a dot segment or a parameter that some upstream treats specially.
-const PIECES: [&str; 34] = [
+const PIECES: [&str; 36] = [
     "ledgers",
     "balances",
     "api-keys",
@@ -45,6 +45,8 @@ const PIECES: [&str; 34] = [
     "%c0%ae",
     "..%00",
     "%2e%2e%2f",
+    "%25%32%65",
+    "%25%3532",
 ];
 
 fn target() -> impl Strategy<Value = String> {

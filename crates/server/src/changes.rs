@@ -2,43 +2,60 @@
 //! or an operator's command, sharing the database.
 //!
 //! Every change to a key is recorded in `key_events` in the same transaction as the
-//! change. This task reads the feed every `auth.change_poll_ms` and forgets the changed
-//! keys, so another instance's revocation is seen within that period. Each read
-//! overlaps the previous one by [`LOOKBACK`], so a change whose transaction committed
-//! late, or was stamped by a clock slightly behind, is still seen. Unlike a
-//! notification channel, the feed is durable: nothing is lost while the database is
-//! briefly out of reach, and it works the same on SQLite and PostgreSQL.
+//! change. This task reads the feed every `auth.change_poll_ms` from a cursor the store
+//! hands back ([`KeyStore::changes_after`]) and forgets the changed keys.
+//!
+//! Why no change can be skipped: the cursor is not a time. On SQLite it is the last event
+//! id read, and ids are handed out in commit order (one writer at a time). On PostgreSQL
+//! it is the oldest transaction still running when the feed was last read; a transaction
+//! that had not committed by then has an id at least that large, so the next read (which
+//! takes every event from that id on) finds it, however long it waited for locks and
+//! whatever the writer's clock said. So a change is seen by every instance within one
+//! poll period plus one read after it commits. The feed is durable: nothing is lost while
+//! the database is briefly out of reach, and the CLI's changes are in it too.
+//!
+//! While the feed cannot be read, cached keys are trusted for at most
+//! `auth.max_staleness_ms` after the last successful read ([`AppState::feed_is_fresh`]);
+//! after that they are read again, so a key revoked elsewhere stops working here too, and
+//! a database that cannot be reached answers 503.
+//!
+//! [`KeyStore::changes_after`]: keygate_core::KeyStore::changes_after
 
 use std::time::Duration;
 
 use actix_web::web;
-use chrono::Utc;
 
 use crate::state::AppState;
 
-/// How far each read of the feed reaches back before the previous read.
-pub const LOOKBACK: Duration = Duration::from_secs(5);
-
 /// Reads the change feed every `period`, forgetting changed keys, until dropped.
 pub async fn watch(state: web::Data<AppState>, period: Duration) {
-    let lookback = chrono::Duration::from_std(LOOKBACK).unwrap_or(chrono::Duration::seconds(5));
-    let mut since = Utc::now() - lookback;
+    let mut cursor = None;
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
     loop {
         ticker.tick().await;
-        let started = Utc::now();
         match state
-            .read_store(move |store| store.changed_since(since))
+            .read_store(move |store| store.changes_after(cursor))
             .await
         {
-            Ok(hashes) => {
-                for hash in &hashes {
+            Ok(changes) => {
+                for hash in &changes.keys {
                     state.forget(hash);
                 }
-                since = started - lookback;
+                // Only once the changed keys are forgotten is the cache fresh again.
+                state.feed_was_read();
+                cursor = Some(changes.next);
+                if failing {
+                    tracing::info!("the key change feed is readable again");
+                    failing = false;
+                }
             }
-            Err(error) => tracing::warn!(%error, "could not read the key change feed; will retry"),
+            Err(error) if !failing => {
+                tracing::warn!(%error, "could not read the key change feed; will retry");
+                failing = true;
+            }
+            Err(_) => {}
         }
     }
 }

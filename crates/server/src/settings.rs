@@ -148,8 +148,12 @@ pub struct AuthSettings {
     /// instance sees a key revoked or changed by another instance or the CLI.
     pub change_poll_ms: u64,
     /// The longest a verified key is trusted from memory without being read again, in
-    /// milliseconds, even if the change feed cannot be read.
+    /// milliseconds.
     pub cache_ttl_ms: u64,
+    /// How long cached keys are trusted after the last successful read of the change
+    /// feed, in milliseconds: past it, keys are read from the database again (503 while
+    /// it cannot be reached), so a key revoked elsewhere stops working here as well.
+    pub max_staleness_ms: u64,
     /// The memory the key cache may use, in bytes (about 400 bytes a key).
     pub cache_max_bytes: u64,
     /// How often pending `last_used_at` updates are written, in milliseconds.
@@ -169,6 +173,11 @@ impl AuthSettings {
     /// The cache lifetime as a duration.
     pub fn cache_ttl(&self) -> Duration {
         Duration::from_millis(self.cache_ttl_ms)
+    }
+
+    /// How long cached keys outlive a change feed that cannot be read.
+    pub fn max_staleness(&self) -> Duration {
+        Duration::from_millis(self.max_staleness_ms)
     }
 
     /// The change-feed period as a duration.
@@ -201,6 +210,7 @@ trusted_proxies = ""
 [auth]
 change_poll_ms = 250
 cache_ttl_ms = 60000
+max_staleness_ms = 10000
 cache_max_bytes = 67108864
 last_used_flush_ms = 1000
 max_key_lifetime_days = 3650
@@ -285,6 +295,13 @@ impl Settings {
         )?;
         in_range("auth.change_poll_ms", auth.change_poll_ms, 10..=60_000)?;
         in_range("auth.cache_ttl_ms", auth.cache_ttl_ms, 0..=86_400_000)?;
+        // Between two reads of the feed the cache must stay trusted, or every request
+        // would go to the database.
+        in_range(
+            "auth.max_staleness_ms",
+            auth.max_staleness_ms,
+            auth.change_poll_ms.saturating_mul(2)..=86_400_000,
+        )?;
         in_range("auth.cache_max_bytes", auth.cache_max_bytes, 0..=1 << 40)?;
         in_range(
             "auth.last_used_flush_ms",
@@ -553,6 +570,11 @@ mod tests {
                 "KEYGATE_AUTH__LAST_USED_FLUSH_MS",
                 "0",
                 "auth.last_used_flush_ms",
+            ),
+            (
+                "KEYGATE_AUTH__MAX_STALENESS_MS",
+                "100",
+                "auth.max_staleness_ms",
             ),
             ("KEYGATE_DATABASE__POOL_SIZE", "0", "database.pool_size"),
             (

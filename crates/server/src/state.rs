@@ -4,6 +4,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use actix_web::web;
 use chrono::{DateTime, Utc};
@@ -32,6 +33,12 @@ pub struct AppState {
     storage_slots: Semaphore,
     /// Bumped by every change, so a lookup that raced it does not cache what it read.
     invalidations: AtomicU64,
+    /// When this state was made: the origin of [`Self::feed_read_ms`].
+    started: Instant,
+    /// When the change feed was last read successfully, in milliseconds since `started`.
+    feed_read_ms: AtomicU64,
+    /// How long cached keys are trusted after the last successful read of the feed.
+    max_staleness: Duration,
     usage: Arc<UsageRecorder>,
     throttle: Throttle,
     max_key_lifetime_days: u32,
@@ -103,6 +110,9 @@ impl AppState {
                 .build(),
             storage_slots: Semaphore::new(settings.database.pool_size.max(1) as usize),
             invalidations: AtomicU64::new(0),
+            started: Instant::now(),
+            feed_read_ms: AtomicU64::new(0),
+            max_staleness: auth.max_staleness(),
             usage: Arc::new(UsageRecorder::default()),
         })
     }
@@ -246,7 +256,8 @@ impl AppState {
         if !PlainKey::could_be_issued(presented) {
             return Err(ApiError::InvalidKey);
         }
-        let cached = self.keys.get(&hash);
+        // A cache that has not heard of changes elsewhere for too long is not trusted.
+        let cached = self.keys.get(&hash).filter(|_| self.feed_is_fresh());
         self.metrics.cache(cached.is_some());
         let entry = match cached {
             Some(entry) => entry,
@@ -291,6 +302,19 @@ impl AppState {
             }
         }
         Ok(Some(entry))
+    }
+
+    /// Notes a successful read of the change feed: cached keys are up to date.
+    pub fn feed_was_read(&self) {
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.feed_read_ms.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// Whether the change feed was read recently enough (`auth.max_staleness_ms`) for
+    /// cached keys to be trusted.
+    pub fn feed_is_fresh(&self) -> bool {
+        let read = Duration::from_millis(self.feed_read_ms.load(Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(read) <= self.max_staleness
     }
 
     /// Forgets a key that changed, so the very next request reads it anew.

@@ -7,11 +7,12 @@ use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool};
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
-use diesel::sql_types::{Text, Timestamptz, TimestamptzSqlite};
+use diesel::sql_types::{BigInt, Text, Timestamptz, TimestamptzSqlite};
 use diesel::{PgConnection, SqliteConnection};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use keygate_core::{
-    Actor, ApiKey, ApiKeyId, EventKind, KeyEvent, KeyHash, KeyStore, NewEvent, StoreError,
+    Actor, ApiKey, ApiKeyId, ChangeCursor, Changes, EventKind, KeyEvent, KeyHash, KeyStore,
+    NewEvent, StoreError,
 };
 
 use crate::rows::{EventRow, KeyRow};
@@ -320,24 +321,79 @@ impl KeyStore for Database {
         row.map(ApiKey::try_from).transpose()
     }
 
-    fn changed_since(&self, since: DateTime<Utc>) -> Result<Vec<KeyHash>, StoreError> {
-        let hashes: Vec<Vec<u8>> = with_connection!(self, |conn, t, e| {
-            e::table
-                .inner_join(t::table)
-                .filter(e::at.ge(since))
-                .filter(e::kind.ne(EventKind::Created.as_str()))
-                .select(t::key_hash)
-                .distinct()
-                .load(conn)
+    fn changes_after(&self, cursor: Option<ChangeCursor>) -> Result<Changes, StoreError> {
+        let (hashes, next): (Vec<Vec<u8>>, i64) = match &self.pools {
+            // SQLite has one writer at a time, holding the write lock from its first write
+            // to its commit: event ids are handed out in commit order, so everything
+            // committed after a read has a larger id than that read saw.
+            Pools::Sqlite(pool) => {
+                use crate::schema::sqlite::{api_keys as t, key_events as e};
+                let mut conn = pool.get().map_err(unavailable)?;
+                conn.transaction(|conn| {
+                    let Some(ChangeCursor(after)) = cursor else {
+                        let last: Option<i64> =
+                            e::table.select(diesel::dsl::max(e::event_id)).first(conn)?;
+                        return Ok((Vec::new(), last.unwrap_or(0)));
+                    };
+                    let rows: Vec<(i64, String, Vec<u8>)> = e::table
+                        .inner_join(t::table)
+                        .filter(e::event_id.gt(after))
+                        .order(e::event_id.asc())
+                        .select((e::event_id, e::kind, t::key_hash))
+                        .load(conn)?;
+                    let next = rows.last().map_or(after, |(id, _, _)| *id);
+                    let hashes = rows
+                        .into_iter()
+                        .filter(|(_, kind, _)| kind != EventKind::Created.as_str())
+                        .map(|(_, _, hash)| hash)
+                        .collect();
+                    Ok((hashes, next))
+                })
                 .map_err(query_error)?
-        });
-        hashes
-            .iter()
-            .map(|bytes| {
-                KeyHash::from_bytes(bytes)
-                    .ok_or_else(|| StoreError::Internal("a key_hash is not 32 bytes".into()))
-            })
-            .collect()
+            }
+            // PostgreSQL hands out transaction ids when transactions start writing, not
+            // when they commit. A read remembers the oldest transaction still running
+            // (its snapshot's xmin); any transaction not visible to that read has an id
+            // at least that large, so reading from there again finds it once committed.
+            Pools::Postgres(pool) => {
+                use crate::schema::postgres::{api_keys as t, key_events as e};
+                let mut conn = pool.get().map_err(unavailable)?;
+                conn.build_transaction()
+                    .repeatable_read()
+                    .read_only()
+                    .run(|conn| {
+                        let xmin: i64 = diesel::select(diesel::dsl::sql::<BigInt>(
+                            "pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
+                        ))
+                        .get_result(conn)?;
+                        let Some(ChangeCursor(from)) = cursor else {
+                            return Ok((Vec::new(), xmin));
+                        };
+                        let hashes = e::table
+                            .inner_join(t::table)
+                            .filter(e::txid.ge(from))
+                            .filter(e::kind.ne(EventKind::Created.as_str()))
+                            .select(t::key_hash)
+                            .distinct()
+                            .load(conn)?;
+                        Ok((hashes, xmin.max(from)))
+                    })
+                    .map_err(query_error)?
+            }
+        };
+        let mut seen = std::collections::HashSet::with_capacity(hashes.len());
+        let mut keys = Vec::with_capacity(hashes.len());
+        for bytes in &hashes {
+            let hash = KeyHash::from_bytes(bytes)
+                .ok_or_else(|| StoreError::Internal("a key_hash is not 32 bytes".into()))?;
+            if seen.insert(hash) {
+                keys.push(hash);
+            }
+        }
+        Ok(Changes {
+            keys,
+            next: ChangeCursor(next),
+        })
     }
 
     fn get(&self, id: &ApiKeyId, owner_id: &str) -> Result<Option<ApiKey>, StoreError> {

@@ -27,6 +27,7 @@ pub mod postgres {
             actor -> Text,
             details -> Nullable<Text>,
             at -> Timestamptz,
+            txid -> BigInt,
         }
     }
 

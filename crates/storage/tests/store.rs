@@ -310,52 +310,102 @@ fn a_new_sqlite_file_and_its_journal_are_readable_by_their_owner_only() {
 }
 
 #[test]
-fn the_change_feed_names_revoked_keys_from_the_time_asked() {
+fn the_change_feed_returns_every_change_after_its_cursor() {
     on_each_backend(|db| {
-        let start = now();
-        let (revoked_plain, revoked) = new_key("alice", &["ledgers:read"], start);
-        let (_, untouched) = new_key("alice", &["ledgers:read"], start);
+        let start = db.changes_after(None).expect("feed");
+        assert!(start.keys.is_empty(), "no cursor: the present, and no keys");
+        let (revoked_plain, revoked) = new_key("alice", &["ledgers:read"], now());
+        let (_, untouched) = new_key("alice", &["ledgers:read"], now());
         db.insert(&revoked, &Actor::Master).expect("insert");
         db.insert(&untouched, &Actor::Master).expect("insert");
-        assert_eq!(
-            db.changed_since(start).expect("feed"),
-            Vec::new(),
-            "creation is not a change"
-        );
-        let at = start + Duration::milliseconds(10);
-        db.revoke(&revoked.id, "alice", at, &Actor::Key(untouched.id.clone()))
-            .expect("revoke");
-        assert_eq!(
-            db.changed_since(start).expect("feed"),
-            vec![revoked_plain.hash()],
-            "{}",
-            db.backend()
-        );
-        assert_eq!(
-            db.changed_since(at).expect("feed"),
-            vec![revoked_plain.hash()]
-        );
-        assert_eq!(
-            db.changed_since(at + Duration::milliseconds(1))
-                .expect("feed"),
-            Vec::new(),
-            "{}",
-            db.backend()
-        );
+        let created = db.changes_after(Some(start.next)).expect("feed");
+        assert_eq!(created.keys, Vec::new(), "creation is not a change");
         db.revoke(
             &revoked.id,
             "alice",
-            at + Duration::seconds(1),
-            &Actor::Master,
+            now(),
+            &Actor::Key(untouched.id.clone()),
         )
-        .expect("revoke again");
-        assert_eq!(
-            db.changed_since(at + Duration::milliseconds(1))
-                .expect("feed"),
-            Vec::new(),
-            "revoking a revoked key records nothing"
+        .expect("revoke");
+        for cursor in [start.next, created.next] {
+            let changes = db.changes_after(Some(cursor)).expect("feed");
+            assert_eq!(changes.keys, vec![revoked_plain.hash()], "{}", db.backend());
+            assert!(changes.next >= cursor, "cursors never go back");
+        }
+        let read = db.changes_after(Some(created.next)).expect("feed");
+        db.revoke(&revoked.id, "alice", now(), &Actor::Master)
+            .expect("revoke again");
+        let again = db.changes_after(Some(read.next)).expect("feed");
+        assert!(
+            again.keys.iter().all(|hash| *hash == revoked_plain.hash()),
+            "revoking a revoked key records nothing new"
         );
     });
+}
+
+/// Holds the write lock on `test_db` (SQLite) or the row lock on `id` (PostgreSQL) from
+/// another connection until the returned sender is dropped or sent to.
+fn hold_lock(test_db: &TestDatabase, id: &ApiKeyId) -> std::sync::mpsc::Sender<()> {
+    use diesel::connection::SimpleConnection;
+    use diesel::prelude::*;
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let (locked, is_locked) = std::sync::mpsc::channel::<()>();
+    let url = test_db.url_string.clone();
+    let path = test_db.sqlite_path().map(std::path::Path::to_owned);
+    let id = id.as_str().to_owned();
+    std::thread::spawn(move || {
+        let lock = |conn: &mut dyn SimpleConnection, sql: &str| {
+            conn.batch_execute(sql).expect("take the lock");
+            locked.send(()).expect("tell the test");
+            let _ = released.recv();
+            conn.batch_execute("COMMIT").expect("release the lock");
+        };
+        match path {
+            Some(path) => {
+                let mut conn = diesel::SqliteConnection::establish(&path.to_string_lossy())
+                    .expect("a second SQLite connection");
+                lock(&mut conn, "BEGIN IMMEDIATE");
+            }
+            None => {
+                let mut conn = diesel::PgConnection::establish(&url).expect("a second connection");
+                let sql =
+                    format!("BEGIN; SELECT 1 FROM api_keys WHERE api_key_id = '{id}' FOR UPDATE");
+                lock(&mut conn, &sql);
+            }
+        }
+    });
+    is_locked.recv().expect("the lock is held");
+    release
+}
+
+#[test]
+fn a_commit_delayed_behind_a_lock_is_read_after_the_cursor_taken_while_it_waited() {
+    for test_db in TestDatabase::all() {
+        let db = std::sync::Arc::new(open(&test_db));
+        let (plain, key) = new_key("alice", &["ledgers:read"], now());
+        db.insert(&key, &Actor::Master).expect("insert");
+        let before = db.changes_after(None).expect("feed").next;
+        let release = hold_lock(&test_db, &key.id);
+        let revoking = {
+            let (db, id) = (db.clone(), key.id.clone());
+            // Stamped now, committed well after: the stamp must not matter.
+            let at = now() - Duration::minutes(10);
+            std::thread::spawn(move || db.revoke(&id, "alice", at, &Actor::Master))
+        };
+        std::thread::sleep(std::time::Duration::from_millis(400));
+        let during = db.changes_after(Some(before)).expect("feed");
+        assert!(
+            during.keys.is_empty(),
+            "not committed yet ({})",
+            db.backend()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(600));
+        drop(release);
+        let revoked = revoking.join().expect("no panic").expect("revoked");
+        assert!(revoked.is_some());
+        let after = db.changes_after(Some(during.next)).expect("feed");
+        assert_eq!(after.keys, vec![plain.hash()], "{}", db.backend());
+    }
 }
 
 #[test]
@@ -425,6 +475,7 @@ fn replace_is_conditional_on_the_key_as_read_and_records_the_update() {
 fn rotate_stores_the_successor_and_cuts_the_old_expiry() {
     on_each_backend(|db| {
         let start = now();
+        let start_cursor = db.changes_after(None).expect("feed").next;
         let (_, old) = new_key("alice", &["ledgers:*"], start);
         db.insert(&old, &Actor::Master).expect("insert");
         let plain = PlainKey::generate().expect("randomness");
@@ -461,7 +512,7 @@ fn rotate_stores_the_successor_and_cuts_the_old_expiry() {
             Some(format!(r#"{{"rotated_from":"{}"}}"#, old.id).as_str())
         );
         assert_eq!(
-            db.changed_since(start).expect("feed"),
+            db.changes_after(Some(start_cursor)).expect("feed").keys,
             vec![old.hash],
             "the rotated key is in the feed"
         );

@@ -381,11 +381,11 @@ impl KeyStore for CountingStore {
         self.inner.reads_are_local()
     }
 
-    fn changed_since(
+    fn changes_after(
         &self,
-        since: chrono::DateTime<chrono::Utc>,
-    ) -> Result<Vec<keygate_core::KeyHash>, keygate_core::StoreError> {
-        self.inner.changed_since(since)
+        cursor: Option<keygate_core::ChangeCursor>,
+    ) -> Result<keygate_core::Changes, keygate_core::StoreError> {
+        self.inner.changes_after(cursor)
     }
 
     fn record_last_used(
