@@ -94,7 +94,15 @@ pub fn main() -> ExitCode {
     };
     let outcome = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => actix_web::rt::System::new()
-            .block_on(crate::serve(settings))
+            .block_on(async {
+                let served = crate::serve(settings).await;
+                // Dropping the runtime would wait for a storage call stuck on a frozen
+                // database; everything worth finishing (requests, usage) has finished.
+                if served.is_ok() {
+                    std::process::exit(0);
+                }
+                served
+            })
             .map_err(|error| error.to_string()),
         Command::Migrate => {
             open(&settings).map(|_| eprintln!("keygate: the database is up to date"))

@@ -194,13 +194,35 @@ pub async fn run(
     }
     let result = server.run().await;
     drop(background);
-    let (usage, store) = (state.usage(), state.store());
-    match web::block(move || usage.flush(&*store)).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(error)) => {
-            tracing::warn!(%error, "could not record the last key usage before stopping")
-        }
-        Err(error) => tracing::error!(%error, "final usage flush failed"),
-    }
+    final_flush(&state).await;
     result
+}
+
+/// How long the last write of key usage may take on the way out: a database that does
+/// not answer must not keep the process from stopping.
+pub const FINAL_FLUSH_LIMIT: std::time::Duration = std::time::Duration::from_secs(4);
+
+/// Writes pending key usage before stopping, retrying a transient failure (a deadlock
+/// with another instance, a busy file) until [`FINAL_FLUSH_LIMIT`]; what still cannot be
+/// written then is logged as lost.
+async fn final_flush(state: &web::Data<AppState>) {
+    let deadline = tokio::time::Instant::now() + FINAL_FLUSH_LIMIT;
+    let mut last_error = None;
+    while state.usage().pending() > 0 && tokio::time::Instant::now() < deadline {
+        let (usage, store) = (state.usage(), state.store());
+        match tokio::time::timeout_at(deadline, web::block(move || usage.flush(&*store))).await {
+            Ok(Ok(Ok(_))) => return,
+            Ok(Ok(Err(error))) => last_error = Some(error.to_string()),
+            Ok(Err(error)) => last_error = Some(error.to_string()),
+            Err(_) => last_error = Some("the database did not answer in time".into()),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    if state.usage().pending() > 0 {
+        tracing::warn!(
+            error = last_error.as_deref().unwrap_or("no time left"),
+            keys = state.usage().pending(),
+            "could not record the last key usage before stopping"
+        );
+    }
 }

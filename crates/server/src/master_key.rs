@@ -41,10 +41,10 @@ pub fn resolve(
     }
     match read(path) {
         Ok(key) => Ok((key, Origin::File(path.to_owned()))),
-        Err(error) if error.kind() == io::ErrorKind::NotFound => {
-            let key = generate(path)?;
-            Ok((key, Origin::Generated(path.to_owned())))
-        }
+        Err(error) if error.kind() == io::ErrorKind::NotFound => match generate(path)? {
+            Generated::Ours(key) => Ok((key, Origin::Generated(path.to_owned()))),
+            Generated::Theirs => Ok((read(path)?, Origin::File(path.to_owned()))),
+        },
         Err(error) => Err(error),
     }
 }
@@ -72,11 +72,40 @@ fn read(path: &Path) -> io::Result<SecretString> {
     Ok(key.into())
 }
 
-fn generate(path: &Path) -> io::Result<SecretString> {
+/// Who generated the key file.
+enum Generated {
+    /// This start did, and this is the key.
+    Ours(SecretString),
+    /// Another start sharing the folder got there first; its file is complete.
+    Theirs,
+}
+
+/// Writes a new key to a file of its own, then links it into place, which fails if the
+/// file exists: so the key file appears whole or not at all, and of several starts at
+/// once exactly one writes it while the others read it.
+fn generate(path: &Path) -> io::Result<Generated> {
     if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
         fs::create_dir_all(dir)?;
     }
     let key = PlainKey::generate().map_err(io::Error::other)?;
+    static DRAFTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let draft = path.with_file_name(format!(
+        ".{FILE_NAME}.{}.{}",
+        std::process::id(),
+        DRAFTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    write_private(&draft, key.expose())?;
+    let linked = fs::hard_link(&draft, path);
+    let _ = fs::remove_file(&draft);
+    match linked {
+        Ok(()) => Ok(Generated::Ours(key.expose().into())),
+        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => Ok(Generated::Theirs),
+        Err(error) => Err(error),
+    }
+}
+
+/// Creates `path` (which must not exist) readable by its owner only, holding `key`.
+fn write_private(path: &Path, key: &str) -> io::Result<()> {
     let mut options = fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -85,9 +114,8 @@ fn generate(path: &Path) -> io::Result<SecretString> {
         options.mode(0o600);
     }
     let mut file = options.open(path)?;
-    writeln!(file, "{}", key.expose())?;
-    file.sync_all()?;
-    Ok(key.expose().into())
+    writeln!(file, "{key}")?;
+    file.sync_all()
 }
 
 #[cfg(test)]
@@ -126,6 +154,34 @@ mod tests {
         assert!(matches!(origin, Origin::Configured));
         assert_eq!(key.expose_secret(), "configured");
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn concurrent_first_starts_share_one_key() {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join(FILE_NAME);
+            let starts: Vec<_> = (0..4)
+                .map(|_| {
+                    let path = path.clone();
+                    std::thread::spawn(move || resolve(None, &path).map(|(key, _)| key))
+                })
+                .collect();
+            let keys: Vec<String> = starts
+                .into_iter()
+                .map(|start| {
+                    start
+                        .join()
+                        .expect("no panic")
+                        .expect("every start gets the key")
+                        .expose_secret()
+                        .to_owned()
+                })
+                .collect();
+            assert!(keys.iter().all(|key| *key == keys[0]), "one key for all");
+            let files = fs::read_dir(dir.path()).expect("list").count();
+            assert_eq!(files, 1, "no draft is left behind");
+        }
     }
 
     #[test]

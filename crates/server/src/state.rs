@@ -19,6 +19,11 @@ use crate::settings::Settings;
 use crate::throttle::Throttle;
 use crate::usage::UsageRecorder;
 
+/// What a storage call may take beyond `database.pool_timeout_ms` before the caller is
+/// answered 503: the database's own timeouts fire at the pool timeout, and their answer
+/// should win.
+const STORAGE_GRACE: Duration = Duration::from_millis(250);
+
 /// The longest key text looked at: anything longer is refused before it is hashed.
 pub const MAX_PRESENTED_KEY: usize = 512;
 
@@ -31,6 +36,8 @@ pub struct AppState {
     /// Storage calls in flight at once: no more than the pool has connections, so
     /// waiting happens here, cheaply, rather than in blocked threads.
     storage_slots: Semaphore,
+    /// How long a storage call may take, waiting included: `database.pool_timeout_ms`.
+    storage_timeout: Duration,
     /// Bumped by every change, so a lookup that raced it does not cache what it read.
     invalidations: AtomicU64,
     /// When this state was made: the origin of [`Self::feed_read_ms`].
@@ -109,6 +116,7 @@ impl AppState {
                 .time_to_live(auth.cache_ttl())
                 .build(),
             storage_slots: Semaphore::new(settings.database.pool_size.max(1) as usize),
+            storage_timeout: settings.database.pool_timeout(),
             invalidations: AtomicU64::new(0),
             started: Instant::now(),
             feed_read_ms: AtomicU64::new(0),
@@ -205,19 +213,29 @@ impl AppState {
         self.usage.clone()
     }
 
-    /// Runs a blocking storage call on the blocking pool, never on an async worker.
+    /// Runs a blocking storage call on the blocking pool, never on an async worker, and
+    /// answers within `database.pool_timeout_ms` (and a little): waiting for a storage
+    /// slot, for a connection and for the database all count against it, so a locked
+    /// table or a frozen server is a 503, never a hang. A call still running when time
+    /// is up finishes (or fails by its own timeouts) on its own thread.
     pub async fn with_store<T: Send + 'static>(
         &self,
         call: impl FnOnce(&dyn KeyStore) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, ApiError> {
-        let _slot = self
-            .storage_slots
-            .acquire()
-            .await
-            .map_err(|_| ApiError::Internal)?;
+        let deadline = tokio::time::Instant::now() + self.storage_timeout + STORAGE_GRACE;
+        let Ok(slot) = tokio::time::timeout_at(deadline, self.storage_slots.acquire()).await else {
+            tracing::warn!("no storage slot freed up in time");
+            return Err(ApiError::Unavailable);
+        };
+        let _slot = slot.map_err(|_| ApiError::Internal)?;
         let store = self.store.clone();
-        web::block(move || call(&*store))
-            .await
+        let Ok(outcome) =
+            tokio::time::timeout_at(deadline, web::block(move || call(&*store))).await
+        else {
+            tracing::warn!("the database did not answer in time");
+            return Err(ApiError::Unavailable);
+        };
+        outcome
             .map_err(|error| {
                 tracing::error!(%error, "blocking storage call failed");
                 ApiError::Internal
@@ -232,11 +250,16 @@ impl AppState {
         &self,
         call: impl FnOnce(&dyn KeyStore) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, ApiError> {
-        if self.store.reads_are_local() {
-            call(&*self.store).map_err(ApiError::from)
-        } else {
-            self.with_store(call).await
+        // Only with a free slot and an idle connection at hand: a worker thread must
+        // never wait for the pool, or every request it serves (health checks included)
+        // would wait with it.
+        if self.store.reads_are_local()
+            && let Ok(_slot) = self.storage_slots.try_acquire()
+            && self.store.pool_state().is_some_and(|(_, idle)| idle > 0)
+        {
+            return call(&*self.store).map_err(ApiError::from);
         }
+        self.with_store(call).await
     }
 
     /// Resolves the key a request presented into the caller it stands for: one blake3

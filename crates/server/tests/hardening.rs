@@ -10,6 +10,7 @@ use std::time::Instant;
 use actix_web::http::Method;
 use actix_web::test::TestRequest;
 use futures_util::future::join_all;
+use keygate_storage::test_support::Lock;
 use keygate_storage::test_support::TestDatabase;
 use serde_json::json;
 use support::{CountingStore, MASTER, key_request, start, start_observed, text};
@@ -21,6 +22,8 @@ on_both_backends!(
     repeated_bad_keys_are_throttled_per_address,
     the_throttle_follows_the_original_client_through_a_trusted_gateway,
     lifetimes_are_bounded_by_configuration,
+    a_locked_database_answers_503_within_the_pool_timeout,
+    a_revoke_that_commits_late_is_seen_by_every_instance,
 );
 
 /// A small deterministic generator, so a failure can be replayed.
@@ -620,5 +623,108 @@ async fn a_key_header_sent_twice_is_refused() {
         let reply = app.send(request).await;
         reply.assert_error(400, "GEN_VALIDATION_ERROR");
         assert_eq!(reply.json["error_detail"]["details"]["field"], name);
+    }
+}
+
+async fn a_locked_database_answers_503_within_the_pool_timeout(db: TestDatabase) {
+    let app = support::start_with(db, |settings| settings.database.pool_timeout_ms = 500).await;
+    let (cached, _) = app.new_key("alice", &["ledgers:read"]).await;
+    let ask = || {
+        TestRequest::get()
+            .uri("/forward-auth")
+            .insert_header(("X-Original-Method", "GET"))
+            .insert_header(("X-Original-URI", "/ledgers"))
+            .insert_header(("X-Blnk-Key", cached.clone()))
+    };
+    assert_eq!(app.send(ask()).await.status, 204, "now held in memory");
+    let lock = app.db().hold_lock(Lock::Table);
+    let started = Instant::now();
+    let reply = app
+        .call(
+            Method::POST,
+            "/api-keys",
+            Some(MASTER),
+            Some(key_request("alice", &["ledgers:read"])),
+        )
+        .await;
+    let waited = started.elapsed();
+    reply.assert_error(503, "GEN_SERVICE_UNAVAILABLE");
+    assert!(reply.headers.contains_key("retry-after"));
+    assert!(
+        waited < std::time::Duration::from_millis(1500),
+        "answered after {waited:?}, beyond the pool timeout and a second"
+    );
+    let started = Instant::now();
+    assert_eq!(
+        app.call(Method::GET, "/health", None, None).await.status,
+        200
+    );
+    assert_eq!(
+        app.send(ask()).await.status,
+        204,
+        "a cached key needs no database"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_millis(500));
+    drop(lock);
+    let reply = app
+        .call(
+            Method::POST,
+            "/api-keys",
+            Some(MASTER),
+            Some(key_request("alice", &["ledgers:read"])),
+        )
+        .await;
+    assert_eq!(
+        reply.status, 201,
+        "serves again once the lock is gone: {}",
+        reply.json
+    );
+}
+
+async fn a_revoke_that_commits_late_is_seen_by_every_instance(db: TestDatabase) {
+    // Longer than the old feed's 5 s look-back, shorter than the pool timeout.
+    let held = std::time::Duration::from_secs(6);
+    let app = support::start_with(db, |settings| settings.database.pool_timeout_ms = 10_000).await;
+    let peer = support::start_peer(app.db()).await;
+    let (key, id) = app.new_key("alice", &["ledgers:read"]).await;
+    assert_eq!(
+        peer.call(Method::GET, "/api-keys", Some(&key), None)
+            .await
+            .status,
+        403,
+        "the peer holds the key (it may not list keys)"
+    );
+    let lock = app.db().hold_lock(Lock::Row(&id));
+    let revoke = async {
+        let reply = app
+            .call(
+                Method::DELETE,
+                &format!("/api-keys/{id}?owner=alice"),
+                Some(MASTER),
+                None,
+            )
+            .await;
+        assert_eq!(reply.status, 204, "{}", reply.json);
+        Instant::now()
+    };
+    let release = async {
+        actix_web::rt::time::sleep(held).await;
+        drop(lock);
+    };
+    let (revoked_at, ()) = futures_util::future::join(revoke, release).await;
+    loop {
+        let status = peer
+            .call(Method::GET, "/api-keys", Some(&key), None)
+            .await
+            .status;
+        if status == 401 {
+            break;
+        }
+        assert_eq!(status, 403);
+        assert!(
+            revoked_at.elapsed() < std::time::Duration::from_secs(1),
+            "the peer still accepts the key a second after the 204"
+        );
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }

@@ -123,26 +123,39 @@ impl Database {
                     .connection_timeout(options.connection_timeout)
                     .min_idle(Some(options.min_idle))
                     .test_on_check_out(false)
-                    .connection_customizer(Box::new(SqliteSettings))
+                    .connection_customizer(Box::new(SqliteSettings {
+                        busy_timeout: options.connection_timeout,
+                    }))
                     .build(manager)
                     .map_err(unavailable)?;
                 let mut conn = pool.get().map_err(unavailable)?;
-                conn.run_pending_migrations(SQLITE_MIGRATIONS)
-                    .map_err(|e| StoreError::Internal(format!("migrating: {e}")))?;
+                // One exclusive transaction around all migrations: instances starting
+                // together on a new file take turns instead of creating the same table.
+                conn.exclusive_transaction(|conn| {
+                    conn.run_pending_migrations(SQLITE_MIGRATIONS).map(drop)
+                })
+                .map_err(|e: Box<dyn std::error::Error + Send + Sync>| {
+                    StoreError::Internal(format!("migrating: {e}"))
+                })?;
                 drop(conn);
                 Pools::Sqlite(pool)
             }
             DatabaseUrl::Postgres(url) => {
-                let manager = ConnectionManager::<PgConnection>::new(url);
+                let manager =
+                    ConnectionManager::<PgConnection>::new(with_connect_timeout(url, options));
+                let timeouts = PostgresSettings {
+                    timeout: options.connection_timeout,
+                };
                 let pool = Pool::builder()
                     .max_size(options.max_size)
                     .connection_timeout(options.connection_timeout)
                     .min_idle(Some(options.min_idle))
                     .test_on_check_out(false)
+                    .connection_customizer(Box::new(timeouts))
                     .build(manager)
                     .map_err(unavailable)?;
                 let mut conn = pool.get().map_err(unavailable)?;
-                migrate_postgres(&mut conn)?;
+                migrate_postgres(&mut conn, &timeouts)?;
                 drop(conn);
                 Pools::Postgres(pool)
             }
@@ -176,7 +189,26 @@ fn create_private(path: &std::path::Path) -> std::io::Result<()> {
     options.open(path).map(drop)
 }
 
-fn migrate_postgres(conn: &mut PgConnection) -> Result<(), StoreError> {
+/// `url` with libpq's `connect_timeout` (whole seconds, at least 2) set from the pool's
+/// timeout, unless the URL sets one: a server that does not answer must not hold a
+/// caller longer than that.
+fn with_connect_timeout(url: &str, options: &PoolOptions) -> String {
+    if url.contains("connect_timeout=") {
+        return url.to_owned();
+    }
+    let seconds = options.connection_timeout.as_secs_f64().ceil().max(2.0);
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}connect_timeout={seconds}")
+}
+
+fn migrate_postgres(
+    conn: &mut PgConnection,
+    timeouts: &PostgresSettings,
+) -> Result<(), StoreError> {
+    // Migrating (and waiting for another instance to finish migrating) may take longer
+    // than a request may wait.
+    conn.batch_execute("SET statement_timeout = 0; SET lock_timeout = 0")
+        .map_err(query_error)?;
     diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))
         .execute(conn)
         .map_err(query_error)?;
@@ -187,23 +219,51 @@ fn migrate_postgres(conn: &mut PgConnection) -> Result<(), StoreError> {
     diesel::sql_query(format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})"))
         .execute(conn)
         .map_err(query_error)?;
+    conn.batch_execute(&timeouts.statements())
+        .map_err(query_error)?;
     migrated
 }
 
+/// Per-connection PostgreSQL settings: no statement runs, and no lock is waited for,
+/// longer than the pool's timeout, so a locked table or a stuck server costs a caller a
+/// bounded wait and an error, never a hang.
+#[derive(Debug, Clone, Copy)]
+struct PostgresSettings {
+    timeout: Duration,
+}
+
+impl PostgresSettings {
+    fn statements(&self) -> String {
+        let ms = self.timeout.as_millis().max(1);
+        format!("SET statement_timeout = {ms}; SET lock_timeout = {ms}")
+    }
+}
+
+impl CustomizeConnection<PgConnection, diesel::r2d2::Error> for PostgresSettings {
+    fn on_acquire(&self, conn: &mut PgConnection) -> Result<(), diesel::r2d2::Error> {
+        conn.batch_execute(&self.statements())
+            .map_err(diesel::r2d2::Error::QueryError)
+    }
+}
+
 /// Per-connection SQLite settings: WAL so readers never wait for a writer, a busy
-/// timeout so concurrent writers queue instead of failing, and FULL synchronous so a
-/// committed key survives a crash of the process or the machine.
+/// timeout (the pool's) so concurrent writers queue for a bounded time instead of
+/// failing at once or waiting forever, and FULL synchronous so a committed key survives
+/// a crash of the process or the machine.
 #[derive(Debug)]
-struct SqliteSettings;
+struct SqliteSettings {
+    busy_timeout: Duration,
+}
 
 impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqliteSettings {
     fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), diesel::r2d2::Error> {
-        conn.batch_execute(
-            "PRAGMA busy_timeout = 5000;
+        conn.batch_execute(&format!(
+            "PRAGMA busy_timeout = {};
              PRAGMA journal_mode = WAL;
              PRAGMA synchronous = FULL;
              PRAGMA foreign_keys = ON;",
-        )
+            self.busy_timeout.as_millis().max(1)
+        ))
         .map_err(diesel::r2d2::Error::QueryError)
     }
 }
@@ -211,6 +271,16 @@ impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqliteSettin
 fn unavailable(error: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(error.to_string())
 }
+
+/// Messages of errors that mean "the database is busy or stuck, try again shortly":
+/// SQLite's busy timeout, and PostgreSQL's statement and lock timeouts and deadlocks.
+const TRANSIENT: [&str; 5] = [
+    "database is locked",
+    "database is busy",
+    "canceling statement due to statement timeout",
+    "canceling statement due to lock timeout",
+    "deadlock detected",
+];
 
 fn query_error(error: DieselError) -> StoreError {
     match error {
@@ -221,6 +291,14 @@ fn query_error(error: DieselError) -> StoreError {
             DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
             info,
         ) => StoreError::Unavailable(info.message().to_owned()),
+        DieselError::DatabaseError(DatabaseErrorKind::SerializationFailure, info) => {
+            StoreError::Unavailable(info.message().to_owned())
+        }
+        DieselError::DatabaseError(_, info)
+            if TRANSIENT.iter().any(|text| info.message().contains(text)) =>
+        {
+            StoreError::Unavailable(info.message().to_owned())
+        }
         other => StoreError::Internal(other.to_string()),
     }
 }
@@ -535,9 +613,25 @@ impl KeyStore for Database {
                 .map_err(query_error)
             }
             Pools::Postgres(pool) => {
+                // Instances flushing overlapping batches lock the rows in one order, the
+                // keys' ids, so that no two of them can wait on each other.
+                let mut uses = uses.to_vec();
+                uses.sort_by(|a, b| a.0.cmp(&b.0));
                 let mut conn = pool.get().map_err(unavailable)?;
                 conn.transaction(|conn| {
                     uses.chunks(LAST_USED_CHUNK).try_fold(0, |changed, chunk| {
+                        let placeholders: Vec<String> =
+                            (1..=chunk.len()).map(|i| format!("${i}")).collect();
+                        let lock = format!(
+                            "SELECT api_key_id FROM api_keys WHERE api_key_id IN ({}) \
+                             ORDER BY api_key_id FOR UPDATE",
+                            placeholders.join(", ")
+                        );
+                        let mut locking = diesel::sql_query(lock).into_boxed();
+                        for (id, _) in chunk {
+                            locking = locking.bind::<Text, _>(id.as_str());
+                        }
+                        locking.execute(conn)?;
                         let sql = last_used_sql(chunk.len(), |i| {
                             format!("(${}, ${})", 2 * i + 1, 2 * i + 2)
                         });

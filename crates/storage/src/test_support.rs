@@ -90,6 +90,73 @@ impl TestDatabase {
     }
 }
 
+/// What [`TestDatabase::hold_lock`] locks.
+#[derive(Debug, Clone, Copy)]
+pub enum Lock<'a> {
+    /// The whole `api_keys` table (PostgreSQL: ACCESS EXCLUSIVE, so even reads wait).
+    Table,
+    /// One key's row (PostgreSQL: FOR UPDATE, so changes to it wait).
+    Row(&'a str),
+}
+
+/// A lock held by another connection, as another process would hold it; released when
+/// dropped.
+pub struct HeldLock {
+    release: Option<std::sync::mpsc::Sender<()>>,
+    holder: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for HeldLock {
+    fn drop(&mut self) {
+        drop(self.release.take());
+        if let Some(holder) = self.holder.take() {
+            let _ = holder.join();
+        }
+    }
+}
+
+impl TestDatabase {
+    /// Takes `lock` on another connection and holds it until the guard is dropped. On
+    /// SQLite either lock is the database's write lock (`BEGIN IMMEDIATE`).
+    pub fn hold_lock(&self, lock: Lock<'_>) -> HeldLock {
+        use diesel::connection::SimpleConnection;
+        let sql = match (&self.cleanup, lock) {
+            (Cleanup::Sqlite(..), _) => "BEGIN IMMEDIATE".to_owned(),
+            (Cleanup::Postgres { .. }, Lock::Table) => {
+                "BEGIN; LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE".to_owned()
+            }
+            (Cleanup::Postgres { .. }, Lock::Row(id)) => format!(
+                "BEGIN; SELECT 1 FROM api_keys WHERE api_key_id = '{}' FOR UPDATE",
+                id.replace('\'', "''")
+            ),
+        };
+        let (url, sqlite) = match &self.cleanup {
+            Cleanup::Sqlite(_, path) => (path.to_string_lossy().into_owned(), true),
+            Cleanup::Postgres { .. } => (self.url_string.clone(), false),
+        };
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let (locked, is_locked) = std::sync::mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            let hold = |conn: &mut dyn SimpleConnection| {
+                conn.batch_execute(&sql).expect("take the lock");
+                let _ = locked.send(());
+                let _ = released.recv();
+                conn.batch_execute("COMMIT").expect("release the lock");
+            };
+            if sqlite {
+                hold(&mut diesel::SqliteConnection::establish(&url).expect("a second connection"));
+            } else {
+                hold(&mut PgConnection::establish(&url).expect("a second connection"));
+            }
+        });
+        is_locked.recv().expect("the lock is held");
+        HeldLock {
+            release: Some(release),
+            holder: Some(holder),
+        }
+    }
+}
+
 impl Drop for TestDatabase {
     fn drop(&mut self) {
         if let Cleanup::Postgres { server, schema } = &self.cleanup

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Duration, SubsecRound, Utc};
 use keygate_core::{Actor, ApiKey, ApiKeyId, KeySpec, KeyStore, NewEvent, PlainKey, StoreError};
-use keygate_storage::test_support::TestDatabase;
+use keygate_storage::test_support::{Lock, TestDatabase};
 use keygate_storage::{Database, PoolOptions};
 
 fn open(test_db: &TestDatabase) -> Database {
@@ -343,41 +343,6 @@ fn the_change_feed_returns_every_change_after_its_cursor() {
     });
 }
 
-/// Holds the write lock on `test_db` (SQLite) or the row lock on `id` (PostgreSQL) from
-/// another connection until the returned sender is dropped or sent to.
-fn hold_lock(test_db: &TestDatabase, id: &ApiKeyId) -> std::sync::mpsc::Sender<()> {
-    use diesel::connection::SimpleConnection;
-    use diesel::prelude::*;
-    let (release, released) = std::sync::mpsc::channel::<()>();
-    let (locked, is_locked) = std::sync::mpsc::channel::<()>();
-    let url = test_db.url_string.clone();
-    let path = test_db.sqlite_path().map(std::path::Path::to_owned);
-    let id = id.as_str().to_owned();
-    std::thread::spawn(move || {
-        let lock = |conn: &mut dyn SimpleConnection, sql: &str| {
-            conn.batch_execute(sql).expect("take the lock");
-            locked.send(()).expect("tell the test");
-            let _ = released.recv();
-            conn.batch_execute("COMMIT").expect("release the lock");
-        };
-        match path {
-            Some(path) => {
-                let mut conn = diesel::SqliteConnection::establish(&path.to_string_lossy())
-                    .expect("a second SQLite connection");
-                lock(&mut conn, "BEGIN IMMEDIATE");
-            }
-            None => {
-                let mut conn = diesel::PgConnection::establish(&url).expect("a second connection");
-                let sql =
-                    format!("BEGIN; SELECT 1 FROM api_keys WHERE api_key_id = '{id}' FOR UPDATE");
-                lock(&mut conn, &sql);
-            }
-        }
-    });
-    is_locked.recv().expect("the lock is held");
-    release
-}
-
 #[test]
 fn a_commit_delayed_behind_a_lock_is_read_after_the_cursor_taken_while_it_waited() {
     for test_db in TestDatabase::all() {
@@ -385,7 +350,7 @@ fn a_commit_delayed_behind_a_lock_is_read_after_the_cursor_taken_while_it_waited
         let (plain, key) = new_key("alice", &["ledgers:read"], now());
         db.insert(&key, &Actor::Master).expect("insert");
         let before = db.changes_after(None).expect("feed").next;
-        let release = hold_lock(&test_db, &key.id);
+        let release = test_db.hold_lock(Lock::Row(key.id.as_str()));
         let revoking = {
             let (db, id) = (db.clone(), key.id.clone());
             // Stamped now, committed well after: the stamp must not matter.
@@ -517,4 +482,70 @@ fn rotate_stores_the_successor_and_cuts_the_old_expiry() {
             "the rotated key is in the feed"
         );
     });
+}
+
+#[test]
+fn instances_flushing_overlapping_usage_never_deadlock() {
+    for test_db in TestDatabase::all() {
+        let db = std::sync::Arc::new(open(&test_db));
+        let start = now();
+        let ids: Vec<ApiKeyId> = (0..300)
+            .map(|i| {
+                let (_, key) = new_key(&format!("owner_{}", i % 5), &["ledgers:read"], start);
+                db.insert(&key, &Actor::Master).expect("insert");
+                key.id
+            })
+            .collect();
+        let flushers: Vec<_> = (0..3u64)
+            .map(|instance| {
+                let (db, mut ids) = (db.clone(), ids.clone());
+                std::thread::spawn(move || {
+                    let mut state = 0x9e37_79b9_7f4a_7c15 ^ (instance + 1);
+                    for round in 0..15 {
+                        // Each instance writes the same keys in its own order.
+                        for i in (1..ids.len()).rev() {
+                            state ^= state << 13;
+                            state ^= state >> 7;
+                            state ^= state << 17;
+                            ids.swap(i, (state % (i as u64 + 1)) as usize);
+                        }
+                        let at = start + Duration::milliseconds(round * 10 + instance as i64);
+                        let uses: Vec<(ApiKeyId, DateTime<Utc>)> =
+                            ids.iter().map(|id| (id.clone(), at)).collect();
+                        db.record_last_used(&uses)
+                            .unwrap_or_else(|e| panic!("round {round} of {instance}: {e}"));
+                    }
+                })
+            })
+            .collect();
+        for flusher in flushers {
+            flusher.join().expect("no flush failed");
+        }
+    }
+}
+
+#[test]
+fn a_locked_sqlite_file_is_unavailable_after_the_pool_timeout_not_an_error() {
+    let test_db = TestDatabase::sqlite();
+    let options = PoolOptions {
+        connection_timeout: std::time::Duration::from_millis(300),
+        ..PoolOptions::default()
+    };
+    let db = Database::connect(&test_db.url, &options).expect("opens");
+    let (_, key) = new_key("alice", &["ledgers:read"], now());
+    let release = test_db.hold_lock(Lock::Row(key.id.as_str()));
+    let started = std::time::Instant::now();
+    let outcome = db.insert(&key, &Actor::Master);
+    let waited = started.elapsed();
+    assert!(
+        matches!(outcome, Err(StoreError::Unavailable(_))),
+        "{outcome:?}"
+    );
+    assert!(
+        waited >= std::time::Duration::from_millis(250),
+        "{waited:?}"
+    );
+    drop(release);
+    db.insert(&key, &Actor::Master)
+        .expect("writes again once the lock is gone");
 }
