@@ -207,22 +207,25 @@ pub const FINAL_FLUSH_LIMIT: std::time::Duration = std::time::Duration::from_sec
 /// written then is logged as lost.
 async fn final_flush(state: &web::Data<AppState>) {
     let deadline = tokio::time::Instant::now() + FINAL_FLUSH_LIMIT;
-    let mut last_error = None;
-    while state.usage().pending() > 0 && tokio::time::Instant::now() < deadline {
+    let mut error = String::from("no time left");
+    let mut keys = state.usage().pending();
+    while keys > 0 && tokio::time::Instant::now() < deadline {
         let (usage, store) = (state.usage(), state.store());
         match tokio::time::timeout_at(deadline, web::block(move || usage.flush(&*store))).await {
             Ok(Ok(Ok(_))) => return,
-            Ok(Ok(Err(error))) => last_error = Some(error.to_string()),
-            Ok(Err(error)) => last_error = Some(error.to_string()),
-            Err(_) => last_error = Some("the database did not answer in time".into()),
+            // A failed batch is pending again: try once more.
+            Ok(Ok(Err(failure))) => error = failure.to_string(),
+            Ok(Err(failure)) => error = failure.to_string(),
+            // The batch is stuck with the call that took it.
+            Err(_) => {
+                error = "the database did not answer in time".into();
+                break;
+            }
         }
+        keys = state.usage().pending();
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    if state.usage().pending() > 0 {
-        tracing::warn!(
-            error = last_error.as_deref().unwrap_or("no time left"),
-            keys = state.usage().pending(),
-            "could not record the last key usage before stopping"
-        );
+    if keys > 0 {
+        tracing::warn!(%error, keys, "could not record the last key usage before stopping");
     }
 }

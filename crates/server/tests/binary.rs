@@ -263,3 +263,68 @@ fn with_secure_mode_off_the_warning_reaches_stderr_whatever_the_log_level() {
     let log = log(dir.path());
     assert!(log.contains("SECURE MODE IS OFF"), "{log:?}");
 }
+
+#[test]
+fn three_simultaneous_first_starts_all_serve_with_one_master_key() {
+    for round in 0..10 {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let mut children: Vec<std::process::Child> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, port)| {
+                let stderr = std::fs::File::create(dir.path().join(format!("stderr-{i}.log")))
+                    .expect("a log file");
+                Command::new(env!("CARGO_BIN_EXE_keygate"))
+                    .current_dir(dir.path())
+                    .env_clear()
+                    .env("KEYGATE_SERVER__PORT", port.to_string())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(stderr)
+                    .spawn()
+                    .expect("the binary starts")
+            })
+            .collect();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        for (i, port) in ports.iter().enumerate() {
+            while support::process::http(*port, "GET", "/health", None, None).is_none() {
+                if let Ok(Some(status)) = children[i].try_wait() {
+                    let log = std::fs::read_to_string(dir.path().join(format!("stderr-{i}.log")));
+                    panic!("round {round}: start {i} exited with {status}: {log:?}");
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "round {round}: start {i} hangs"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+        let master = std::fs::read_to_string(dir.path().join("keygate-master.key"))
+            .expect("one master key file");
+        for port in &ports {
+            let (status, body) = support::process::http(
+                *port,
+                "GET",
+                "/api-keys?owner=me",
+                Some(master.trim()),
+                None,
+            )
+            .expect("answers");
+            assert_eq!(
+                status, 200,
+                "round {round}: every start uses the same key: {body}"
+            );
+        }
+        for child in &mut children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let leftovers: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .filter_map(Result::ok)
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with(".keygate-master"))
+            .collect();
+        assert!(leftovers.is_empty(), "drafts left: {leftovers:?}");
+    }
+}

@@ -447,3 +447,315 @@ fn a_database_outage_gives_503_and_the_same_process_recovers() {
     );
     assert_eq!(status, 201, "{created}");
 }
+
+/// The private server's processes (the postmaster and its children), stopped with SIGSTOP
+/// as a frozen machine would be, and resumed when dropped.
+struct Frozen(Vec<String>);
+
+impl Frozen {
+    fn freeze(postgres: &PrivatePostgres) -> Self {
+        let pid_file = std::fs::read_to_string(postgres.data.join("postmaster.pid"))
+            .expect("the postmaster's pid file");
+        let postmaster = pid_file
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        let mut pids = vec![postmaster.clone()];
+        for entry in std::fs::read_dir("/proc")
+            .expect("/proc")
+            .filter_map(Result::ok)
+        {
+            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            let parent = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1));
+            if parent == Some(postmaster.as_str()) {
+                pids.push(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        assert!(pids.len() > 1, "the postmaster has children to freeze");
+        signal("-STOP", &pids);
+        Frozen(pids)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        signal("-CONT", &self.0);
+    }
+}
+
+/// Signals each of `pids`; the first (the postmaster) must receive it, a child may
+/// have exited meanwhile.
+fn signal(signal: &str, pids: &[String]) {
+    for (index, pid) in pids.iter().enumerate() {
+        let status = Command::new("kill").args([signal, pid]).status();
+        assert!(
+            index > 0 || status.is_ok_and(|s| s.success()),
+            "kill {signal} {pid}"
+        );
+    }
+}
+
+/// Asserts that `request` answers 503 within `within`.
+fn unavailable_within(within: Duration, request: impl FnOnce() -> (u16, String)) {
+    let asked = Instant::now();
+    let (status, body) = request();
+    let waited = asked.elapsed();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("GEN_SERVICE_UNAVAILABLE"), "{body}");
+    assert!(waited < within, "answered after {waited:?}");
+}
+
+#[test]
+fn a_locked_or_frozen_database_gives_503_in_time_and_a_stop_stays_bounded() {
+    let Some(postgres) = PrivatePostgres::create() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The bound under test: the pool timeout, and a second.
+    let bound = Duration::from_millis(1000) + Duration::from_secs(1);
+    let server = start(
+        dir.path(),
+        &postgres.url(),
+        &[
+            ("KEYGATE_DATABASE__POOL_TIMEOUT_MS", "1000"),
+            ("KEYGATE_AUTH__LAST_USED_FLUSH_MS", "3600000"),
+        ],
+    );
+    let (status, created) = server.request(
+        "POST",
+        "/api-keys",
+        Some(MASTER),
+        Some(&create_body("alice", "\"api-keys:read\"")),
+    );
+    assert_eq!(status, 201, "{created}");
+    let key = field(&created, "key");
+    assert_eq!(server.request("GET", "/api-keys", Some(&key), None).0, 200);
+
+    let mut locker = Command::new("psql")
+        .arg(postgres.url())
+        .args([
+            "-qc",
+            "BEGIN; LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(4); COMMIT;",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("psql runs");
+    std::thread::sleep(Duration::from_millis(500));
+    unavailable_within(bound, || {
+        server.request("GET", "/api-keys?owner=alice", Some(MASTER), None)
+    });
+    unavailable_within(bound, || {
+        server.request(
+            "POST",
+            "/api-keys",
+            Some(MASTER),
+            Some(&create_body("alice", "\"ledgers:read\"")),
+        )
+    });
+    let _ = locker.wait();
+
+    let frozen = Frozen::freeze(&postgres);
+    for _ in 0..3 {
+        unavailable_within(bound, || {
+            server.request("GET", "/api-keys?owner=alice", Some(MASTER), None)
+        });
+    }
+    let asked = Instant::now();
+    assert_eq!(server.request("GET", "/health", None, None).0, 200);
+    assert!(
+        asked.elapsed() < Duration::from_millis(500),
+        "health waited"
+    );
+
+    // Stopping with usage pending and the database frozen: bounded, and said.
+    let stopping = Instant::now();
+    let _ = Command::new("kill")
+        .args(["-TERM", &server.pid().to_string()])
+        .status();
+    let status = server.wait();
+    assert!(
+        stopping.elapsed() < Duration::from_secs(15),
+        "stopped after {:?}",
+        stopping.elapsed()
+    );
+    assert!(status.success(), "{status}");
+    drop(frozen);
+    assert!(
+        log(dir.path()).contains("could not record the last key usage"),
+        "the lost usage is said: {}",
+        log(dir.path())
+            .lines()
+            .filter(|line| !line.contains("INFO request"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+/// Builds a shared object that moves the wall clock (`CLOCK_REALTIME`) of a process it
+/// is preloaded into by `KEYGATE_TEST_CLOCK_SKEW_S` seconds, as on a machine whose clock
+/// is off. `None` (having said so) without a C compiler.
+fn clock_shim(dir: &Path) -> Option<PathBuf> {
+    let source = dir.join("skew.c");
+    std::fs::write(
+        &source,
+        r#"#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdlib.h>
+#include <time.h>
+int clock_gettime(clockid_t id, struct timespec *ts) {
+    static int (*real)(clockid_t, struct timespec *);
+    if (!real) real = (int (*)(clockid_t, struct timespec *))dlsym(RTLD_NEXT, "clock_gettime");
+    int rc = real(id, ts);
+    const char *skew = getenv("KEYGATE_TEST_CLOCK_SKEW_S");
+    if (rc == 0 && skew && (id == CLOCK_REALTIME || id == CLOCK_REALTIME_COARSE)) ts->tv_sec += atol(skew);
+    return rc;
+}
+"#,
+    )
+    .expect("write the shim");
+    let shim = dir.join("skew.so");
+    let built = Command::new("gcc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&shim)
+        .arg(&source)
+        .arg("-ldl")
+        .status()
+        .is_ok_and(|status| status.success());
+    if !built {
+        assert!(std::env::var_os("CI").is_none(), "gcc is required in CI");
+        eprintln!("skipped: skewed-clock test (no gcc)");
+        return None;
+    }
+    Some(shim)
+}
+
+/// Polls `/forward-auth` with `key` until it is refused; how long after `since` that was.
+fn refused_after(server: &Running, key: &str, since: Instant) -> Duration {
+    loop {
+        let headers = [
+            ("X-Blnk-Key", key),
+            ("X-Original-Method", "GET"),
+            ("X-Original-URI", "/ledgers"),
+        ];
+        let (status, body) =
+            support::process::http_from(None, server.port, "GET", "/forward-auth", &headers, None)
+                .expect("keygate answers");
+        if status == 401 {
+            return since.elapsed();
+        }
+        assert_eq!(status, 204, "{body}");
+        assert!(
+            since.elapsed() < Duration::from_secs(5),
+            "still accepted after 5 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn revocations_reach_every_instance_whatever_their_clocks_say() {
+    let shim_dir = tempfile::tempdir().expect("tempdir");
+    let Some(shim) = clock_shim(shim_dir.path()) else {
+        return;
+    };
+    let shim = shim.to_string_lossy().into_owned();
+    for db in TestDatabase::all() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let on_time = start(dir.path(), &db.url_string, &[]);
+        let ahead_dir = tempfile::tempdir().expect("tempdir");
+        let ahead = start(
+            ahead_dir.path(),
+            &db.url_string,
+            &[("LD_PRELOAD", &shim), ("KEYGATE_TEST_CLOCK_SKEW_S", "6")],
+        );
+        let (status, probe) = ahead.request(
+            "POST",
+            "/api-keys",
+            Some(MASTER),
+            Some(&create_body("alice", "\"ledgers:read\"")),
+        );
+        assert_eq!(status, 201, "{probe}");
+        let created_at = chrono::DateTime::parse_from_rfc3339(&field(&probe, "created_at"))
+            .expect("a timestamp");
+        assert!(
+            created_at > chrono::Utc::now() + chrono::Duration::seconds(4),
+            "the shim moves the clock: {created_at}"
+        );
+
+        let mut keys = Vec::new();
+        for _ in 0..2 {
+            let (status, created) = on_time.request(
+                "POST",
+                "/api-keys",
+                Some(MASTER),
+                Some(&create_body("alice", "\"ledgers:read\"")),
+            );
+            assert_eq!(status, 201, "{created}");
+            let key = field(&created, "key");
+            for server in [&on_time, &ahead] {
+                assert!(allows(server, &key), "held by both");
+            }
+            keys.push((key, field(&created, "api_key_id")));
+        }
+
+        // Revoked from the command line on a machine 6 s behind.
+        let (key, id) = &keys[0];
+        let output = Command::new(env!("CARGO_BIN_EXE_keygate"))
+            .args(["keys", "revoke", id, "--owner", "alice"])
+            .current_dir(dir.path())
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("KEYGATE_DATABASE__URL", &db.url_string)
+            .env("KEYGATE_SERVER__SECRET_KEY", MASTER)
+            .env("LD_PRELOAD", &shim)
+            .env("KEYGATE_TEST_CLOCK_SKEW_S", "-6")
+            .output()
+            .expect("the CLI runs");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let revoked = Instant::now();
+        for server in [&on_time, &ahead] {
+            let after = refused_after(server, key, revoked);
+            assert!(
+                after < Duration::from_secs(1),
+                "{}: refused after {after:?}",
+                db.url_string
+            );
+        }
+
+        // Revoked on the on-time instance; the instance 6 s ahead must follow.
+        let (key, id) = &keys[1];
+        let (status, body) = on_time.request(
+            "DELETE",
+            &format!("/api-keys/{id}?owner=alice"),
+            Some(MASTER),
+            None,
+        );
+        assert_eq!(status, 204, "{body}");
+        let revoked = Instant::now();
+        let after = refused_after(&ahead, key, revoked);
+        assert!(
+            after < Duration::from_secs(1),
+            "{}: refused after {after:?}",
+            db.url_string
+        );
+    }
+}
+
+/// Whether `server` allows `key` on `/forward-auth` now (so that it is held in memory).
+fn allows(server: &Running, key: &str) -> bool {
+    let headers = [
+        ("X-Blnk-Key", key),
+        ("X-Original-Method", "GET"),
+        ("X-Original-URI", "/ledgers"),
+    ];
+    support::process::http_from(None, server.port, "GET", "/forward-auth", &headers, None)
+        .is_some_and(|(status, _)| status == 204)
+}
