@@ -728,3 +728,44 @@ async fn a_revoke_that_commits_late_is_seen_by_every_instance(db: TestDatabase) 
         actix_web::rt::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+#[actix_web::test]
+async fn cached_keys_are_read_again_once_the_change_feed_is_stale() {
+    // On PostgreSQL a table lock stops the feed (on SQLite readers never wait).
+    let Some(db) = TestDatabase::postgres() else {
+        return;
+    };
+    let app = support::start_with(db, |settings| {
+        settings.database.pool_timeout_ms = 300;
+        settings.auth.max_staleness_ms = 600;
+    })
+    .await;
+    let (cached, _) = app.new_key("alice", &["ledgers:read"]).await;
+    let ask = || {
+        TestRequest::get()
+            .uri("/forward-auth")
+            .insert_header(("X-Original-Method", "GET"))
+            .insert_header(("X-Original-URI", "/ledgers"))
+            .insert_header(("X-Blnk-Key", cached.clone()))
+    };
+    assert_eq!(app.send(ask()).await.status, 204, "now held in memory");
+    let lock = app.db().hold_lock(Lock::Table);
+    assert_eq!(
+        app.send(ask()).await.status,
+        204,
+        "within auth.max_staleness_ms the cached key is trusted"
+    );
+    actix_web::rt::time::sleep(std::time::Duration::from_millis(1200)).await;
+    app.send(ask())
+        .await
+        .assert_error(503, "GEN_SERVICE_UNAVAILABLE");
+    drop(lock);
+    let recovered = Instant::now();
+    while app.send(ask()).await.status != 204 {
+        assert!(
+            recovered.elapsed() < std::time::Duration::from_secs(5),
+            "recovers"
+        );
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
