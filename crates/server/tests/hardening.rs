@@ -629,13 +629,7 @@ async fn a_key_header_sent_twice_is_refused() {
 async fn a_locked_database_answers_503_within_the_pool_timeout(db: TestDatabase) {
     let app = support::start_with(db, |settings| settings.database.pool_timeout_ms = 500).await;
     let (cached, _) = app.new_key("alice", &["ledgers:read"]).await;
-    let ask = || {
-        TestRequest::get()
-            .uri("/forward-auth")
-            .insert_header(("X-Original-Method", "GET"))
-            .insert_header(("X-Original-URI", "/ledgers"))
-            .insert_header(("X-Blnk-Key", cached.clone()))
-    };
+    let ask = || support::forward("GET", "/ledgers", Some(&cached), false);
     assert_eq!(app.send(ask()).await.status, 204, "now held in memory");
     let lock = app.db().hold_lock(Lock::Table);
     let started = Instant::now();
@@ -696,14 +690,7 @@ async fn a_revoke_that_commits_late_is_seen_by_every_instance(db: TestDatabase) 
     );
     let lock = app.db().hold_lock(Lock::Row(&id));
     let revoke = async {
-        let reply = app
-            .call(
-                Method::DELETE,
-                &format!("/api-keys/{id}?owner=alice"),
-                Some(MASTER),
-                None,
-            )
-            .await;
+        let reply = app.revoke(&id, "alice").await;
         assert_eq!(reply.status, 204, "{}", reply.json);
         Instant::now()
     };
@@ -741,13 +728,7 @@ async fn cached_keys_are_read_again_once_the_change_feed_is_stale() {
     })
     .await;
     let (cached, _) = app.new_key("alice", &["ledgers:read"]).await;
-    let ask = || {
-        TestRequest::get()
-            .uri("/forward-auth")
-            .insert_header(("X-Original-Method", "GET"))
-            .insert_header(("X-Original-URI", "/ledgers"))
-            .insert_header(("X-Blnk-Key", cached.clone()))
-    };
+    let ask = || support::forward("GET", "/ledgers", Some(&cached), false);
     assert_eq!(app.send(ask()).await.status, 204, "now held in memory");
     let lock = app.db().hold_lock(Lock::Table);
     assert_eq!(

@@ -9,7 +9,7 @@ use actix_web::http::Method;
 use actix_web::test::TestRequest;
 use keygate_storage::test_support::TestDatabase;
 use serde_json::{Value, json};
-use support::{MASTER, start, text};
+use support::{MASTER, forward, start, text};
 
 on_both_backends!(
     a_key_is_read_by_its_owner_only,
@@ -507,23 +507,6 @@ async fn the_audit_trail_records_every_change_in_order(db: TestDatabase) {
     )
     .await
     .assert_error(404, "APIKEY_NOT_FOUND");
-}
-
-/// A forward-auth question about `method uri`, in nginx's headers or Traefik's.
-fn forward(method: &str, uri: &str, key: Option<&str>, traefik: bool) -> TestRequest {
-    let (method_header, uri_header) = if traefik {
-        ("X-Forwarded-Method", "X-Forwarded-Uri")
-    } else {
-        ("X-Original-Method", "X-Original-URI")
-    };
-    let mut request = TestRequest::get()
-        .uri("/forward-auth")
-        .insert_header((method_header, method))
-        .insert_header((uri_header, uri));
-    if let Some(key) = key {
-        request = request.insert_header(("X-Blnk-Key", key));
-    }
-    request
 }
 
 async fn forward_auth_decides_like_the_guard(db: TestDatabase) {

@@ -132,17 +132,7 @@ async fn metrics_are_no_key_oracle_and_share_the_brute_force_budget() {
 #[actix_web::test]
 async fn odd_methods_and_paths_do_not_grow_the_metrics() {
     let app = start_with(TestDatabase::sqlite(), |_| {}).await;
-    let page = || async {
-        let response = actix_web::test::call_service(
-            &app.service,
-            TestRequest::get()
-                .uri("/metrics")
-                .insert_header(("X-Blnk-Key", MASTER))
-                .to_request(),
-        )
-        .await;
-        actix_web::test::read_body(response).await.len()
-    };
+    let page = || async { app.scrape().await.len() };
     for warm in ["/health", "/nowhere", "/api-keys/x/y/z", "/api-keys"] {
         for method in [
             Method::GET,
@@ -177,17 +167,7 @@ async fn odd_methods_and_paths_do_not_grow_the_metrics() {
 #[actix_web::test]
 async fn the_counters_move_with_the_requests() {
     let app = start_with(TestDatabase::sqlite(), |_| {}).await;
-    let scrape = || async {
-        let response = actix_web::test::call_service(
-            &app.service,
-            TestRequest::get()
-                .uri("/metrics")
-                .insert_header(("X-Blnk-Key", MASTER))
-                .to_request(),
-        )
-        .await;
-        String::from_utf8(actix_web::test::read_body(response).await.to_vec()).expect("text")
-    };
+    let scrape = || app.scrape();
     let before = scrape().await;
     let (key, _) = app.new_key("alice", &["api-keys:read"]).await;
     for _ in 0..3 {

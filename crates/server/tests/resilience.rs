@@ -21,6 +21,19 @@ fn create_body(owner: &str, scopes: &str) -> String {
     )
 }
 
+/// Creates a key for alice with `scopes` (JSON strings) through `server`, with the master
+/// key; the key object.
+fn create(server: &Running, scopes: &str) -> String {
+    let (status, created) = server.request(
+        "POST",
+        "/api-keys",
+        Some(MASTER),
+        Some(&create_body("alice", scopes)),
+    );
+    assert_eq!(status, 201, "{created}");
+    created
+}
+
 fn start(dir: &Path, url: &str, extra: &[(&str, &str)]) -> Running {
     let port = free_port();
     let port_text = port.to_string();
@@ -38,13 +51,7 @@ fn a_key_acknowledged_with_201_survives_a_crash() {
     for db in TestDatabase::all() {
         let dir = tempfile::tempdir().expect("tempdir");
         let server = start(dir.path(), &db.url_string, &[]);
-        let (status, created) = server.request(
-            "POST",
-            "/api-keys",
-            Some(MASTER),
-            Some(&create_body("alice", "\"api-keys:read\"")),
-        );
-        assert_eq!(status, 201, "{created}");
+        let created = create(&server, "\"api-keys:read\"");
         server.crash();
 
         let server = start(dir.path(), &db.url_string, &[]);
@@ -365,28 +372,9 @@ fn a_database_outage_gives_503_and_the_same_process_recovers() {
         &postgres.url(),
         &[("KEYGATE_DATABASE__POOL_TIMEOUT_MS", "2000")],
     );
-    let (status, created) = server.request(
-        "POST",
-        "/api-keys",
-        Some(MASTER),
-        Some(&create_body("alice", "\"ledgers:read\"")),
-    );
-    assert_eq!(status, 201, "{created}");
+    let created = create(&server, "\"ledgers:read\"");
     let key = field(&created, "key");
-    let forward = |key: &str| {
-        let mut stream = TcpStream::connect(("127.0.0.1", server.port)).expect("connects");
-        let _ = write!(
-            stream,
-            "GET /forward-auth HTTP/1.1\r\nHost: x\r\nX-Blnk-Key: {key}\r\nX-Original-Method: GET\r\nX-Original-URI: /ledgers\r\nConnection: close\r\n\r\n"
-        );
-        let mut response = String::new();
-        let _ = stream.read_to_string(&mut response);
-        response
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse::<u16>().ok())
-            .unwrap_or(0)
-    };
+    let forward = |key: &str| forward_auth(server.port, key).0;
     assert_eq!(
         forward(&key),
         204,
@@ -439,13 +427,7 @@ fn a_database_outage_gives_503_and_the_same_process_recovers() {
         "served again {:?} after PostgreSQL restarted",
         restarted.elapsed()
     );
-    let (status, created) = server.request(
-        "POST",
-        "/api-keys",
-        Some(MASTER),
-        Some(&create_body("alice", "\"ledgers:read\"")),
-    );
-    assert_eq!(status, 201, "{created}");
+    create(&server, "\"ledgers:read\"");
 }
 
 /// The private server's processes (the postmaster and its children), stopped with SIGSTOP
@@ -525,13 +507,7 @@ fn a_locked_or_frozen_database_gives_503_in_time_and_a_stop_stays_bounded() {
             ("KEYGATE_AUTH__LAST_USED_FLUSH_MS", "3600000"),
         ],
     );
-    let (status, created) = server.request(
-        "POST",
-        "/api-keys",
-        Some(MASTER),
-        Some(&create_body("alice", "\"api-keys:read\"")),
-    );
-    assert_eq!(status, 201, "{created}");
+    let created = create(&server, "\"api-keys:read\"");
     let key = field(&created, "key");
     assert_eq!(server.request("GET", "/api-keys", Some(&key), None).0, 200);
 
@@ -636,14 +612,7 @@ int clock_gettime(clockid_t id, struct timespec *ts) {
 /// Polls `/forward-auth` with `key` until it is refused; how long after `since` that was.
 fn refused_after(server: &Running, key: &str, since: Instant) -> Duration {
     loop {
-        let headers = [
-            ("X-Blnk-Key", key),
-            ("X-Original-Method", "GET"),
-            ("X-Original-URI", "/ledgers"),
-        ];
-        let (status, body) =
-            support::process::http_from(None, server.port, "GET", "/forward-auth", &headers, None)
-                .expect("keygate answers");
+        let (status, body) = forward_auth(server.port, key);
         if status == 401 {
             return since.elapsed();
         }
@@ -672,13 +641,7 @@ fn revocations_reach_every_instance_whatever_their_clocks_say() {
             &db.url_string,
             &[("LD_PRELOAD", &shim), ("KEYGATE_TEST_CLOCK_SKEW_S", "6")],
         );
-        let (status, probe) = ahead.request(
-            "POST",
-            "/api-keys",
-            Some(MASTER),
-            Some(&create_body("alice", "\"ledgers:read\"")),
-        );
-        assert_eq!(status, 201, "{probe}");
+        let probe = create(&ahead, "\"ledgers:read\"");
         let created_at = chrono::DateTime::parse_from_rfc3339(&field(&probe, "created_at"))
             .expect("a timestamp");
         assert!(
@@ -688,16 +651,10 @@ fn revocations_reach_every_instance_whatever_their_clocks_say() {
 
         let mut keys = Vec::new();
         for _ in 0..2 {
-            let (status, created) = on_time.request(
-                "POST",
-                "/api-keys",
-                Some(MASTER),
-                Some(&create_body("alice", "\"ledgers:read\"")),
-            );
-            assert_eq!(status, 201, "{created}");
+            let created = create(&on_time, "\"ledgers:read\"");
             let key = field(&created, "key");
             for server in [&on_time, &ahead] {
-                assert!(allows(server, &key), "held by both");
+                assert_eq!(forward_auth(server.port, &key).0, 204, "held by both");
             }
             keys.push((key, field(&created, "api_key_id")));
         }
@@ -751,13 +708,13 @@ fn revocations_reach_every_instance_whatever_their_clocks_say() {
     }
 }
 
-/// Whether `server` allows `key` on `/forward-auth` now (so that it is held in memory).
-fn allows(server: &Running, key: &str) -> bool {
+/// What keygate on `port` answers a gateway asking whether `key` may `GET /ledgers`.
+fn forward_auth(port: u16, key: &str) -> (u16, String) {
     let headers = [
         ("X-Blnk-Key", key),
         ("X-Original-Method", "GET"),
         ("X-Original-URI", "/ledgers"),
     ];
-    support::process::http_from(None, server.port, "GET", "/forward-auth", &headers, None)
-        .is_some_and(|(status, _)| status == 204)
+    support::process::http_from(None, port, "GET", "/forward-auth", &headers, None)
+        .expect("keygate answers")
 }

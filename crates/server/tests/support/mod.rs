@@ -200,11 +200,48 @@ where
         reply.json
     }
 
+    /// Revokes `owner`'s key `id` with the master key.
+    pub async fn revoke(&self, id: &str, owner: &str) -> Reply {
+        self.call(
+            Method::DELETE,
+            &format!("/api-keys/{id}?owner={owner}"),
+            Some(MASTER),
+            None,
+        )
+        .await
+    }
+
+    /// The `/metrics` page, read with the master key.
+    pub async fn scrape(&self) -> String {
+        let request = TestRequest::get()
+            .uri("/metrics")
+            .insert_header(("X-Blnk-Key", MASTER));
+        let response = test::call_service(&self.service, request.to_request()).await;
+        String::from_utf8(test::read_body(response).await.to_vec()).expect("text")
+    }
+
     /// Creates a key with the master key and returns its plaintext and id.
     pub async fn new_key(&self, owner: &str, scopes: &[&str]) -> (String, String) {
         let created = self.create_key(MASTER, owner, scopes).await;
         (text(&created["key"]), text(&created["api_key_id"]))
     }
+}
+
+/// A forward-auth question about `method uri`, in nginx's headers or Traefik's.
+pub fn forward(method: &str, uri: &str, key: Option<&str>, traefik: bool) -> TestRequest {
+    let (method_header, uri_header) = if traefik {
+        ("X-Forwarded-Method", "X-Forwarded-Uri")
+    } else {
+        ("X-Original-Method", "X-Original-URI")
+    };
+    let mut request = TestRequest::get()
+        .uri("/forward-auth")
+        .insert_header((method_header, method))
+        .insert_header((uri_header, uri));
+    if let Some(key) = key {
+        request = request.insert_header(("X-Blnk-Key", key));
+    }
+    request
 }
 
 /// A whole-second expiry about a year away, such as `2027-03-11T00:00:00Z`.
