@@ -41,14 +41,6 @@ pub enum RuleError {
 }
 
 impl Principal {
-    /// The acting API key, if the caller is not the master key.
-    pub fn api_key(&self) -> Option<&ApiKey> {
-        match self {
-            Principal::Master => None,
-            Principal::Key(key) => Some(key),
-        }
-    }
-
     /// May this principal perform `method` on `path`'s resource? The master key may do
     /// anything, anywhere; an API key needs a known resource, a mapped method and a scope
     /// that permits them.

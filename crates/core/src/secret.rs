@@ -8,6 +8,7 @@ use base64::engine::general_purpose::URL_SAFE;
 use rand::TryRngCore;
 use rand::rngs::OsRng;
 use secrecy::{ExposeSecret, SecretString};
+use zeroize::Zeroize;
 
 /// How many random bytes a key carries.
 pub const KEY_BYTES: usize = 32;
@@ -24,7 +25,7 @@ impl PlainKey {
         let mut bytes = [0u8; KEY_BYTES];
         OsRng.try_fill_bytes(&mut bytes)?;
         let key = PlainKey(URL_SAFE.encode(bytes).into());
-        bytes.fill(0);
+        bytes.zeroize();
         Ok(key)
     }
 

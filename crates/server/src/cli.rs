@@ -186,8 +186,14 @@ fn expiry(args: &CreateArgs, now: DateTime<Utc>) -> Result<DateTime<Utc>, String
     }
     let text = args.expires_in.as_deref().unwrap_or_default();
     let bad = || format!("--expires-in {text:?} is not a duration such as 30d, 12h, 90m or 3600s");
-    let split = text.len().checked_sub(1).ok_or_else(bad)?;
-    let (number, unit) = text.split_at(split);
+    // The unit is the last character, whatever its width: `split_at` on a byte index
+    // would panic inside a multibyte one.
+    let unit_start = text
+        .char_indices()
+        .last()
+        .map(|(at, _)| at)
+        .ok_or_else(bad)?;
+    let (number, unit) = text.split_at(unit_start);
     let number: i64 = number.parse().map_err(|_| bad())?;
     let duration = match unit {
         "d" => Duration::try_days(number),
