@@ -1,7 +1,7 @@
 //! The hot path's promises: what a request costs the database, how fast a change made
 //! elsewhere reaches this instance's cache, and what a flood of unknown keys can do.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -1,7 +1,7 @@
 //! keygate guarding an API it does not serve: a real nginx in front of a small upstream,
 //! asking `/forward-auth` through `auth_request`, with a resource added in configuration.
 
-mod support;
+use crate::support;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};

@@ -1,7 +1,7 @@
 //! The binary under faults: a crash right after a 201, a database that goes away and
 //! comes back, oversized requests, and what reaches its logs.
 
-mod support;
+use crate::support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -1,6 +1,6 @@
 //! What containers rely on: the health command, the Dockerfile, and the compose file.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

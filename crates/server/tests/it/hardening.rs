@@ -1,7 +1,7 @@
 //! The front door under hostile input, guessing and concurrency: no server error, no
 //! panic, nothing lost, no one let in who does not belong.
 
-mod support;
+use crate::support;
 
 use std::collections::HashSet;
 use std::sync::OnceLock;

@@ -1,6 +1,6 @@
 //! The OpenAPI description: valid OpenAPI 3, served as committed, and complete.
 
-mod support;
+use crate::support;
 
 use actix_web::http::Method;
 use keygate_storage::test_support::TestDatabase;

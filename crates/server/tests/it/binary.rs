@@ -1,7 +1,7 @@
 //! The `keygate` binary as an operator runs it: no configuration at all, keygate's own
 //! environment names, and Blnk's.
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 

@@ -1,6 +1,6 @@
 //! The `keygate` command line against the real database, beside the real server.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -1,7 +1,7 @@
 //! Beyond Blnk: one key's read, update, rotation and audit trail, and the forward-auth
 //! decision for gateways; on SQLite and on PostgreSQL.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

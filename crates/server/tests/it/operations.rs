@@ -1,6 +1,6 @@
 //! What an operator relies on: metrics, request logs, and a graceful stop.
 
-mod support;
+use crate::support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

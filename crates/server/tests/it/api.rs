@@ -1,7 +1,7 @@
 //! The HTTP contract of `/api-keys`, end to end through the real app, on SQLite and on
 //! PostgreSQL.
 
-mod support;
+use crate::support;
 
 use actix_web::http::Method;
 use actix_web::test::TestRequest;
