@@ -37,19 +37,19 @@ fn verification(c: &mut Criterion) {
     c.bench_function("verify a cached key", |b| {
         b.iter(|| {
             system
-                .block_on(state.authenticate(Some(presented)))
+                .block_on(state.guard().authenticate(Some(presented)))
                 .expect("authenticates")
         })
     });
     c.bench_function("verify a key with its lookup", |b| {
         b.iter(|| {
-            state.forget(&plain.hash());
+            state.guard().forget(&plain.hash());
             system
-                .block_on(state.authenticate(Some(presented)))
+                .block_on(state.guard().authenticate(Some(presented)))
                 .expect("authenticates")
         })
     });
-    let direct = state.store();
+    let direct = state.guard().store();
     let hash = plain.hash();
     c.bench_function("lookup by hash alone, on the calling thread", |b| {
         b.iter(|| direct.find_by_hash(&hash).expect("found"))
@@ -64,7 +64,7 @@ fn verification(c: &mut Criterion) {
     c.bench_function("refuse a misshapen key", |b| {
         b.iter(|| {
             system
-                .block_on(state.authenticate(Some("not-a-key")))
+                .block_on(state.guard().authenticate(Some("not-a-key")))
                 .expect_err("refused")
         })
     });

@@ -240,6 +240,7 @@ async fn create(
     let stored = key.clone();
     let actor = Actor::from(&principal);
     state
+        .guard()
         .with_store(move |store| store.insert(&stored, &actor))
         .await?;
     tracing::info!(api_key_id = %key.id, owner_id = %key.owner_id, "API key created");
@@ -256,6 +257,7 @@ async fn list(
     let requested = query.owner()?;
     let owner = principal.target_owner(requested.as_deref())?.to_owned();
     let keys = state
+        .guard()
         .read_store(move |store| store.list_by_owner(&owner))
         .await?;
     let views: Vec<KeyView<'_>> = keys
@@ -274,10 +276,11 @@ async fn revoke(
     let (id, owner) = lifecycle::addressed(&principal, &id, &query)?;
     let actor = Actor::from(&principal);
     let revoked = state
+        .guard()
         .with_store(move |store| store.revoke(&id, &owner, Utc::now(), &actor))
         .await?
         .ok_or(ApiError::KeyNotFound)?;
-    state.forget(&revoked.hash);
+    state.guard().forget(&revoked.hash);
     tracing::info!(api_key_id = %revoked.id, owner_id = %revoked.owner_id, "API key revoked");
     Ok(HttpResponse::NoContent().finish())
 }

@@ -35,6 +35,7 @@ pub fn app(
     >,
 > {
     App::new()
+        .app_data(state.guard().clone())
         .app_data(state)
         .app_data(
             web::JsonConfig::default()

@@ -4,7 +4,9 @@
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use keygate_core::{RuleError, StoreError, ValidationError};
-use serde::Serialize;
+use keygate_guard::GuardError;
+use keygate_guard::envelope;
+use keygate_guard::error::{codes, rule_code, rule_details, rule_status};
 use serde_json::Value;
 
 /// Everything a request can fail with.
@@ -70,19 +72,11 @@ impl ApiError {
     /// The stable machine-readable code.
     pub fn code(&self) -> &'static str {
         match self {
-            ApiError::MissingKey => "AUTH_MISSING_API_KEY",
-            ApiError::InvalidKey => "AUTH_INVALID_API_KEY",
-            ApiError::ExpiredKey => "AUTH_EXPIRED_API_KEY",
-            ApiError::MetricsForbidden => "AUTH_METRICS_TOKEN_REQUIRED",
-            ApiError::Rule(rule) => match rule {
-                RuleError::UnknownResource => "AUTH_UNKNOWN_RESOURCE",
-                RuleError::MethodNotAllowed(_) | RuleError::InsufficientPermissions(_) => {
-                    "AUTH_INSUFFICIENT_PERMISSIONS"
-                }
-                RuleError::OwnerRequired => "APIKEY_OWNER_REQUIRED",
-                RuleError::CrossOwnerAccess => "AUTH_CROSS_OWNER_ACCESS",
-                RuleError::ScopeEscalation(_) => "AUTH_SCOPE_ESCALATION",
-            },
+            ApiError::MissingKey => codes::MISSING_API_KEY,
+            ApiError::InvalidKey => codes::INVALID_API_KEY,
+            ApiError::ExpiredKey => codes::EXPIRED_API_KEY,
+            ApiError::MetricsForbidden => codes::OPERATOR_TOKEN_REQUIRED,
+            ApiError::Rule(rule) => rule_code(rule),
             ApiError::KeyNotFound => "APIKEY_NOT_FOUND",
             ApiError::KeyRevoked => "APIKEY_REVOKED",
             ApiError::KeyExpired => "APIKEY_EXPIRED",
@@ -90,22 +84,37 @@ impl ApiError {
             ApiError::Conflict => "GEN_CONFLICT",
             ApiError::RouteNotFound => "GEN_NOT_FOUND",
             ApiError::MethodNotAllowed => "GEN_METHOD_NOT_ALLOWED",
-            ApiError::Malformed(_) => "GEN_MALFORMED_REQUEST",
-            ApiError::Validation(_) => "GEN_VALIDATION_ERROR",
+            ApiError::Malformed(_) => codes::MALFORMED_REQUEST,
+            ApiError::Validation(_) => codes::VALIDATION_ERROR,
             ApiError::PayloadTooLarge(_) => "GEN_PAYLOAD_TOO_LARGE",
-            ApiError::RateLimited(_) => "GEN_RATE_LIMITED",
-            ApiError::Unavailable => "GEN_SERVICE_UNAVAILABLE",
-            ApiError::Internal => "GEN_INTERNAL",
+            ApiError::RateLimited(_) => codes::RATE_LIMITED,
+            ApiError::Unavailable => codes::SERVICE_UNAVAILABLE,
+            ApiError::Internal => codes::INTERNAL,
         }
     }
 
     fn details(&self) -> Option<Value> {
         match self {
             ApiError::Validation(error) => Some(serde_json::json!({ "field": error.field })),
-            ApiError::Rule(RuleError::ScopeEscalation(scope)) => {
-                Some(serde_json::json!({ "scope": scope.to_string() }))
-            }
+            ApiError::Rule(rule) => rule_details(rule),
             _ => None,
+        }
+    }
+}
+
+impl From<GuardError> for ApiError {
+    fn from(error: GuardError) -> Self {
+        match error {
+            GuardError::MissingKey => ApiError::MissingKey,
+            GuardError::InvalidKey => ApiError::InvalidKey,
+            GuardError::ExpiredKey => ApiError::ExpiredKey,
+            GuardError::OperatorTokenRequired => ApiError::MetricsForbidden,
+            GuardError::Rule(rule) => ApiError::Rule(rule),
+            GuardError::Malformed(message) => ApiError::Malformed(message),
+            GuardError::Validation(error) => ApiError::Validation(error),
+            GuardError::RateLimited(wait) => ApiError::RateLimited(wait),
+            GuardError::Unavailable => ApiError::Unavailable,
+            GuardError::Internal => ApiError::Internal,
         }
     }
 }
@@ -125,20 +134,6 @@ impl From<StoreError> for ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct Envelope<'a> {
-    error: &'a str,
-    error_detail: Detail<'a>,
-}
-
-#[derive(Serialize)]
-struct Detail<'a> {
-    code: &'a str,
-    message: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    details: Option<Value>,
-}
-
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
@@ -146,8 +141,7 @@ impl ResponseError for ApiError {
             | ApiError::InvalidKey
             | ApiError::ExpiredKey
             | ApiError::MetricsForbidden => StatusCode::UNAUTHORIZED,
-            ApiError::Rule(RuleError::OwnerRequired) => StatusCode::BAD_REQUEST,
-            ApiError::Rule(_) => StatusCode::FORBIDDEN,
+            ApiError::Rule(rule) => rule_status(rule),
             ApiError::KeyNotFound | ApiError::RouteNotFound => StatusCode::NOT_FOUND,
             ApiError::KeyRevoked
             | ApiError::KeyExpired
@@ -163,26 +157,18 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        let message = self.to_string();
-        let mut response = HttpResponse::build(self.status_code());
-        match self {
-            ApiError::Unavailable => {
-                response.insert_header(("Retry-After", "1"));
-            }
-            ApiError::RateLimited(wait) => {
-                let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-                response.insert_header(("Retry-After", seconds.max(1).to_string()));
-            }
-            _ => {}
-        }
-        response.json(Envelope {
-            error: &message,
-            error_detail: Detail {
-                code: self.code(),
-                message: &message,
-                details: self.details(),
-            },
-        })
+        let retry_after = match self {
+            ApiError::Unavailable => Some(std::time::Duration::from_secs(1)),
+            ApiError::RateLimited(wait) => Some(*wait),
+            _ => None,
+        };
+        envelope(
+            self.status_code(),
+            self.code(),
+            &self.to_string(),
+            self.details(),
+            retry_after,
+        )
     }
 }
 

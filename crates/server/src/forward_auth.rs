@@ -6,9 +6,9 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use keygate_core::Principal;
 
 use crate::error::ApiError;
-use crate::guard;
-use crate::original::OriginalRequest;
 use crate::state::AppState;
+use keygate_guard as guard;
+use keygate_guard::OriginalRequest;
 
 /// Decides whether the presented key may make the original request: 204 with the key's
 /// identity for the upstream, or the guard's 401/403.
@@ -21,7 +21,14 @@ pub async fn decide(
     // With the gateway as a trusted proxy, the throttle sees the client it forwards in
     // X-Forwarded-For, not the gateway.
     let peer = request.peer_addr().map(|address| address.ip());
-    let principal = guard::decide(&state, peer, headers, &original.method, &original.path).await?;
+    let principal = guard::decide(
+        state.guard(),
+        peer,
+        headers,
+        &original.method,
+        &original.path,
+    )
+    .await?;
     let mut response = HttpResponse::NoContent();
     match &principal {
         Principal::Master => {

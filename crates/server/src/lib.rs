@@ -8,21 +8,16 @@
 
 pub mod api_keys;
 pub mod app;
-pub mod changes;
 pub mod cli;
 pub mod error;
 pub mod forward_auth;
-pub mod guard;
 pub mod lifecycle;
 pub mod logging;
 pub mod master_key;
 pub mod metrics;
 pub mod openapi;
-pub mod original;
 pub mod settings;
 pub mod state;
-pub mod throttle;
-pub mod usage;
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -34,6 +29,7 @@ use secrecy::SecretString;
 
 pub use app::app;
 pub use error::ApiError;
+pub use keygate_guard as guard;
 pub use settings::Settings;
 pub use state::AppState;
 
@@ -137,52 +133,13 @@ pub async fn serve(settings: Settings) -> Result<(), StartError> {
     Ok(())
 }
 
-/// The tasks that run beside the HTTP workers; they stop when dropped.
-pub struct Background {
-    tasks: Vec<actix_web::rt::task::JoinHandle<()>>,
-}
-
-impl Drop for Background {
-    fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
-    }
-}
-
-/// Starts the background tasks on the current runtime: writing key usage in batches,
-/// and following the change feed.
-pub fn spawn_background(state: &web::Data<AppState>, settings: &Settings) -> Background {
-    let flusher = usage::flush_periodically(
-        state.usage(),
-        state.store(),
-        settings.auth.last_used_flush(),
-    );
-    let watcher = changes::watch(state.clone(), settings.auth.change_poll());
-    let tidied = state.clone();
-    let tidier = async move {
-        let mut ticker = tokio::time::interval(std::time::Duration::from_secs(60));
-        loop {
-            ticker.tick().await;
-            tidied.throttle().tidy();
-        }
-    };
-    Background {
-        tasks: vec![
-            actix_web::rt::spawn(flusher),
-            actix_web::rt::spawn(watcher),
-            actix_web::rt::spawn(tidier),
-        ],
-    }
-}
-
 /// Serves `state` on `listener` until stopped, then writes pending key usage.
 pub async fn run(
     state: web::Data<AppState>,
     listener: TcpListener,
     settings: &Settings,
 ) -> std::io::Result<()> {
-    let background = spawn_background(&state, settings);
+    let background = keygate_guard::Guard::start(state.guard());
     let app_state = state.clone();
     // On SIGTERM or SIGINT: stop accepting, finish requests in flight (for up to 10 s),
     // then write pending usage below.
@@ -194,38 +151,6 @@ pub async fn run(
     }
     let result = server.run().await;
     drop(background);
-    final_flush(&state).await;
+    state.guard().final_flush().await;
     result
-}
-
-/// How long the last write of key usage may take on the way out: a database that does
-/// not answer must not keep the process from stopping.
-pub const FINAL_FLUSH_LIMIT: std::time::Duration = std::time::Duration::from_secs(4);
-
-/// Writes pending key usage before stopping, retrying a transient failure (a deadlock
-/// with another instance, a busy file) until [`FINAL_FLUSH_LIMIT`]; what still cannot be
-/// written then is logged as lost.
-async fn final_flush(state: &web::Data<AppState>) {
-    let deadline = tokio::time::Instant::now() + FINAL_FLUSH_LIMIT;
-    let mut error = String::from("no time left");
-    let mut keys = state.usage().pending();
-    while keys > 0 && tokio::time::Instant::now() < deadline {
-        let (usage, store) = (state.usage(), state.store());
-        match tokio::time::timeout_at(deadline, web::block(move || usage.flush(&*store))).await {
-            Ok(Ok(Ok(_))) => return,
-            // A failed batch is pending again: try once more.
-            Ok(Ok(Err(failure))) => error = failure.to_string(),
-            Ok(Err(failure)) => error = failure.to_string(),
-            // The batch is stuck with the call that took it.
-            Err(_) => {
-                error = "the database did not answer in time".into();
-                break;
-            }
-        }
-        keys = state.usage().pending();
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    if keys > 0 {
-        tracing::warn!(%error, keys, "could not record the last key usage before stopping");
-    }
 }

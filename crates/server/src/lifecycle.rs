@@ -43,6 +43,7 @@ async fn owned_key(
 ) -> Result<ApiKey, ApiError> {
     let (id, owner) = addressed(principal, &id, query)?;
     state
+        .guard()
         .read_store(move |store| store.get(&id, &owner))
         .await?
         .ok_or(ApiError::KeyNotFound)
@@ -51,11 +52,15 @@ async fn owned_key(
 /// After a conditional write lost: why, as the client should hear it.
 async fn lost_race(state: &AppState, key: &ApiKey) -> ApiError {
     let (id, owner) = (key.id.clone(), key.owner_id.clone());
-    match state.read_store(move |store| store.get(&id, &owner)).await {
+    match state
+        .guard()
+        .read_store(move |store| store.get(&id, &owner))
+        .await
+    {
         Ok(Some(now)) if now.is_revoked() => ApiError::KeyRevoked,
         Ok(None) => ApiError::KeyNotFound,
         Ok(Some(_)) => ApiError::Conflict,
-        Err(error) => error,
+        Err(error) => error.into(),
     }
 }
 
@@ -129,12 +134,13 @@ pub async fn update(
     };
     let (old, new) = (key.clone(), updated.clone());
     if !state
+        .guard()
         .with_store(move |store| store.replace(&old, &new, &event))
         .await?
     {
         return Err(lost_race(&state, &key).await);
     }
-    state.forget(&key.hash);
+    state.guard().forget(&key.hash);
     tracing::info!(api_key_id = %key.id, owner_id = %key.owner_id, "API key updated");
     Ok(HttpResponse::Ok()
         .insert_header(no_store())
@@ -145,7 +151,10 @@ pub async fn update(
 /// period, which no one may move.
 async fn was_rotated(state: &AppState, key: &ApiKey) -> Result<bool, ApiError> {
     let id = key.id.clone();
-    let events = state.read_store(move |store| store.events(&id)).await?;
+    let events = state
+        .guard()
+        .read_store(move |store| store.events(&id))
+        .await?;
     Ok(events
         .iter()
         .any(|event| event.kind == EventKind::Rotated.as_str()))
@@ -221,12 +230,13 @@ pub async fn rotate(
     };
     let (old, new) = (key.clone(), successor.clone());
     if !state
+        .guard()
         .with_store(move |store| store.rotate(&old, old_expires_at, &new, &event))
         .await?
     {
         return Err(lost_race(&state, &key).await);
     }
-    state.forget(&key.hash);
+    state.guard().forget(&key.hash);
     tracing::info!(api_key_id = %key.id, rotated_to = %successor.id, grace, "API key rotated");
     Ok(HttpResponse::Created()
         .insert_header(no_store())
@@ -257,7 +267,10 @@ pub async fn events(
 ) -> Result<HttpResponse, ApiError> {
     let key = owned_key(&state, &principal, id.into_inner(), &query).await?;
     let id = key.id.clone();
-    let events = state.read_store(move |store| store.events(&id)).await?;
+    let events = state
+        .guard()
+        .read_store(move |store| store.events(&id))
+        .await?;
     let views: Vec<EventView> = events
         .into_iter()
         .map(|event| EventView {

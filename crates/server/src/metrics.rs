@@ -11,8 +11,8 @@ use prometheus::{
 };
 
 use crate::error::ApiError;
-use crate::guard::presented_key;
 use crate::state::AppState;
+use keygate_guard::presented_key;
 
 /// The service's counters, histograms and gauges.
 pub struct Metrics {
@@ -123,6 +123,16 @@ impl Metrics {
     }
 }
 
+impl keygate_guard::Observer for Metrics {
+    fn auth_decision(&self, outcome: &'static str) {
+        Metrics::auth_decision(self, outcome);
+    }
+
+    fn cache(&self, hit: bool) {
+        Metrics::cache(self, hit);
+    }
+}
+
 /// A request method as a metric label: one of the standard methods, or `other`, so a
 /// client inventing methods cannot grow the metrics without bound.
 pub fn method_label(method: &Method) -> &'static str {
@@ -148,11 +158,12 @@ pub async fn serve(
     request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let peer = request.peer_addr().map(|address| address.ip());
-    let client = state.throttle().client(peer, request.headers());
-    state.admit_operator(client, presented_key(request.headers())?)?;
+    let guard = state.guard();
+    let client = guard.throttle().client(peer, request.headers());
+    guard.admit_operator(client, presented_key(request.headers())?)?;
     let text = state
         .metrics()
-        .render(state.store().pool_state())
+        .render(guard.store().pool_state())
         .map_err(|error| {
             tracing::error!(%error, "could not render metrics");
             ApiError::Internal

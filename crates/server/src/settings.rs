@@ -2,12 +2,12 @@
 //! < Blnk's environment names.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use config::{Config, ConfigError, Environment, File, FileFormat};
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
+use keygate_guard::GuardSettings;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
@@ -57,34 +57,8 @@ impl ThrottleSettings {
     /// The trusted proxies as networks, IPv4-mapped IPv6 ones as the IPv4 networks they
     /// stand for.
     pub fn trusted_networks(&self) -> Result<Vec<IpNet>, String> {
-        self.trusted_proxies
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(|text| {
-                text.parse::<IpNet>()
-                    .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
-                    .map(canonical_network)
-                    .map_err(|_| {
-                        format!(
-                            "throttle.trusted_proxies: {text:?} is not an address or CIDR range"
-                        )
-                    })
-            })
-            .collect()
-    }
-}
-
-/// An IPv4-mapped IPv6 network (`::ffff:10.0.0.0/104`) as its IPv4 network
-/// (`10.0.0.0/8`); any other network as it is.
-fn canonical_network(network: IpNet) -> IpNet {
-    match network {
-        IpNet::V6(v6) if v6.prefix_len() >= 96 => v6
-            .addr()
-            .to_ipv4_mapped()
-            .and_then(|v4| Ipv4Net::new(v4, v6.prefix_len() - 96).ok())
-            .map_or(network, IpNet::V4),
-        other => other,
+        keygate_guard::settings::parse_networks(&self.trusted_proxies)
+            .map_err(|error| format!("throttle.trusted_proxies: {error}"))
     }
 }
 
@@ -254,11 +228,11 @@ fn check_secret(setting: &str, secret: &SecretString) -> Result<(), String> {
              (at least {GOOD_SECRET_CHARS} random ones are recommended)"
         ));
     }
-    if text.len() > crate::state::MAX_PRESENTED_KEY {
+    if text.len() > keygate_guard::MAX_PRESENTED_KEY {
         return Err(format!(
             "{setting} is {} bytes long; the most is {}",
             text.len(),
-            crate::state::MAX_PRESENTED_KEY
+            keygate_guard::MAX_PRESENTED_KEY
         ));
     }
     if text.chars().any(char::is_control) {
@@ -268,6 +242,27 @@ fn check_secret(setting: &str, secret: &SecretString) -> Result<(), String> {
 }
 
 impl Settings {
+    /// The guard's settings, with `master_key` as the master key.
+    pub fn guard(&self, master_key: Option<SecretString>) -> Result<GuardSettings, String> {
+        Ok(GuardSettings {
+            secure: self.server.secure,
+            master_key,
+            operator_token: self.server.metrics_token.clone(),
+            cache_ttl: self.auth.cache_ttl(),
+            cache_max_bytes: self.auth.cache_max_bytes,
+            change_poll: self.auth.change_poll(),
+            max_staleness: self.auth.max_staleness(),
+            usage_flush: self.auth.last_used_flush(),
+            storage_timeout: self.database.pool_timeout(),
+            storage_slots: usize::try_from(self.database.pool_size).unwrap_or(usize::MAX),
+            throttle: keygate_guard::ThrottleSettings {
+                failures_per_minute: self.throttle.failures_per_minute,
+                burst: self.throttle.burst,
+                trusted_proxies: self.throttle.trusted_networks()?,
+            },
+        })
+    }
+
     /// Checks every setting against its documented range, in one place, so that a bad
     /// value stops the start with one line naming it instead of failing a request later.
     pub fn validate(&self) -> Result<(), String> {

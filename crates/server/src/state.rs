@@ -1,82 +1,21 @@
-//! Shared state of the running service, and the authentication of a presented key:
-//! the hot path of every guarded request.
+//! The service's shared state: the guard that authenticates every request, the metrics,
+//! and the service's own limits.
 
-use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
 
 use actix_web::web;
-use chrono::{DateTime, Utc};
-use keygate_core::{ApiKey, KeyHash, KeyStatus, KeyStore, PlainKey, Principal, StoreError};
-use moka::sync::Cache;
-use secrecy::{ExposeSecret, SecretString};
-use tokio::sync::Semaphore;
+use keygate_core::KeyStore;
+use keygate_guard::Guard;
+use secrecy::SecretString;
 
-use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::settings::Settings;
-use crate::throttle::Throttle;
-use crate::usage::UsageRecorder;
 
-/// What a storage call may take beyond `database.pool_timeout_ms` before the caller is
-/// answered 503: the database's own timeouts fire at the pool timeout, and their answer
-/// should win.
-const STORAGE_GRACE: Duration = Duration::from_millis(250);
-
-/// The longest key text looked at: anything longer is refused before it is hashed.
-pub const MAX_PRESENTED_KEY: usize = 512;
-
-/// Everything a handler or the guard needs, shared by all workers.
+/// Everything a handler needs, shared by all workers.
 pub struct AppState {
-    store: Arc<dyn KeyStore>,
-    /// `None` when secure mode is off: every request then acts as the master key.
-    master: Option<Master>,
-    keys: Cache<KeyHash, Arc<CachedKey>>,
-    /// Storage calls in flight at once: no more than the pool has connections, so
-    /// waiting happens here, cheaply, rather than in blocked threads.
-    storage_slots: Semaphore,
-    /// How long a storage call may take, waiting included: `database.pool_timeout_ms`.
-    storage_timeout: Duration,
-    /// Bumped by every change, so a lookup that raced it does not cache what it read.
-    invalidations: AtomicU64,
-    /// When this state was made: the origin of [`Self::feed_read_ms`].
-    started: Instant,
-    /// When the change feed was last read successfully, in milliseconds since `started`.
-    feed_read_ms: AtomicU64,
-    /// How long cached keys are trusted after the last successful read of the feed.
-    max_staleness: Duration,
-    usage: Arc<UsageRecorder>,
-    throttle: Throttle,
+    guard: web::Data<Guard>,
+    metrics: Arc<Metrics>,
     max_key_lifetime_days: u32,
-    metrics: Metrics,
-    /// The digest of the bearer token that may read `/metrics`, if one is configured.
-    metrics_token: Option<KeyHash>,
-}
-
-/// How the master key is recognised: by its digest, compared in constant time.
-struct Master(KeyHash);
-
-/// A verified key held in memory.
-struct CachedKey {
-    key: Arc<ApiKey>,
-    /// The last second (Unix time) in which a use of this key was noted, so that a busy
-    /// key costs the usage recorder one entry a second, not one a request.
-    noted_second: AtomicI64,
-}
-
-impl CachedKey {
-    /// Roughly how many bytes the entry holds, for the cache's memory bound.
-    fn weight(&self) -> u32 {
-        let key = &self.key;
-        let text = key.id.as_str().len() + key.hint.len() + key.name.len() + key.owner_id.len();
-        let size = std::mem::size_of::<ApiKey>()
-            + std::mem::size_of::<Self>()
-            + 96
-            + text
-            + 8 * key.scopes.len();
-        u32::try_from(size).unwrap_or(u32::MAX)
-    }
 }
 
 impl AppState {
@@ -87,47 +26,18 @@ impl AppState {
         settings: &Settings,
         master_key: Option<&SecretString>,
     ) -> Result<Self, String> {
-        let auth = &settings.auth;
-        let master = settings.server.secure.then(|| {
-            // Without a configured master key, no presented key can match this digest:
-            // it is the digest of 32 random bytes held nowhere.
-            let hash = match master_key {
-                Some(key) => KeyHash::of(key.expose_secret()),
-                None => PlainKey::generate()
-                    .map(|key| key.hash())
-                    .unwrap_or_else(|_| KeyHash::of("")),
-            };
-            Master(hash)
-        });
+        let metrics = Arc::new(Metrics::new().map_err(|e| format!("metrics: {e}"))?);
+        let guard_settings = settings.guard(master_key.cloned())?;
         Ok(AppState {
-            metrics: Metrics::new().map_err(|e| format!("metrics: {e}"))?,
-            metrics_token: settings
-                .server
-                .metrics_token
-                .as_ref()
-                .map(|token| KeyHash::of(token.expose_secret())),
-            throttle: Throttle::new(&settings.throttle)?,
-            max_key_lifetime_days: auth.max_key_lifetime_days,
-            store,
-            master,
-            keys: Cache::builder()
-                .weigher(|_, entry: &Arc<CachedKey>| entry.weight())
-                .max_capacity(auth.cache_max_bytes)
-                .time_to_live(auth.cache_ttl())
-                .build(),
-            storage_slots: Semaphore::new(settings.database.pool_size.max(1) as usize),
-            storage_timeout: settings.database.pool_timeout(),
-            invalidations: AtomicU64::new(0),
-            started: Instant::now(),
-            feed_read_ms: AtomicU64::new(0),
-            max_staleness: auth.max_staleness(),
-            usage: Arc::new(UsageRecorder::default()),
+            guard: web::Data::new(Guard::new(store, &guard_settings, metrics.clone())),
+            metrics,
+            max_key_lifetime_days: settings.auth.max_key_lifetime_days,
         })
     }
 
-    /// The furthest in the future a key may expire, in days.
-    pub fn max_key_lifetime_days(&self) -> u32 {
-        self.max_key_lifetime_days
+    /// The authentication engine.
+    pub fn guard(&self) -> &web::Data<Guard> {
+        &self.guard
     }
 
     /// The service's metrics.
@@ -135,225 +45,8 @@ impl AppState {
         &self.metrics
     }
 
-    /// The brute-force throttle.
-    pub fn throttle(&self) -> &Throttle {
-        &self.throttle
-    }
-
-    /// [`Self::authenticate`], for a request from `client`: a client that failed too
-    /// often is refused (429) without a database lookup, unless its key is already known
-    /// to this instance; each unknown key it presents counts against it.
-    pub async fn authenticate_client(
-        &self,
-        client: Option<IpAddr>,
-        presented: Option<&str>,
-    ) -> Result<Principal, ApiError> {
-        if let Some(wait) = self.throttle.refused(client) {
-            let known = presented.is_some_and(|key| {
-                let hash = KeyHash::of(key);
-                self.master
-                    .as_ref()
-                    .is_some_and(|Master(master)| *master == hash)
-                    || self.keys.contains_key(&hash)
-            });
-            if !known {
-                return Err(ApiError::RateLimited(wait));
-            }
-        }
-        let outcome = match self.authenticate(presented).await {
-            Err(ApiError::InvalidKey) => Err(self
-                .throttle
-                .failed(client)
-                .map_or(ApiError::InvalidKey, ApiError::RateLimited)),
-            other => other,
-        };
-        self.metrics
-            .auth_decision(outcome.as_ref().map_or_else(ApiError::code, |_| "ok"));
-        outcome
-    }
-
-    /// Admits the master key or the metrics token for an operational endpoint, from
-    /// `client`. No API key is looked up: any other text is refused alike, and counts as a
-    /// failed authentication.
-    pub fn admit_operator(
-        &self,
-        client: Option<IpAddr>,
-        presented: Option<&str>,
-    ) -> Result<(), ApiError> {
-        let Some(Master(master)) = &self.master else {
-            return Ok(());
-        };
-        let presented = presented.ok_or(ApiError::MissingKey)?;
-        let hash = KeyHash::of(presented);
-        let by_token = self.metrics_token.as_ref() == Some(&hash);
-        let outcome = if by_token || hash == *master {
-            Ok(())
-        } else if let Some(wait) = self.throttle.refused(client) {
-            Err(ApiError::RateLimited(wait))
-        } else {
-            Err(self
-                .throttle
-                .failed(client)
-                .map_or(ApiError::MetricsForbidden, ApiError::RateLimited))
-        };
-        // Scrapes are not key checks: only refusals are counted.
-        if let Err(refusal) = &outcome {
-            self.metrics.auth_decision(refusal.code());
-        }
-        outcome
-    }
-
-    /// The key store.
-    pub fn store(&self) -> Arc<dyn KeyStore> {
-        self.store.clone()
-    }
-
-    /// The pending `last_used_at` updates.
-    pub fn usage(&self) -> Arc<UsageRecorder> {
-        self.usage.clone()
-    }
-
-    /// Runs a blocking storage call on the blocking pool, never on an async worker, and
-    /// answers within `database.pool_timeout_ms` (and a little): waiting for a storage
-    /// slot, for a connection and for the database all count against it, so a locked
-    /// table or a frozen server is a 503, never a hang. A call still running when time
-    /// is up finishes (or fails by its own timeouts) on its own thread.
-    pub async fn with_store<T: Send + 'static>(
-        &self,
-        call: impl FnOnce(&dyn KeyStore) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, ApiError> {
-        let deadline = tokio::time::Instant::now() + self.storage_timeout + STORAGE_GRACE;
-        let Ok(slot) = tokio::time::timeout_at(deadline, self.storage_slots.acquire()).await else {
-            tracing::warn!("no storage slot freed up in time");
-            return Err(ApiError::Unavailable);
-        };
-        let _slot = slot.map_err(|_| ApiError::Internal)?;
-        let store = self.store.clone();
-        let Ok(outcome) =
-            tokio::time::timeout_at(deadline, web::block(move || call(&*store))).await
-        else {
-            tracing::warn!("the database did not answer in time");
-            return Err(ApiError::Unavailable);
-        };
-        outcome
-            .map_err(|error| {
-                tracing::error!(%error, "blocking storage call failed");
-                ApiError::Internal
-            })?
-            .map_err(ApiError::from)
-    }
-
-    /// Runs a storage read. An embedded database's reads run right here: they take a few
-    /// microseconds, less than the round trip to a blocking thread. A database server's
-    /// reads wait on the network, so they go to the blocking pool like every write.
-    pub async fn read_store<T: Send + 'static>(
-        &self,
-        call: impl FnOnce(&dyn KeyStore) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, ApiError> {
-        // Only with a free slot and an idle connection at hand: a worker thread must
-        // never wait for the pool, or every request it serves (health checks included)
-        // would wait with it.
-        if self.store.reads_are_local()
-            && let Ok(_slot) = self.storage_slots.try_acquire()
-            && self.store.pool_state().is_some_and(|(_, idle)| idle > 0)
-        {
-            return call(&*self.store).map_err(ApiError::from);
-        }
-        self.with_store(call).await
-    }
-
-    /// Resolves the key a request presented into the caller it stands for: one blake3
-    /// hash, then memory, then (on a miss) one lookup by the hash's unique index.
-    pub async fn authenticate(&self, presented: Option<&str>) -> Result<Principal, ApiError> {
-        let Some(Master(master)) = &self.master else {
-            return Ok(Principal::Master);
-        };
-        let presented = presented.ok_or(ApiError::MissingKey)?;
-        if presented.len() > MAX_PRESENTED_KEY {
-            return Err(ApiError::InvalidKey);
-        }
-        let hash = KeyHash::of(presented);
-        if hash == *master {
-            return Ok(Principal::Master);
-        }
-        if !PlainKey::could_be_issued(presented) {
-            return Err(ApiError::InvalidKey);
-        }
-        // A cache that has not heard of changes elsewhere for too long is not trusted.
-        let cached = self.keys.get(&hash).filter(|_| self.feed_is_fresh());
-        self.metrics.cache(cached.is_some());
-        let entry = match cached {
-            Some(entry) => entry,
-            None => self.load(hash).await?.ok_or(ApiError::InvalidKey)?,
-        };
-        let now = Utc::now();
-        match entry.key.status(now) {
-            KeyStatus::Active => {
-                self.note_use(&entry, now);
-                Ok(Principal::Key(entry.key.clone()))
-            }
-            KeyStatus::Expired | KeyStatus::Revoked => Err(ApiError::ExpiredKey),
-        }
-    }
-
-    fn note_use(&self, entry: &CachedKey, now: DateTime<Utc>) {
-        let second = now.timestamp();
-        if entry.noted_second.fetch_max(second, Ordering::Relaxed) < second {
-            self.usage.record(&entry.key.id, now);
-        }
-    }
-
-    /// Reads a key missing from memory, and keeps it unless a change raced the read.
-    /// Unknown keys are never kept, so a flood of them cannot evict known ones.
-    async fn load(&self, hash: KeyHash) -> Result<Option<Arc<CachedKey>>, ApiError> {
-        let generation = self.invalidations.load(Ordering::SeqCst);
-        let Some(key) = self
-            .read_store(move |store| store.find_by_hash(&hash))
-            .await?
-        else {
-            return Ok(None);
-        };
-        let entry = Arc::new(CachedKey {
-            key: Arc::new(key),
-            noted_second: AtomicI64::new(i64::MIN),
-        });
-        if self.invalidations.load(Ordering::SeqCst) == generation {
-            self.keys.insert(hash, entry.clone());
-            // A change may have slipped in between the check and the insert.
-            if self.invalidations.load(Ordering::SeqCst) != generation {
-                self.keys.invalidate(&hash);
-            }
-        }
-        Ok(Some(entry))
-    }
-
-    /// Notes a successful read of the change feed: cached keys are up to date.
-    pub fn feed_was_read(&self) {
-        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.feed_read_ms.fetch_max(now, Ordering::Relaxed);
-    }
-
-    /// Whether the change feed was read recently enough (`auth.max_staleness_ms`) for
-    /// cached keys to be trusted.
-    pub fn feed_is_fresh(&self) -> bool {
-        let read = Duration::from_millis(self.feed_read_ms.load(Ordering::Relaxed));
-        self.started.elapsed().saturating_sub(read) <= self.max_staleness
-    }
-
-    /// Forgets a key that changed, so the very next request reads it anew.
-    pub fn forget(&self, hash: &KeyHash) {
-        self.invalidations.fetch_add(1, Ordering::SeqCst);
-        self.keys.invalidate(hash);
-    }
-
-    /// Whether the key with this digest is held in memory.
-    pub fn is_cached(&self, hash: &KeyHash) -> bool {
-        self.keys.contains_key(hash)
-    }
-
-    /// How many keys are held in memory, and roughly how many bytes they take.
-    pub fn cache_size(&self) -> (u64, u64) {
-        self.keys.run_pending_tasks();
-        (self.keys.entry_count(), self.keys.weighted_size())
+    /// The furthest in the future a key may expire, in days.
+    pub fn max_key_lifetime_days(&self) -> u32 {
+        self.max_key_lifetime_days
     }
 }

@@ -821,6 +821,7 @@ async fn an_expired_key_is_refused(db: TestDatabase) {
     let plain = PlainKey::generate().expect("randomness");
     let key = ApiKey::issue(spec, &plain, created);
     app.state
+        .guard()
         .store()
         .insert(&key, &keygate_core::Actor::Cli)
         .expect("stored directly, past the API's validation");

@@ -31,6 +31,7 @@ async fn a_second_instance_sees_a_revocation_within_the_poll_bound(db: TestDatab
     assert!(
         second
             .state
+            .guard()
             .is_cached(&PlainKey::from_presented(&key).hash()),
         "the second instance caches the key"
     );
@@ -106,7 +107,7 @@ async fn requests_write_nothing_and_usage_is_written_in_one_batch(db: TestDataba
     );
 
     let store: Arc<dyn KeyStore> = counting.clone();
-    let written = app.state.usage().flush(&*store).expect("flush");
+    let written = app.state.guard().usage().flush(&*store).expect("flush");
     assert_eq!(written, keys.len());
     assert_eq!(
         CountingStore::count(&counting.usage_batches),
@@ -171,8 +172,8 @@ async fn a_flood_of_unknown_keys_leaves_known_keys_cached_and_memory_bounded() {
             .status,
         200
     );
-    assert!(app.state.is_cached(&known_hash));
-    let (entries_before, _) = app.state.cache_size();
+    assert!(app.state.guard().is_cached(&known_hash));
+    let (entries_before, _) = app.state.guard().cache_size();
 
     let rss_before = resident_bytes();
     for _ in 0..100_000 {
@@ -185,16 +186,16 @@ async fn a_flood_of_unknown_keys_leaves_known_keys_cached_and_memory_bounded() {
     let rss_after = resident_bytes();
 
     assert!(
-        app.state.is_cached(&known_hash),
+        app.state.guard().is_cached(&known_hash),
         "the known key is still in memory"
     );
     assert_eq!(
-        app.state.cache_size().0,
+        app.state.guard().cache_size().0,
         entries_before,
         "no unknown key was kept"
     );
     assert!(
-        app.state.usage().pending() <= 1,
+        app.state.guard().usage().pending() <= 1,
         "no unknown key's use is pending"
     );
     assert!(

@@ -28,7 +28,7 @@ pub struct TestApp<S> {
     pub state: web::Data<AppState>,
     /// The database, owned by the first app on it (a peer shares it).
     pub db: Option<TestDatabase>,
-    pub background: keygate_server::Background,
+    pub background: keygate_server::guard::Background,
 }
 
 /// An answer: status, headers and the body as JSON (`Null` when empty).
@@ -126,7 +126,7 @@ async fn launch(
         AppState::new(store, &settings, settings.server.secret_key.as_ref())
             .expect("valid test settings"),
     );
-    let background = keygate_server::spawn_background(&state, &settings);
+    let background = keygate_server::guard::Guard::start(state.guard());
     let service = test::init_service(app(state.clone())).await;
     TestApp {
         service,

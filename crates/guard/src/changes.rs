@@ -2,7 +2,7 @@
 //! or an operator's command, sharing the database.
 //!
 //! Every change to a key is recorded in `key_events` in the same transaction as the
-//! change. This task reads the feed every `auth.change_poll_ms` from a cursor the store
+//! change. This task reads the feed every `change_poll` from a cursor the store
 //! hands back ([`KeyStore::changes_after`]) and forgets the changed keys.
 //!
 //! Why no change can be skipped: the cursor is not a time. On SQLite it is the last event
@@ -15,7 +15,7 @@
 //! the database is briefly out of reach, and the CLI's changes are in it too.
 //!
 //! While the feed cannot be read, cached keys are trusted for at most
-//! `auth.max_staleness_ms` after the last successful read ([`AppState::feed_is_fresh`]);
+//! `max_staleness` after the last successful read ([`Guard::feed_is_fresh`]);
 //! after that they are read again, so a key revoked elsewhere stops working here too, and
 //! a database that cannot be reached answers 503.
 //!
@@ -25,10 +25,10 @@ use std::time::Duration;
 
 use actix_web::web;
 
-use crate::state::AppState;
+use crate::guard::Guard;
 
 /// Reads the change feed every `period`, forgetting changed keys, until dropped.
-pub async fn watch(state: web::Data<AppState>, period: Duration) {
+pub async fn watch(state: web::Data<Guard>, period: Duration) {
     let mut cursor = None;
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -14,9 +14,9 @@ use keygate_core::CanonicalPath;
 use keygate_core::route::{action_for_method, resource_for};
 use keygate_core::{Principal, ValidationError};
 
-use crate::error::ApiError;
+use crate::error::GuardError;
+use crate::guard::Guard;
 use crate::original;
-use crate::state::AppState;
 
 /// The header Blnk's clients send their key in.
 pub const KEY_HEADER: &str = "X-Blnk-Key";
@@ -29,7 +29,7 @@ pub struct Caller(pub Principal);
 /// A header that is not valid text is a key that matches nothing.
 /// A key header sent twice is refused: a gateway would judge one copy while the API
 /// behind it might read the other.
-pub fn presented_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+pub fn presented_key(headers: &HeaderMap) -> Result<Option<&str>, GuardError> {
     for name in [KEY_HEADER, AUTHORIZATION.as_str()] {
         if headers.get_all(name).nth(1).is_some() {
             return Err(ValidationError::new(
@@ -44,11 +44,11 @@ pub fn presented_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
         }
     }
     if let Some(value) = headers.get(KEY_HEADER) {
-        let key = value.to_str().map_err(|_| ApiError::InvalidKey)?.trim();
+        let key = value.to_str().map_err(|_| GuardError::InvalidKey)?.trim();
         return Ok((!key.is_empty()).then_some(key));
     }
     if let Some(value) = headers.get(AUTHORIZATION) {
-        let value = value.to_str().map_err(|_| ApiError::InvalidKey)?;
+        let value = value.to_str().map_err(|_| GuardError::InvalidKey)?;
         if let Some((scheme, token)) = value.split_once(' ')
             && scheme.eq_ignore_ascii_case("bearer")
             && !token.trim().is_empty()
@@ -75,10 +75,10 @@ pub async fn require_key(
     }
 }
 
-async fn admit(request: &ServiceRequest) -> Result<Caller, ApiError> {
+async fn admit(request: &ServiceRequest) -> Result<Caller, GuardError> {
     let state = request
-        .app_data::<web::Data<AppState>>()
-        .ok_or(ApiError::Internal)?;
+        .app_data::<web::Data<Guard>>()
+        .ok_or(GuardError::Internal)?;
     let peer = request.peer_addr().map(|address| address.ip());
     let path = original::canonical(request.path(), "path")?;
     decide(
@@ -96,12 +96,12 @@ async fn admit(request: &ServiceRequest) -> Result<Caller, ApiError> {
 /// ones alike: who presents the key in `headers` (from `peer`, or the client a trusted
 /// proxy forwards), and whether they may perform `method` on `path`.
 pub async fn decide(
-    state: &AppState,
+    state: &Guard,
     peer: Option<IpAddr>,
     headers: &HeaderMap,
     method: &str,
     path: &CanonicalPath,
-) -> Result<Principal, ApiError> {
+) -> Result<Principal, GuardError> {
     let client = state.throttle().client(peer, headers);
     let principal = state
         .authenticate_client(client, presented_key(headers)?)
@@ -111,8 +111,8 @@ pub async fn decide(
 }
 
 impl FromRequest for Caller {
-    type Error = ApiError;
-    type Future = Ready<Result<Self, ApiError>>;
+    type Error = GuardError;
+    type Future = Ready<Result<Self, GuardError>>;
 
     fn from_request(request: &HttpRequest, _: &mut Payload) -> Self::Future {
         // Only reachable without the guard by a wiring mistake: refuse rather than allow.
@@ -126,7 +126,7 @@ impl FromRequest for Caller {
                         path = request.path(),
                         "handler reached without the auth guard"
                     );
-                    ApiError::Internal
+                    GuardError::Internal
                 }),
         )
     }

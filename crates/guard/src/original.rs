@@ -10,7 +10,7 @@
 use actix_web::http::header::HeaderMap;
 use keygate_core::{CanonicalPath, PathError, ValidationError};
 
-use crate::error::ApiError;
+use crate::error::GuardError;
 
 /// One way a gateway names the original method and URI.
 struct Family {
@@ -46,7 +46,7 @@ pub struct OriginalRequest {
 
 impl OriginalRequest {
     /// Reads the original request from a gateway's headers.
-    pub fn from_headers(headers: &HeaderMap) -> Result<Self, ApiError> {
+    pub fn from_headers(headers: &HeaderMap) -> Result<Self, GuardError> {
         let present: Vec<&Family> = FAMILIES
             .iter()
             .filter(|family| {
@@ -56,7 +56,7 @@ impl OriginalRequest {
         let family = match present.as_slice() {
             [family] => *family,
             [] => {
-                return Err(ApiError::Malformed(
+                return Err(GuardError::Malformed(
                     "X-Original-Method and X-Original-URI (nginx), or X-Forwarded-Method and \
                      X-Forwarded-Uri (Traefik, Caddy), are required"
                         .into(),
@@ -85,7 +85,7 @@ impl OriginalRequest {
 }
 
 /// `target` as the upstream will read it, or a 400 naming `field`.
-pub fn canonical(target: &str, field: &'static str) -> Result<CanonicalPath, ApiError> {
+pub fn canonical(target: &str, field: &'static str) -> Result<CanonicalPath, GuardError> {
     CanonicalPath::parse(target)
         .map_err(|error: PathError| ValidationError::new(field, error.to_string()).into())
 }
@@ -95,11 +95,11 @@ fn single<'a>(
     headers: &'a HeaderMap,
     name: &'static str,
     gateway: &str,
-) -> Result<&'a str, ApiError> {
+) -> Result<&'a str, GuardError> {
     let mut values = headers.get_all(name);
     let value = values
         .next()
-        .ok_or_else(|| ApiError::Malformed(format!("{name} ({gateway}) is required")))?;
+        .ok_or_else(|| GuardError::Malformed(format!("{name} ({gateway}) is required")))?;
     if values.next().is_some() {
         return Err(ValidationError::new(name, "must be sent once").into());
     }
@@ -129,9 +129,9 @@ mod tests {
         map
     }
 
-    fn field(error: ApiError) -> &'static str {
+    fn field(error: GuardError) -> &'static str {
         match error {
-            ApiError::Validation(error) => error.field,
+            GuardError::Validation(error) => error.field,
             other => panic!("a validation error, got {other:?}"),
         }
     }

@@ -1,0 +1,17 @@
+//! How the guard reports what it decides, without depending on a metrics library: the
+//! embedding app implements [`Observer`] over its own registry.
+
+/// Receives the guard's decisions; every method does nothing unless overridden.
+pub trait Observer: Send + Sync + 'static {
+    /// An authentication decision: `ok`, or the refusal's error code.
+    fn auth_decision(&self, _outcome: &'static str) {}
+
+    /// A key verification answered from memory (`true`) or from the database.
+    fn cache(&self, _hit: bool) {}
+}
+
+/// An observer that ignores everything.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Unobserved;
+
+impl Observer for Unobserved {}
