@@ -29,6 +29,9 @@ pub enum CatalogueError {
     /// An alias names a resource that does not exist.
     #[error("alias {0:?} points at unknown resource {1:?}")]
     UnknownTarget(String, String),
+    /// An alias is named like a resource or a built-in alias, whose paths it would take.
+    #[error("alias {0:?} is already a resource or a built-in alias")]
+    Shadows(String),
     /// Another, different catalogue was installed earlier in this process.
     #[error("a different resource catalogue is installed already")]
     AlreadyInstalled,
@@ -61,6 +64,14 @@ pub fn install(resources: &[String], aliases: &[(String, String)]) -> Result<(),
     for (alias, target) in aliases {
         if !valid_name(alias) {
             return Err(CatalogueError::BadName(alias.clone()));
+        }
+        // An alias named like a resource would take its paths from it: `api-keys` as an
+        // alias of `reports` would let `reports:*` keys manage keys.
+        let shadows = Resource::ALL.iter().any(|r| r.as_str() == alias)
+            || additions.resources.contains(&alias.as_str())
+            || crate::route::is_builtin_alias(alias);
+        if shadows {
+            return Err(CatalogueError::Shadows(alias.clone()));
         }
         let resource = Resource::ALL
             .into_iter()

@@ -34,6 +34,15 @@ pub enum PathError {
     /// `;` (raw or encoded), which some upstreams strip as a path parameter.
     #[error("must not contain ; parameters")]
     Parameter,
+    /// A `#`, which never belongs in a request target, and after which some upstreams
+    /// keep reading the path.
+    #[error("must not contain #")]
+    Fragment,
+    /// A segment made only of dots and spaces, or of characters that stand for dots or
+    /// separators elsewhere (`..%20`, `...`, fullwidth `．．`, `¥`): Windows trims trailing
+    /// dots and spaces, and some servers map look-alike characters to ASCII.
+    #[error("has a segment that some upstreams read as . or .. or a separator")]
+    LookAlike,
     /// A `%` not followed by two hexadecimal digits.
     #[error("has a malformed percent-encoding")]
     BadEscape,
@@ -58,10 +67,13 @@ pub struct CanonicalPath(String);
 
 impl CanonicalPath {
     /// The canonical form of a request target (an absolute path, optionally followed by a
-    /// query or fragment, which are cut off), or why no upstream could be trusted to read
-    /// it the same way.
+    /// query, which is cut off), or why no upstream could be trusted to read it the same
+    /// way.
     pub fn parse(target: &str) -> Result<Self, PathError> {
-        let path = target.split(['?', '#']).next().unwrap_or_default();
+        if target.contains('#') {
+            return Err(PathError::Fragment);
+        }
+        let path = target.split('?').next().unwrap_or_default();
         let rest = path.strip_prefix('/').ok_or(PathError::NotAbsolute)?;
         let mut segments = Vec::new();
         let mut has_dots = false;
@@ -71,6 +83,9 @@ impl CanonicalPath {
         for (index, raw) in raw_segments.iter().enumerate() {
             let segment = decode_unreserved(raw)?;
             let is_dots = segment == "." || segment == "..";
+            if !is_dots && looks_like_dots_or_separator(&segment) {
+                return Err(PathError::LookAlike);
+            }
             has_dots |= is_dots;
             has_inner_empty |= segment.is_empty() && index != last;
             segments.push(segment);
@@ -121,6 +136,49 @@ impl fmt::Display for CanonicalPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// Whether a segment (other than `.` and `..` themselves) could be read as a dot segment
+/// or hold a separator by an upstream that trims trailing dots and spaces (Windows) or
+/// maps look-alike characters to ASCII (Unicode compatibility forms, East Asian code
+/// pages where the yen and won signs are the backslash).
+fn looks_like_dots_or_separator(segment: &str) -> bool {
+    let decoded = percent_decoded(segment);
+    let mut only_dots_and_spaces = !decoded.is_empty();
+    for c in decoded.chars() {
+        match c {
+            '\u{FF0F}' | '\u{FF3C}' | '\u{A5}' | '\u{20A9}' | '\u{2215}' | '\u{29F5}' => {
+                return true;
+            }
+            '.' | ' ' | '\u{FF0E}' | '\u{2024}' | '\u{2025}' | '\u{2026}' | '\u{FE52}'
+            | '\u{3002}' | '\u{FF61}' | '\u{3000}' => {}
+            _ => only_dots_and_spaces = false,
+        }
+    }
+    only_dots_and_spaces
+}
+
+/// A segment with every escape decoded (escapes were checked to be UTF-8 already).
+fn percent_decoded(segment: &str) -> String {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        let escaped = (bytes[index] == b'%')
+            .then(|| Some((hex(*bytes.get(index + 1)?)?, hex(*bytes.get(index + 2)?)?)))
+            .flatten();
+        match escaped {
+            Some((high, low)) => {
+                out.push(high * 16 + low);
+                index += 3;
+            }
+            None => {
+                out.push(bytes[index]);
+                index += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn is_unreserved(byte: u8) -> bool {
@@ -227,10 +285,9 @@ mod tests {
             ("/", "/"),
             ("/ledgers/ldg_1?expand=true", "/ledgers/ldg_1"),
             ("/ledgers?q=/../balances", "/ledgers"),
-            ("/ledgers#/../balances", "/ledgers"),
             ("//ledgers", "//ledgers"),
             ("/ledgers//x", "/ledgers//x"),
-            ("/...", "/..."),
+            ("/ledgers/a.b.c", "/ledgers/a.b.c"),
             ("/ledgers/..x", "/ledgers/..x"),
             ("/caf%C3%A9", "/caf%C3%A9"),
             ("/caf%c3%a9", "/caf%C3%A9"),
@@ -307,6 +364,16 @@ mod tests {
             ("", PathError::NotAbsolute),
             ("*", PathError::NotAbsolute),
             ("http://evil/balances", PathError::NotAbsolute),
+            ("/ledgers#/../balances/b1", PathError::Fragment),
+            ("/ledgers/x#", PathError::Fragment),
+            ("/...", PathError::LookAlike),
+            ("/ledgers/..%20/balances", PathError::LookAlike),
+            ("/ledgers/.. /balances", PathError::LookAlike),
+            ("/ledgers/%EF%BC%8E%EF%BC%8E/balances", PathError::LookAlike),
+            ("/ledgers/\u{2025}/balances", PathError::LookAlike),
+            ("/ledgers/..%E3%80%82/balances", PathError::LookAlike),
+            ("/ledgers/..%EF%BC%8Fbalances", PathError::LookAlike),
+            ("/ledgers/..%C2%A5balances", PathError::LookAlike),
         ];
         for (target, expected) in cases {
             assert_eq!(canonical(target), Err(expected), "{target:?}");

@@ -21,6 +21,11 @@ const ALIASES: [(&str, Resource); 3] = [
     ("refund-transaction", Resource::Transactions),
 ];
 
+/// Whether `segment` is one of Blnk's built-in path aliases.
+pub fn is_builtin_alias(segment: &str) -> bool {
+    ALIASES.iter().any(|(alias, _)| *alias == segment)
+}
+
 /// The resource a request path addresses: its first segment, through Blnk's aliases.
 /// `None` when that segment names no resource (the wildcard `*` is not a path).
 /// The path is taken as it is: a gateway's original path is made canonical first

@@ -101,6 +101,9 @@ pub struct Changes {
     pub keys: Vec<KeyHash>,
     /// Where the next read starts.
     pub next: ChangeCursor,
+    /// The cursor lies ahead of the database (it was replaced, restored, or failed over
+    /// to another cluster): what changed since cannot be told, so forget everything.
+    pub reset: bool,
 }
 
 /// What happened to a key, as its audit trail records it.

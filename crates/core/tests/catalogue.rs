@@ -27,6 +27,16 @@ fn configured_resources_parse_route_and_permit_like_built_in_ones() {
         install(&strings(&["reports"]), &[("x".into(), "nowhere".into())]),
         Err(CatalogueError::UnknownTarget("x".into(), "nowhere".into()))
     );
+    for shadowing in ["api-keys", "ledgers", "reports", "multi-search"] {
+        assert_eq!(
+            install(
+                &strings(&["reports"]),
+                &[(shadowing.into(), "reports".into())]
+            ),
+            Err(CatalogueError::Shadows(shadowing.into())),
+            "an alias may not take a resource's paths"
+        );
+    }
     assert_eq!(
         Scope::try_from("reports:read").ok(),
         None,

@@ -28,10 +28,13 @@ impl Drop for Background {
 pub const FINAL_FLUSH_LIMIT: Duration = Duration::from_secs(4);
 
 impl Guard {
-    /// Starts the background tasks on the current actix (tokio) runtime.
-    pub fn start(guard: &web::Data<Guard>) -> Background {
+    /// Reads the change feed once (so that the cache is trusted from the first request,
+    /// and no change before this moment can be missed), then starts the background tasks
+    /// on the current actix (tokio) runtime.
+    pub async fn start(guard: &web::Data<Guard>) -> Background {
+        let cursor = changes::read_once(guard, None).await;
         let flusher = usage::flush_periodically(guard.usage(), guard.store(), guard.usage_flush());
-        let watcher = changes::watch(guard.clone(), guard.change_poll());
+        let watcher = changes::watch(guard.clone(), guard.change_poll(), cursor);
         let tidied = guard.clone();
         let tidier = async move {
             let mut ticker = tokio::time::interval(Duration::from_secs(60));

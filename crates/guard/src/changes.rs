@@ -25,37 +25,59 @@ use std::time::Duration;
 
 use actix_web::web;
 
+use keygate_core::ChangeCursor;
+
 use crate::guard::Guard;
 
-/// Reads the change feed every `period`, forgetting changed keys, until dropped.
-pub async fn watch(state: web::Data<Guard>, period: Duration) {
-    let mut cursor = None;
+/// Reads the change feed once, forgetting what it says changed; the cursor to read from
+/// next, or `None` (having said so) when it could not be read.
+pub async fn read_once(state: &Guard, cursor: Option<ChangeCursor>) -> Option<ChangeCursor> {
+    match state
+        .read_store(move |store| store.changes_after(cursor))
+        .await
+    {
+        Ok(changes) => {
+            if changes.reset || cursor.is_none() {
+                // Nothing says what changed before this read: hold nothing read before it.
+                if changes.reset {
+                    tracing::warn!(
+                        "the change feed went back (a restored or replaced database); forgetting every cached key"
+                    );
+                }
+                state.forget_all();
+            }
+            for hash in &changes.keys {
+                state.forget(hash);
+            }
+            // Only once the changed keys are forgotten is the cache fresh again.
+            state.feed_was_read();
+            Some(changes.next)
+        }
+        Err(error) => {
+            tracing::warn!(%error, "could not read the key change feed; will retry");
+            None
+        }
+    }
+}
+
+/// Reads the change feed every `period` from `cursor`, forgetting changed keys, until
+/// dropped.
+pub async fn watch(state: web::Data<Guard>, period: Duration, mut cursor: Option<ChangeCursor>) {
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut failing = false;
+    ticker.tick().await;
+    let mut failing = cursor.is_none();
     loop {
         ticker.tick().await;
-        match state
-            .read_store(move |store| store.changes_after(cursor))
-            .await
-        {
-            Ok(changes) => {
-                for hash in &changes.keys {
-                    state.forget(hash);
-                }
-                // Only once the changed keys are forgotten is the cache fresh again.
-                state.feed_was_read();
-                cursor = Some(changes.next);
+        match read_once(&state, cursor).await {
+            Some(next) => {
+                cursor = Some(next);
                 if failing {
-                    tracing::info!("the key change feed is readable again");
+                    tracing::info!("the key change feed is readable");
                     failing = false;
                 }
             }
-            Err(error) if !failing => {
-                tracing::warn!(%error, "could not read the key change feed; will retry");
-                failing = true;
-            }
-            Err(_) => {}
+            None => failing = true,
         }
     }
 }

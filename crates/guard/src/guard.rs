@@ -26,6 +26,9 @@ use crate::usage::UsageRecorder;
 /// should win.
 const STORAGE_GRACE: Duration = Duration::from_millis(250);
 
+/// `feed_read_ms` before the change feed was first read.
+const NEVER: u64 = u64::MAX;
+
 /// The longest key text looked at: anything longer is refused before it is hashed.
 pub const MAX_PRESENTED_KEY: usize = 512;
 
@@ -120,7 +123,7 @@ impl Guard {
             storage_timeout: settings.storage_timeout,
             invalidations: AtomicU64::new(0),
             started: Instant::now(),
-            feed_read_ms: AtomicU64::new(0),
+            feed_read_ms: AtomicU64::new(NEVER),
             max_staleness: settings.max_staleness,
             usage: Arc::new(UsageRecorder::default()),
             change_poll: settings.change_poll.max(Duration::from_millis(1)),
@@ -152,12 +155,11 @@ impl Guard {
         presented: Option<&str>,
     ) -> Result<Principal, GuardError> {
         if let Some(wait) = self.throttle.refused(client) {
+            // Only an API key this instance already holds gets through: letting the
+            // master key through would let a refused address keep guessing it, a 429 for
+            // every wrong guess and a success for the right one.
             let known = presented.is_some_and(|key| {
-                let hash = KeyHash::of(key);
-                self.master
-                    .as_ref()
-                    .is_some_and(|Master(master)| *master == hash)
-                    || self.keys.contains_key(&hash)
+                PlainKey::could_be_issued(key) && self.keys.contains_key(&KeyHash::of(key))
             });
             if !known {
                 return Err(GuardError::RateLimited(wait));
@@ -189,10 +191,11 @@ impl Guard {
         let presented = presented.ok_or(GuardError::MissingKey)?;
         let hash = KeyHash::of(presented);
         let by_token = self.operator_token.as_ref() == Some(&hash);
-        let outcome = if by_token || hash == *master {
-            Ok(())
-        } else if let Some(wait) = self.throttle.refused(client) {
+        // A refused address is refused before its guess is compared, right or wrong.
+        let outcome = if let Some(wait) = self.throttle.refused(client) {
             Err(GuardError::RateLimited(wait))
+        } else if by_token || hash == *master {
+            Ok(())
         } else {
             Err(self
                 .throttle
@@ -332,15 +335,30 @@ impl Guard {
 
     /// Notes a successful read of the change feed: cached keys are up to date.
     pub fn feed_was_read(&self) {
-        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.feed_read_ms.fetch_max(now, Ordering::Relaxed);
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(NEVER - 1);
+        let _ = self
+            .feed_read_ms
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |read| {
+                (read == NEVER || read < now).then_some(now)
+            });
     }
 
-    /// Whether the change feed was read recently enough (`auth.max_staleness_ms`) for
-    /// cached keys to be trusted.
+    /// Whether the change feed was read recently enough (`max_staleness`) for cached
+    /// keys to be trusted. Before the first read it was not.
     pub fn feed_is_fresh(&self) -> bool {
-        let read = Duration::from_millis(self.feed_read_ms.load(Ordering::Relaxed));
-        self.started.elapsed().saturating_sub(read) <= self.max_staleness
+        let read = self.feed_read_ms.load(Ordering::Relaxed);
+        read != NEVER
+            && self
+                .started
+                .elapsed()
+                .saturating_sub(Duration::from_millis(read))
+                <= self.max_staleness
+    }
+
+    /// Forgets every cached key.
+    pub fn forget_all(&self) {
+        self.invalidations.fetch_add(1, Ordering::SeqCst);
+        self.keys.invalidate_all();
     }
 
     /// Forgets a key that changed, so the very next request reads it anew.

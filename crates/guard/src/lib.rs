@@ -32,7 +32,7 @@
 //!         ..GuardSettings::default()
 //!     };
 //!     let guard = web::Data::new(Guard::new(Arc::new(store), &settings, Arc::new(Unobserved)));
-//!     let _background = Guard::start(&guard);
+//!     let _background = Guard::start(&guard).await;
 //!     HttpServer::new(move || {
 //!         App::new().app_data(guard.clone()).service(
 //!             web::scope("")

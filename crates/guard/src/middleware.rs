@@ -81,6 +81,7 @@ async fn admit(request: &ServiceRequest) -> Result<Caller, GuardError> {
         .ok_or(GuardError::Internal)?;
     let peer = request.peer_addr().map(|address| address.ip());
     let path = original::canonical(request.path(), "path")?;
+    refuse_method_parameter(request.query_string(), "query")?;
     decide(
         state,
         peer,
@@ -102,12 +103,52 @@ pub async fn decide(
     method: &str,
     path: &CanonicalPath,
 ) -> Result<Principal, GuardError> {
+    refuse_method_override(headers)?;
     let client = state.throttle().client(peer, headers);
     let principal = state
         .authenticate_client(client, presented_key(headers)?)
         .await?;
     principal.authorize(resource_for(path), action_for_method(method).ok_or(method))?;
     Ok(principal)
+}
+
+/// Headers with which frameworks (Rails, Laravel, Symfony, ASP.NET, Express) let a
+/// `POST` act as another method: judged as a write, it could delete.
+const METHOD_OVERRIDES: [&str; 3] = [
+    "X-HTTP-Method-Override",
+    "X-HTTP-Method",
+    "X-Method-Override",
+];
+
+/// Refuses a request that asks, by a header, to be taken for another method.
+fn refuse_method_override(headers: &HeaderMap) -> Result<(), GuardError> {
+    match METHOD_OVERRIDES
+        .iter()
+        .find(|name| headers.contains_key(**name))
+    {
+        Some(name) => Err(ValidationError::new(
+            name,
+            "method overrides are refused: the key is judged by the request's own method",
+        )
+        .into()),
+        None => Ok(()),
+    }
+}
+
+/// Refuses a query that asks, by a `_method` parameter, to be taken for another method.
+pub fn refuse_method_parameter(query: &str, field: &'static str) -> Result<(), GuardError> {
+    let overrides = query.split('&').any(|pair| {
+        let name = pair.split_once('=').map_or(pair, |(name, _)| name);
+        name.eq_ignore_ascii_case("_method") || name.eq_ignore_ascii_case("%5Fmethod")
+    });
+    if overrides {
+        return Err(ValidationError::new(
+            field,
+            "a _method parameter is refused: the key is judged by the request's own method",
+        )
+        .into());
+    }
+    Ok(())
 }
 
 impl FromRequest for Caller {

@@ -77,6 +77,9 @@ impl OriginalRequest {
         }
         let uri = single(headers, family.uri, family.gateway)?;
         let path = canonical(uri, family.uri)?;
+        if let Some((_, query)) = uri.split_once('?') {
+            crate::middleware::refuse_method_parameter(query, family.uri)?;
+        }
         Ok(OriginalRequest {
             method: method.to_owned(),
             path,

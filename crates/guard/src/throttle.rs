@@ -13,6 +13,30 @@ use moka::sync::Cache;
 
 use crate::settings::ThrottleSettings;
 
+/// How many addresses' failures are tracked before quiet ones are forgotten early.
+const MAX_TRACKED: usize = 100_000;
+
+/// The address a client's failures count against: an IPv6 client by its /64, since one
+/// host commonly holds a whole /64 and could otherwise guess from 2^64 budgets.
+fn budget_of(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V6(v6) => {
+            let segments = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(
+                segments[0],
+                segments[1],
+                segments[2],
+                segments[3],
+                0,
+                0,
+                0,
+                0,
+            ))
+        }
+        v4 => v4,
+    }
+}
+
 /// Counts failures per client and remembers who is refused until when.
 pub struct Throttle {
     limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
@@ -51,24 +75,25 @@ impl Throttle {
     pub fn client(&self, peer: Option<IpAddr>, headers: &HeaderMap) -> Option<IpAddr> {
         let peer = peer?.to_canonical();
         if !self.is_trusted(peer) {
-            return Some(peer);
+            return Some(budget_of(peer));
         }
-        let forwarded: Vec<IpAddr> = headers
+        // From the nearest hop outwards: each trusted proxy vouches for the hop before
+        // it. A hop that cannot be read, or a chain of trusted proxies only, vouches for
+        // nothing further (what lies beyond is the client's own text): the peer it is.
+        let hops: Vec<&str> = headers
             .get_all("X-Forwarded-For")
             .filter_map(|value| value.to_str().ok())
             .flat_map(|value| value.split(','))
-            .filter_map(|hop| hop.trim().parse::<IpAddr>().ok())
-            .map(|hop| hop.to_canonical())
+            .map(str::trim)
             .collect();
-        Some(
-            forwarded
-                .iter()
-                .rev()
-                .find(|hop| !self.is_trusted(**hop))
-                .or(forwarded.first())
-                .copied()
-                .unwrap_or(peer),
-        )
+        for hop in hops.iter().rev() {
+            match hop.parse::<IpAddr>().map(|hop| hop.to_canonical()) {
+                Ok(hop) if self.is_trusted(hop) => continue,
+                Ok(hop) => return Some(budget_of(hop)),
+                Err(_) => break,
+            }
+        }
+        Some(budget_of(peer))
     }
 
     /// How long `client` must still wait, if it is refused now.
@@ -83,6 +108,9 @@ impl Throttle {
     /// wait before it is heard again.
     pub fn failed(&self, client: Option<IpAddr>) -> Option<Duration> {
         let (limiter, client) = (self.limiter.as_ref()?, client?);
+        if limiter.len() > MAX_TRACKED {
+            limiter.retain_recent();
+        }
         let refusal = limiter.check_key(&client).err()?;
         let wait = refusal.wait_time_from(DefaultClock::default().now());
         self.refused_until.insert(client, Instant::now() + wait);
@@ -146,6 +174,23 @@ mod tests {
             throttle.client(Some(ip("127.0.0.1")), &forwarded("garbage")),
             Some(ip("127.0.0.1"))
         );
+        assert_eq!(
+            throttle.client(Some(ip("127.0.0.1")), &forwarded("198.51.100.1, 10.1.2.3")),
+            Some(ip("198.51.100.1"))
+        );
+        assert_eq!(
+            throttle.client(
+                Some(ip("127.0.0.1")),
+                &forwarded("198.51.100.1, junk, 10.1.2.3")
+            ),
+            Some(ip("127.0.0.1")),
+            "past a hop that cannot be read, nothing is vouched for"
+        );
+        assert_eq!(
+            throttle.client(Some(ip("127.0.0.1")), &forwarded("10.9.9.9, 10.1.2.3")),
+            Some(ip("127.0.0.1")),
+            "trusted hops only: the peer, not the client's leftmost text"
+        );
         assert_eq!(throttle.client(None, &headers), None);
     }
 
@@ -182,6 +227,25 @@ mod tests {
         );
         assert!(throttle.refused(guesser).is_some());
         assert_eq!(throttle.refused(Some(ip("192.0.2.2"))), None);
+    }
+
+    #[test]
+    fn ipv6_clients_share_a_budget_per_64() {
+        let throttle = throttle(2, &[]);
+        let headers = HeaderMap::new();
+        let first = throttle.client(Some(ip("2001:db8:1:2::1")), &headers);
+        let same_host = throttle.client(Some(ip("2001:db8:1:2:ffff::9")), &headers);
+        let other = throttle.client(Some(ip("2001:db8:1:3::1")), &headers);
+        assert_eq!(first, same_host);
+        assert_ne!(first, other);
+        for _ in 0..2 {
+            assert_eq!(throttle.failed(first), None);
+        }
+        assert!(
+            throttle.failed(same_host).is_some(),
+            "one budget for the /64"
+        );
+        assert_eq!(throttle.refused(other), None);
     }
 
     #[test]

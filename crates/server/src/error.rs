@@ -34,7 +34,9 @@ pub enum ApiError {
     #[error("API key is expired and cannot be rotated; create a new one")]
     KeyExpired,
     /// The key was rotated, so its expiry is the end of its grace period.
-    #[error("API key was rotated; its expiry is the end of its grace period and cannot change")]
+    #[error(
+        "API key was rotated already; it has its successor, and its expiry is the end of its grace period"
+    )]
     KeyRotated,
     /// A concurrent change to the same key won.
     #[error("The API key changed while this request was working on it; retry")]

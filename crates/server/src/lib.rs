@@ -139,7 +139,7 @@ pub async fn run(
     listener: TcpListener,
     settings: &Settings,
 ) -> std::io::Result<()> {
-    let background = keygate_guard::Guard::start(state.guard());
+    let background = keygate_guard::Guard::start(state.guard()).await;
     let app_state = state.clone();
     // On SIGTERM or SIGINT: stop accepting, finish requests in flight (for up to 10 s),
     // then write pending usage below.

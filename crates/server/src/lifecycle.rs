@@ -214,6 +214,11 @@ pub async fn rotate(
     // A rotation hands out a key with the old key's scopes: only to a caller who could
     // have granted them.
     principal.may_grant(&key.owner_id, &key.scopes)?;
+    // A key already replaced, in its grace period, has its successor: another would be a
+    // second live key its owner never asked for.
+    if was_rotated(&state, &key).await? {
+        return Err(ApiError::KeyRotated);
+    }
     let plain = PlainKey::generate().map_err(|error| {
         tracing::error!(%error, "the operating system's random source failed");
         ApiError::Internal

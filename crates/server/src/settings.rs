@@ -329,6 +329,19 @@ impl Settings {
                  random master key is much harder to guess"
             ));
         }
+        let catch_all = self
+            .throttle
+            .trusted_networks()
+            .unwrap_or_default()
+            .iter()
+            .any(|network| network.prefix_len() == 0);
+        if catch_all {
+            warnings.push(
+                "throttle.trusted_proxies includes every address (/0): any client can name \
+                 its own address in X-Forwarded-For and so escape its brute-force budget"
+                    .to_owned(),
+            );
+        }
         warnings
     }
 
@@ -641,6 +654,9 @@ mod tests {
         .expect("accepted");
         assert!(long.warnings().is_empty());
         assert!(Settings::defaults().warnings().is_empty());
+        let open = Settings::load(&env(&[("KEYGATE_THROTTLE__TRUSTED_PROXIES", "0.0.0.0/0")]))
+            .expect("accepted");
+        assert!(open.warnings()[0].contains("throttle.trusted_proxies"));
     }
 
     #[test]

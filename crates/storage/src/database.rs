@@ -206,8 +206,9 @@ fn migrate_postgres(
     timeouts: &PostgresSettings,
 ) -> Result<(), StoreError> {
     // Migrating (and waiting for another instance to finish migrating) may take longer
-    // than a request may wait.
-    conn.batch_execute("SET statement_timeout = 0; SET lock_timeout = 0")
+    // than a request may wait, but not for ever: an instance stuck mid-migration must
+    // not hang every other start.
+    conn.batch_execute("SET statement_timeout = 0; SET lock_timeout = '120s'")
         .map_err(query_error)?;
     diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))
         .execute(conn)
@@ -400,7 +401,9 @@ impl KeyStore for Database {
     }
 
     fn changes_after(&self, cursor: Option<ChangeCursor>) -> Result<Changes, StoreError> {
-        let (hashes, next): (Vec<Vec<u8>>, i64) = match &self.pools {
+        // `reset`: the cursor lies ahead of the database (it was replaced or restored), so
+        // the feed cannot tell what changed since.
+        let (hashes, next, reset): (Vec<Vec<u8>>, i64, bool) = match &self.pools {
             // SQLite has one writer at a time, holding the write lock from its first write
             // to its commit: event ids are handed out in commit order, so everything
             // committed after a read has a larger id than that read saw.
@@ -408,10 +411,13 @@ impl KeyStore for Database {
                 use crate::schema::sqlite::{api_keys as t, key_events as e};
                 let mut conn = pool.get().map_err(unavailable)?;
                 conn.transaction(|conn| {
-                    let Some(ChangeCursor(after)) = cursor else {
-                        let last: Option<i64> =
-                            e::table.select(diesel::dsl::max(e::event_id)).first(conn)?;
-                        return Ok((Vec::new(), last.unwrap_or(0)));
+                    let last: Option<i64> =
+                        e::table.select(diesel::dsl::max(e::event_id)).first(conn)?;
+                    let last = last.unwrap_or(0);
+                    let after = match cursor {
+                        Some(ChangeCursor(after)) if after <= last => after,
+                        Some(_) => return Ok((Vec::new(), last, true)),
+                        None => return Ok((Vec::new(), last, false)),
                     };
                     let rows: Vec<(i64, String, Vec<u8>)> = e::table
                         .inner_join(t::table)
@@ -425,7 +431,7 @@ impl KeyStore for Database {
                         .filter(|(_, kind, _)| kind != EventKind::Created.as_str())
                         .map(|(_, _, hash)| hash)
                         .collect();
-                    Ok((hashes, next))
+                    Ok((hashes, next, false))
                 })
                 .map_err(query_error)?
             }
@@ -444,8 +450,12 @@ impl KeyStore for Database {
                             "pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
                         ))
                         .get_result(conn)?;
-                        let Some(ChangeCursor(from)) = cursor else {
-                            return Ok((Vec::new(), xmin));
+                        let from = match cursor {
+                            Some(ChangeCursor(from)) if from <= xmin => from,
+                            // Transaction ids went back: another cluster (a failover to
+                            // a logical replica, a restore).
+                            Some(_) => return Ok((Vec::new(), xmin, true)),
+                            None => return Ok((Vec::new(), xmin, false)),
                         };
                         let hashes = e::table
                             .inner_join(t::table)
@@ -454,7 +464,7 @@ impl KeyStore for Database {
                             .select(t::key_hash)
                             .distinct()
                             .load(conn)?;
-                        Ok((hashes, xmin.max(from)))
+                        Ok((hashes, xmin, false))
                     })
                     .map_err(query_error)?
             }
@@ -471,6 +481,7 @@ impl KeyStore for Database {
         Ok(Changes {
             keys,
             next: ChangeCursor(next),
+            reset,
         })
     }
 

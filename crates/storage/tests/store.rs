@@ -2,7 +2,9 @@
 //! KEYGATE_TEST_POSTGRES_URL is set, a private schema on a real PostgreSQL server.
 
 use chrono::{DateTime, Duration, SubsecRound, Utc};
-use keygate_core::{Actor, ApiKey, ApiKeyId, KeySpec, KeyStore, NewEvent, PlainKey, StoreError};
+use keygate_core::{
+    Actor, ApiKey, ApiKeyId, ChangeCursor, KeySpec, KeyStore, NewEvent, PlainKey, StoreError,
+};
 use keygate_storage::test_support::{Lock, TestDatabase};
 use keygate_storage::{Database, PoolOptions};
 
@@ -548,4 +550,22 @@ fn a_locked_sqlite_file_is_unavailable_after_the_pool_timeout_not_an_error() {
     drop(release);
     db.insert(&key, &Actor::Master)
         .expect("writes again once the lock is gone");
+}
+
+#[test]
+fn a_cursor_ahead_of_the_database_resets_the_feed() {
+    on_each_backend(|db| {
+        let present = db.changes_after(None).expect("feed");
+        assert!(!present.reset);
+        let ahead = ChangeCursor(present.next.0 + 1_000_000);
+        let changes = db.changes_after(Some(ahead)).expect("feed");
+        assert!(
+            changes.reset,
+            "a restored or replaced database ({})",
+            db.backend()
+        );
+        assert!(changes.next <= present.next.max(changes.next));
+        let again = db.changes_after(Some(changes.next)).expect("feed");
+        assert!(!again.reset, "and reads on from the present");
+    });
 }

@@ -42,6 +42,30 @@ fn backslash_separating(target: &str) -> Option<String> {
     Some(remove_dots(&decoded, true))
 }
 
+/// Windows: look-alike characters mapped to ASCII, backslashes as separators, and
+/// trailing dots and spaces trimmed from each segment.
+fn windows(target: &str) -> Option<String> {
+    let decoded = decode(path_of(target), false)
+        .replace(
+            ['\u{FF0E}', '\u{2024}', '\u{FE52}', '\u{3002}', '\u{FF61}'],
+            ".",
+        )
+        .replace('\u{2025}', "..")
+        .replace('\u{2026}', "...")
+        .replace(['\u{FF0F}', '\u{2215}'], "/")
+        .replace(['\u{FF3C}', '\u{A5}', '\u{20A9}', '\u{29F5}', '\\'], "/");
+    let trimmed: Vec<&str> = decoded
+        .split('/')
+        .map(|segment| match segment.trim_end_matches(['.', ' ']) {
+            // Windows reads a segment of dots as the dot segment it starts with.
+            "" if segment.starts_with("..") => "..",
+            "" if segment.starts_with('.') => ".",
+            kept => kept,
+        })
+        .collect();
+    Some(remove_dots(&trimmed.join("/"), true))
+}
+
 /// Decode twice (a proxy and then an application, each decoding once).
 fn decoding_twice(target: &str) -> Option<String> {
     Some(remove_dots(
@@ -51,7 +75,7 @@ fn decoding_twice(target: &str) -> Option<String> {
 }
 
 /// Every model.
-pub const UPSTREAMS: [Upstream; 6] = [
+pub const UPSTREAMS: [Upstream; 7] = [
     Upstream {
         name: "as sent",
         read: as_sent,
@@ -76,10 +100,16 @@ pub const UPSTREAMS: [Upstream; 6] = [
         name: "decoding twice",
         read: decoding_twice,
     },
+    Upstream {
+        name: "Windows",
+        read: windows,
+    },
 ];
 
+/// The path: before the query. Some upstreams (Go's `path.Clean` on a parsed URL) keep
+/// a `#` and what follows as part of the path.
 fn path_of(target: &str) -> &str {
-    target.split(['?', '#']).next().unwrap_or_default()
+    target.split('?').next().unwrap_or_default()
 }
 
 fn decode(text: &str, unreserved_only: bool) -> String {

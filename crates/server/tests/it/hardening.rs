@@ -750,3 +750,79 @@ async fn cached_keys_are_read_again_once_the_change_feed_is_stale() {
         actix_web::rt::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+#[actix_web::test]
+async fn method_overrides_are_refused_not_judged_as_the_outer_method() {
+    let app = start(TestDatabase::sqlite()).await;
+    let (writer, _) = app.new_key("alice", &["ledgers:write", "api-keys:*"]).await;
+    for header in [
+        "X-HTTP-Method-Override",
+        "X-HTTP-Method",
+        "X-Method-Override",
+    ] {
+        let reply = app
+            .send(
+                support::forward("POST", "/ledgers/l1", Some(&writer), false)
+                    .insert_header((header, "DELETE")),
+            )
+            .await;
+        reply.assert_error(400, "GEN_VALIDATION_ERROR");
+        assert_eq!(reply.json["error_detail"]["details"]["field"], header);
+        let own = app
+            .send(
+                TestRequest::post()
+                    .uri("/api-keys")
+                    .insert_header(("X-Blnk-Key", writer.as_str()))
+                    .insert_header((header, "DELETE"))
+                    .set_json(key_request("alice", &["ledgers:write"])),
+            )
+            .await;
+        own.assert_error(400, "GEN_VALIDATION_ERROR");
+    }
+    let reply = app
+        .send(support::forward(
+            "POST",
+            "/ledgers/l1?_method=DELETE",
+            Some(&writer),
+            false,
+        ))
+        .await;
+    reply.assert_error(400, "GEN_VALIDATION_ERROR");
+    let own = app
+        .call(Method::GET, "/api-keys?_method=DELETE", Some(&writer), None)
+        .await;
+    own.assert_error(400, "GEN_VALIDATION_ERROR");
+}
+
+#[actix_web::test]
+async fn a_refused_address_cannot_keep_guessing_the_master_key() {
+    let app = start(TestDatabase::sqlite()).await;
+    let (cached, _) = app.new_key("alice", &["api-keys:read"]).await;
+    let guesser = "192.0.2.90";
+    let ask = |key: &str| {
+        from(guesser, TestRequest::get().uri("/api-keys?owner=alice"))
+            .insert_header(("X-Blnk-Key", key.to_owned()))
+    };
+    assert_eq!(
+        app.send(ask(&cached)).await.status,
+        200,
+        "now held in memory"
+    );
+    for _ in 0..21 {
+        app.send(ask("guess")).await;
+    }
+    app.send(ask(MASTER))
+        .await
+        .assert_error(429, "GEN_RATE_LIMITED");
+    assert_eq!(
+        app.send(ask(&cached)).await.status,
+        200,
+        "a key this instance holds still works"
+    );
+    let elsewhere = from(
+        "192.0.2.91",
+        TestRequest::get().uri("/api-keys?owner=alice"),
+    )
+    .insert_header(("X-Blnk-Key", MASTER));
+    assert_eq!(app.send(elsewhere).await.status, 200);
+}

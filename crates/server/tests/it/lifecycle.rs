@@ -27,6 +27,7 @@ on_both_backends!(
     a_rotated_out_key_keeps_the_end_of_its_grace_period,
     forward_auth_judges_the_path_the_upstream_will_see,
     forward_auth_refuses_two_names_for_the_original_request,
+    a_rotated_out_key_cannot_be_rotated_again,
 );
 
 async fn a_key_is_read_by_its_owner_only(db: TestDatabase) {
@@ -732,7 +733,7 @@ async fn a_rotated_out_key_keeps_the_end_of_its_grace_period(db: TestDatabase) {
 
 /// Every spelling reported to reach another resource through a gateway that passes the
 /// path on and an upstream that normalises it.
-const DOT_SEGMENT_BYPASSES: [&str; 11] = [
+const DOT_SEGMENT_BYPASSES: [&str; 15] = [
     "/ledgers/../balances/b1",
     "/ledgers/%2e%2e/balances/b1",
     "/ledgers/%2E%2E/balances/b1",
@@ -744,6 +745,10 @@ const DOT_SEGMENT_BYPASSES: [&str; 11] = [
     "/ledgers/x/../../balances/b1",
     "/ledgers//../balances/b1",
     "/ledgers/%252e%252e/balances/b1",
+    "/ledgers#/../balances/b1",
+    "/ledgers/..%20/balances/b1",
+    "/ledgers/%EF%BC%8E%EF%BC%8E/balances/b1",
+    "/ledgers?_method=DELETE",
 ];
 
 async fn forward_auth_judges_the_path_the_upstream_will_see(db: TestDatabase) {
@@ -804,5 +809,28 @@ async fn forward_auth_refuses_two_names_for_the_original_request(db: TestDatabas
     assert_eq!(
         reply.json["error_detail"]["details"]["field"],
         "X-Forwarded-Uri"
+    );
+}
+
+async fn a_rotated_out_key_cannot_be_rotated_again(db: TestDatabase) {
+    let app = start(db).await;
+    let (_, old_id) = app.new_key("alice", &["ledgers:read"]).await;
+    let path = format!("/api-keys/{old_id}/rotate?owner=alice");
+    let body = json!({"grace_period_seconds": 60});
+    let first = app
+        .call(Method::POST, &path, Some(MASTER), Some(body.clone()))
+        .await;
+    assert_eq!(first.status, 201, "{}", first.json);
+    app.call(Method::POST, &path, Some(MASTER), Some(body))
+        .await
+        .assert_error(409, "APIKEY_ROTATED");
+    let listed = app
+        .call(Method::GET, "/api-keys?owner=alice", Some(MASTER), None)
+        .await;
+    assert_eq!(
+        listed.json.as_array().map(Vec::len),
+        Some(2),
+        "one successor only: {}",
+        listed.json
     );
 }

@@ -126,7 +126,7 @@ async fn launch(
         AppState::new(store, &settings, settings.server.secret_key.as_ref())
             .expect("valid test settings"),
     );
-    let background = keygate_server::guard::Guard::start(state.guard());
+    let background = keygate_server::guard::Guard::start(state.guard()).await;
     let service = test::init_service(app(state.clone())).await;
     TestApp {
         service,
