@@ -3,32 +3,36 @@
 //! key is ever let in.
 #![no_main]
 
-use std::sync::{Arc, LazyLock};
+use std::sync::LazyLock;
 
 use actix_web::http::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
 use actix_web::rt::{System, SystemRunner};
-use keygate_core::{KeyStore, Principal};
-use keygate_server::guard::presented_key;
-use keygate_server::{ApiError, AppState, Settings};
+use keygate_core::Principal;
+use keygate_server::guard::{GuardError, presented_key};
+use keygate_server::{AppState, Application, Settings};
 use keygate_storage::test_support::TestDatabase;
-use keygate_storage::{Database, PoolOptions};
 use libfuzzer_sys::fuzz_target;
 
 const MASTER: &str = "fuzz-master-key-0123456789";
 
 struct World {
-    state: AppState,
+    state: actix_web::web::Data<AppState>,
     _db: TestDatabase,
 }
 
 static WORLD: LazyLock<World> = LazyLock::new(|| {
     let db = TestDatabase::sqlite();
-    let database = Database::connect(&db.url, &PoolOptions::default()).expect("the database opens");
-    let store: Arc<dyn KeyStore> = Arc::new(database);
     let mut settings = Settings::defaults();
+    settings.database.url = db.url_string.clone();
+    settings.server.secret_key = Some(MASTER.into());
     settings.throttle.failures_per_minute = 0;
-    let state = AppState::new(store, &settings, Some(&MASTER.into())).expect("valid settings");
-    World { state, _db: db }
+    let application = System::new()
+        .block_on(Application::build(settings))
+        .expect("the service builds");
+    World {
+        state: application.state().clone(),
+        _db: db,
+    }
 });
 
 thread_local! {
@@ -49,7 +53,7 @@ fuzz_target!(|data: &[u8]| {
     headers.insert(name, value);
     let outcome = match presented_key(&headers) {
         Err(error) => Err(error),
-        Ok(presented) => SYSTEM.with(|system| system.block_on(WORLD.state.authenticate_client(None, presented))),
+        Ok(presented) => SYSTEM.with(|system| system.block_on(WORLD.state.guard().authenticate_client(None, presented))),
     };
     match outcome {
         Ok(Principal::Master) => {
@@ -57,7 +61,7 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(presented, Some(MASTER), "only the master key is the master");
         }
         Ok(Principal::Key(_)) => panic!("no key is stored, yet one was let in"),
-        Err(ApiError::MissingKey | ApiError::InvalidKey) => {}
+        Err(GuardError::MissingKey | GuardError::InvalidKey) => {}
         Err(other) => panic!("unexpected refusal: {other}"),
     }
 });

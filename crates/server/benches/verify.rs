@@ -1,20 +1,26 @@
 //! One key verification as the guard performs it: from memory (the common case) and
 //! with the indexed lookup (a key seen for the first time, or just changed), on SQLite.
 
-use std::sync::Arc;
-
 use actix_web::rt::System;
 use chrono::{Duration, Utc};
 use criterion::{Criterion, criterion_group, criterion_main};
-use keygate_core::{Actor, ApiKey, KeySpec, KeyStore, PlainKey};
-use keygate_server::{AppState, Settings};
+use keygate_core::{Actor, ApiKey, KeySpec, PlainKey};
+use keygate_server::guard::Guard;
+use keygate_server::{Application, Settings};
 use keygate_storage::test_support::TestDatabase;
-use keygate_storage::{Database, PoolOptions};
 
 fn verification(c: &mut Criterion) {
     let db = TestDatabase::sqlite();
-    let database = Database::connect(&db.url, &PoolOptions::default()).expect("the database opens");
-    let store: Arc<dyn KeyStore> = Arc::new(database);
+    let mut settings = Settings::defaults();
+    settings.database.url = db.url_string.clone();
+    settings.server.secret_key = Some("bench-master-key-0123456789".into());
+    let system = System::new();
+    let application = system
+        .block_on(Application::build(settings))
+        .expect("the service builds");
+    let state = application.state().clone();
+    // The change feed read once: the cache is trusted.
+    let _background = system.block_on(Guard::start(state.guard()));
     let now = Utc::now();
     let spec = KeySpec::new(
         "bench",
@@ -25,13 +31,11 @@ fn verification(c: &mut Criterion) {
     )
     .expect("valid");
     let plain = PlainKey::generate().expect("randomness");
-    store
+    state
+        .guard()
+        .store()
         .insert(&ApiKey::issue(spec, &plain, now), &Actor::Cli)
         .expect("stored");
-    let settings = Settings::defaults();
-    let master = "bench-master-key".into();
-    let state = AppState::new(store, &settings, Some(&master)).expect("valid settings");
-    let system = System::new();
     let presented = plain.expose();
 
     c.bench_function("verify a cached key", |b| {

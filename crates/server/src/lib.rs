@@ -100,57 +100,79 @@ pub fn master_key(settings: &Settings) -> Result<Option<SecretString>, StartErro
     Ok(Some(key))
 }
 
-/// Runs the service until it is stopped (SIGINT or SIGTERM).
-pub async fn serve(settings: Settings) -> Result<(), StartError> {
-    settings
-        .resources
-        .install()
-        .map_err(|e| StartError::Config(format!("resources: {e}")))?;
-    let master = master_key(&settings)?;
-    for warning in settings.warnings() {
-        tracing::warn!("{warning}");
-    }
-    if !settings.server.secure {
-        // Straight to stderr as well: a log level that hides warnings must not hide this.
-        eprintln!("keygate: {INSECURE_WARNING}");
-        tracing::warn!("{INSECURE_WARNING}");
-    }
-    let database = open_database(&settings).await?;
-    tracing::info!(backend = %database.backend(), "database ready");
-    let store: Arc<dyn KeyStore> = database;
-    let state = web::Data::new(
-        AppState::new(store, &settings, master.as_ref()).map_err(StartError::Config)?,
-    );
-    let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
-        .map_err(|e| {
-            StartError::Config(format!(
-                "cannot listen on {}:{}: {e}",
-                settings.server.host, settings.server.port
-            ))
-        })?;
-    tracing::info!(address = %listener.local_addr()?, "keygate listening");
-    run(state, listener, &settings).await?;
-    Ok(())
+/// The service, built from its settings: the one start-up path that `keygate serve`, the
+/// tests, the benchmarks and the fuzz targets share.
+pub struct Application {
+    state: web::Data<AppState>,
+    settings: Settings,
 }
 
-/// Serves `state` on `listener` until stopped, then writes pending key usage.
-pub async fn run(
-    state: web::Data<AppState>,
-    listener: TcpListener,
-    settings: &Settings,
-) -> std::io::Result<()> {
-    let background = keygate_guard::Guard::start(state.guard()).await;
-    let app_state = state.clone();
-    // On SIGTERM or SIGINT: stop accepting, finish requests in flight (for up to 10 s),
-    // then write pending usage below.
-    let mut server = HttpServer::new(move || app(app_state.clone()))
-        .shutdown_timeout(10)
-        .listen(listener)?;
-    if let Some(workers) = settings.server.workers {
-        server = server.workers(workers);
+impl Application {
+    /// Installs the configured resources, finds (or generates) the master key, opens and
+    /// migrates the database, and builds the state. Nothing is served yet.
+    pub async fn build(settings: Settings) -> Result<Self, StartError> {
+        Self::build_with(settings, |store| store).await
     }
-    let result = server.run().await;
-    drop(background);
-    state.guard().final_flush().await;
-    result
+
+    /// [`Self::build`], with the store seen through `wrap` (tests observe it).
+    pub async fn build_with(
+        settings: Settings,
+        wrap: impl FnOnce(Arc<dyn KeyStore>) -> Arc<dyn KeyStore>,
+    ) -> Result<Self, StartError> {
+        settings
+            .resources
+            .install()
+            .map_err(|e| StartError::Config(format!("resources: {e}")))?;
+        let master = master_key(&settings)?;
+        for warning in settings.warnings() {
+            tracing::warn!("{warning}");
+        }
+        if !settings.server.secure {
+            // Straight to stderr as well: a log level that hides warnings must not hide it.
+            eprintln!("keygate: {INSECURE_WARNING}");
+            tracing::warn!("{INSECURE_WARNING}");
+        }
+        let database = open_database(&settings).await?;
+        tracing::info!(backend = %database.backend(), "database ready");
+        let store = wrap(database);
+        let state = web::Data::new(
+            AppState::new(store, &settings, master.as_ref()).map_err(StartError::Config)?,
+        );
+        Ok(Application { state, settings })
+    }
+
+    /// The state the app serves.
+    pub fn state(&self) -> &web::Data<AppState> {
+        &self.state
+    }
+
+    /// Listens on `server.host`:`server.port` (0: any free port) and serves until
+    /// stopped (SIGINT or SIGTERM): finishes requests in flight (for up to 10 s), then
+    /// writes pending key usage.
+    pub async fn serve(self) -> Result<(), StartError> {
+        let Application { state, settings } = self;
+        let (host, port) = (settings.server.host.as_str(), settings.server.port);
+        let listener = TcpListener::bind((host, port))
+            .map_err(|e| StartError::Config(format!("cannot listen on {host}:{port}: {e}")))?;
+        let serving = |e: std::io::Error| StartError::Config(format!("serving: {e}"));
+        tracing::info!(address = %listener.local_addr().map_err(serving)?, "keygate listening");
+        let background = keygate_guard::Guard::start(state.guard()).await;
+        let app_state = state.clone();
+        let mut server = HttpServer::new(move || app(app_state.clone()))
+            .shutdown_timeout(10)
+            .listen(listener)
+            .map_err(serving)?;
+        if let Some(workers) = settings.server.workers {
+            server = server.workers(workers);
+        }
+        let result = server.run().await;
+        drop(background);
+        state.guard().final_flush().await;
+        result.map_err(serving)
+    }
+}
+
+/// Runs the service until it is stopped (SIGINT or SIGTERM).
+pub async fn serve(settings: Settings) -> Result<(), StartError> {
+    Application::build(settings).await?.serve().await
 }

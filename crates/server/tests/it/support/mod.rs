@@ -118,14 +118,10 @@ async fn launch(
 ) -> TestApp<
     impl Service<Request, Response = ServiceResponse<impl MessageBody>, Error = actix_web::Error>,
 > {
-    let database = keygate_server::open_database(&settings)
+    let application = keygate_server::Application::build_with(settings, wrap)
         .await
-        .expect("the test database opens");
-    let store = wrap(database);
-    let state = web::Data::new(
-        AppState::new(store, &settings, settings.server.secret_key.as_ref())
-            .expect("valid test settings"),
-    );
+        .expect("the test app builds");
+    let state = application.state().clone();
     let background = keygate_server::guard::Guard::start(state.guard()).await;
     let service = test::init_service(app(state.clone())).await;
     TestApp {
