@@ -16,6 +16,17 @@ pub enum Actor {
     Key(ApiKeyId),
 }
 
+impl Actor {
+    /// The actor as the audit trail records it (the inverse of its `Display`).
+    pub fn parse(text: &str) -> Self {
+        match text {
+            "master" => Actor::Master,
+            "cli" => Actor::Cli,
+            id => Actor::Key(ApiKeyId::new(id)),
+        }
+    }
+}
+
 impl From<&Principal> for Actor {
     fn from(principal: &Principal) -> Self {
         match principal {

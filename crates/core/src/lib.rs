@@ -28,4 +28,6 @@ pub use path::{CanonicalPath, PathError};
 pub use principal::{Principal, RuleError};
 pub use scope::{Action, Resource, Scope, ScopeError, ScopeSet};
 pub use secret::{KeyHash, PlainKey};
-pub use store::{ChangeCursor, Changes, EventKind, KeyEvent, KeyStore, NewEvent, StoreError};
+pub use store::{
+    ChangeCursor, Changes, EventDetails, EventKind, KeyEvent, KeyStore, NewEvent, StoreError,
+};

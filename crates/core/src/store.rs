@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use thiserror::Error;
 
 use crate::actor::Actor;
-use crate::api_key::{ApiKey, ApiKeyId};
+use crate::api_key::{ApiKey, ApiKeyId, Change};
 use crate::secret::KeyHash;
 
 /// Why a storage call failed.
@@ -120,6 +120,18 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// The kind named `text` in the audit trail.
+    pub fn parse(text: &str) -> Option<Self> {
+        [
+            EventKind::Created,
+            EventKind::Updated,
+            EventKind::Rotated,
+            EventKind::Revoked,
+        ]
+        .into_iter()
+        .find(|kind| kind.as_str() == text)
+    }
+
     /// The kind's name in the audit trail.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -134,14 +146,14 @@ impl EventKind {
 /// One entry of a key's audit trail.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyEvent {
-    /// `created`, `updated`, `rotated` or `revoked`.
-    pub kind: String,
+    /// What happened.
+    pub kind: EventKind,
     /// When it happened.
     pub at: DateTime<Utc>,
-    /// Who did it: `master`, `cli`, or an API key's id.
-    pub actor: String,
-    /// What changed, as JSON text; never a secret.
-    pub details: Option<String>,
+    /// Who did it.
+    pub actor: Actor,
+    /// What changed, as recorded ([`EventDetails::to_json`]); never a secret.
+    pub details: Option<serde_json::Value>,
 }
 
 /// An event about to be recorded with the change it describes.
@@ -151,6 +163,57 @@ pub struct NewEvent {
     pub actor: Actor,
     /// When.
     pub at: DateTime<Utc>,
-    /// What changed, as JSON text; never a secret.
-    pub details: Option<String>,
+    /// What changed; never a secret.
+    pub details: Option<EventDetails>,
+}
+
+/// What an event records beyond its kind, actor and time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventDetails {
+    /// A key created by rotating another.
+    CreatedByRotation {
+        /// The key it replaced.
+        rotated_from: ApiKeyId,
+    },
+    /// The fields an update changed, each from and to.
+    Updated(Vec<Change>),
+    /// A rotation: the successor, and how long the old key kept working.
+    Rotated {
+        /// The new key.
+        rotated_to: ApiKeyId,
+        /// The grace period.
+        grace_period_seconds: i64,
+    },
+}
+
+impl EventDetails {
+    /// The details as the audit trail shows them: `{"rotated_from": id}`, `{"name":
+    /// {"from": .., "to": ..}, ...}` or `{"rotated_to": id, "grace_period_seconds": n}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::json;
+        match self {
+            EventDetails::CreatedByRotation { rotated_from } => {
+                json!({ "rotated_from": rotated_from.as_str() })
+            }
+            EventDetails::Updated(changes) => {
+                let mut fields = serde_json::Map::new();
+                for change in changes {
+                    let (field, from, to) = match change {
+                        Change::Name { from, to } => ("name", json!(from), json!(to)),
+                        Change::Scopes { from, to } => ("scopes", json!(from), json!(to)),
+                        Change::ExpiresAt { from, to } => ("expires_at", json!(from), json!(to)),
+                    };
+                    fields.insert(field.to_owned(), json!({ "from": from, "to": to }));
+                }
+                serde_json::Value::Object(fields)
+            }
+            EventDetails::Rotated {
+                rotated_to,
+                grace_period_seconds,
+            } => json!({
+                "rotated_to": rotated_to.as_str(),
+                "grace_period_seconds": grace_period_seconds,
+            }),
+        }
+    }
 }

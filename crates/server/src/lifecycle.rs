@@ -4,11 +4,11 @@
 use actix_web::{HttpResponse, web};
 use chrono::{DateTime, Duration, Utc};
 use keygate_core::{
-    Actor, ApiKey, ApiKeyId, Change, EventKind, KeyPatch, KeyStatus, NewEvent, PlainKey, Principal,
-    ValidationError,
+    Actor, ApiKey, ApiKeyId, EventDetails, EventKind, KeyPatch, KeyStatus, NewEvent, PlainKey,
+    Principal, ValidationError,
 };
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 use utoipa::ToSchema;
 
 use crate::api_keys::{KeyView, OwnerQuery, no_store, parse_timestamp};
@@ -130,7 +130,7 @@ pub async fn update(
     let event = NewEvent {
         actor: Actor::from(&principal),
         at: now,
-        details: Some(describe(&changes).to_string()),
+        details: Some(EventDetails::Updated(changes)),
     };
     let (old, new) = (key.clone(), updated.clone());
     if !state
@@ -155,23 +155,7 @@ async fn was_rotated(state: &AppState, key: &ApiKey) -> Result<bool, ApiError> {
         .guard()
         .read_store(move |store| store.events(&id))
         .await?;
-    Ok(events
-        .iter()
-        .any(|event| event.kind == EventKind::Rotated.as_str()))
-}
-
-/// What an update changed, as the audit trail shows it.
-fn describe(changes: &[Change]) -> Value {
-    let mut details = serde_json::Map::new();
-    for change in changes {
-        let (field, from, to) = match change {
-            Change::Name { from, to } => ("name", json!(from), json!(to)),
-            Change::Scopes { from, to } => ("scopes", json!(from), json!(to)),
-            Change::ExpiresAt { from, to } => ("expires_at", json!(from), json!(to)),
-        };
-        details.insert(field.to_owned(), json!({ "from": from, "to": to }));
-    }
-    Value::Object(details)
+    Ok(events.iter().any(|event| event.kind == EventKind::Rotated))
 }
 
 /// `POST /api-keys/{id}/rotate`, whose body is optional.
@@ -228,10 +212,10 @@ pub async fn rotate(
     let event = NewEvent {
         actor: Actor::from(&principal),
         at: now,
-        details: Some(
-            json!({ "rotated_to": successor.id.as_str(), "grace_period_seconds": grace })
-                .to_string(),
-        ),
+        details: Some(EventDetails::Rotated {
+            rotated_to: successor.id.clone(),
+            grace_period_seconds: grace,
+        }),
     };
     let (old, new) = (key.clone(), successor.clone());
     if !state
@@ -253,7 +237,8 @@ pub async fn rotate(
 #[schema(as = KeyEvent)]
 pub struct EventView {
     /// `created`, `updated`, `rotated` or `revoked`.
-    kind: String,
+    #[schema(value_type = String)]
+    kind: &'static str,
     at: DateTime<Utc>,
     /// `master`, `cli`, or the acting key's `api_key_id`.
     actor: String,
@@ -279,12 +264,10 @@ pub async fn events(
     let views: Vec<EventView> = events
         .into_iter()
         .map(|event| EventView {
-            kind: event.kind,
+            kind: event.kind.as_str(),
             at: event.at,
-            actor: event.actor,
-            details: event
-                .details
-                .and_then(|text| serde_json::from_str(&text).ok()),
+            actor: event.actor.to_string(),
+            details: event.details,
         })
         .collect();
     Ok(HttpResponse::Ok().json(views))

@@ -11,8 +11,8 @@ use diesel::sql_types::{BigInt, Text, Timestamptz, TimestamptzSqlite};
 use diesel::{PgConnection, SqliteConnection};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use keygate_core::{
-    Actor, ApiKey, ApiKeyId, ChangeCursor, Changes, EventKind, KeyEvent, KeyHash, KeyStore,
-    NewEvent, StoreError,
+    Actor, ApiKey, ApiKeyId, ChangeCursor, Changes, EventDetails, EventKind, KeyEvent, KeyHash,
+    KeyStore, NewEvent, StoreError,
 };
 
 use crate::rows::{EventRow, KeyRow};
@@ -500,6 +500,7 @@ impl KeyStore for Database {
     fn replace(&self, old: &ApiKey, new: &ApiKey, event: &NewEvent) -> Result<bool, StoreError> {
         let (old_scopes, new_scopes) = (old.scopes.to_string(), new.scopes.to_string());
         let actor = event.actor.to_string();
+        let details = event.details.as_ref().map(|d| d.to_json().to_string());
         with_connection!(self, |conn, t, e| {
             conn.transaction(|conn| {
                 let unchanged = t::table
@@ -522,7 +523,7 @@ impl KeyStore for Database {
                             e::api_key_id.eq(old.id.as_str()),
                             e::kind.eq(EventKind::Updated.as_str()),
                             e::actor.eq(&actor),
-                            e::details.eq(event.details.as_deref()),
+                            e::details.eq(details.as_deref()),
                             e::at.eq(event.at),
                         ))
                         .execute(conn)?;
@@ -543,10 +544,12 @@ impl KeyStore for Database {
         let old_scopes = old.scopes.to_string();
         let new_scopes = successor.scopes.to_string();
         let actor = event.actor.to_string();
-        let created_details = format!(
-            "{{\"rotated_from\":\"{}\"}}",
-            old.id.as_str().replace('"', "")
-        );
+        let created_details = EventDetails::CreatedByRotation {
+            rotated_from: old.id.clone(),
+        }
+        .to_json()
+        .to_string();
+        let details = event.details.as_ref().map(|d| d.to_json().to_string());
         with_connection!(self, |conn, t, e| {
             conn.transaction(|conn| {
                 let unchanged = t::table
@@ -570,7 +573,7 @@ impl KeyStore for Database {
                             e::api_key_id.eq(old.id.as_str()),
                             e::kind.eq(EventKind::Rotated.as_str()),
                             e::actor.eq(actor.as_str()),
-                            e::details.eq(event.details.as_deref()),
+                            e::details.eq(details.as_deref()),
                             e::at.eq(event.at),
                         ),
                         (
@@ -597,7 +600,7 @@ impl KeyStore for Database {
                 .load(conn)
                 .map_err(query_error)?
         });
-        Ok(rows.into_iter().map(KeyEvent::from).collect())
+        rows.into_iter().map(KeyEvent::try_from).collect()
     }
 
     fn record_last_used(&self, uses: &[(ApiKeyId, DateTime<Utc>)]) -> Result<usize, StoreError> {

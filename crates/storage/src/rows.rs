@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use diesel::Queryable;
-use keygate_core::{ApiKey, ApiKeyId, KeyEvent, KeyHash, ScopeSet, StoreError};
+use keygate_core::{Actor, ApiKey, ApiKeyId, EventKind, KeyEvent, KeyHash, ScopeSet, StoreError};
 
 /// One `api_keys` row, in column order (`api_keys::all_columns`).
 #[derive(Queryable)]
@@ -61,13 +61,22 @@ pub struct EventRow {
     pub at: DateTime<Utc>,
 }
 
-impl From<EventRow> for KeyEvent {
-    fn from(row: EventRow) -> Self {
-        KeyEvent {
-            kind: row.kind,
+impl TryFrom<EventRow> for KeyEvent {
+    type Error = StoreError;
+
+    fn try_from(row: EventRow) -> Result<Self, StoreError> {
+        let kind = EventKind::parse(&row.kind)
+            .ok_or_else(|| StoreError::Internal(format!("unknown event kind {:?}", row.kind)))?;
+        let details = row
+            .details
+            .map(|text| serde_json::from_str(&text))
+            .transpose()
+            .map_err(|e| StoreError::Internal(format!("event details are not JSON: {e}")))?;
+        Ok(KeyEvent {
+            kind,
             at: row.at,
-            actor: row.actor,
-            details: row.details,
-        }
+            actor: Actor::parse(&row.actor),
+            details,
+        })
     }
 }

@@ -3,7 +3,8 @@
 
 use chrono::{DateTime, Duration, SubsecRound, Utc};
 use keygate_core::{
-    Actor, ApiKey, ApiKeyId, ChangeCursor, KeySpec, KeyStore, NewEvent, PlainKey, StoreError,
+    Actor, ApiKey, ApiKeyId, Change, ChangeCursor, EventDetails, EventKind, KeySpec, KeyStore,
+    NewEvent, PlainKey, StoreError,
 };
 use keygate_storage::test_support::{Lock, TestDatabase};
 use keygate_storage::{Database, PoolOptions};
@@ -402,7 +403,10 @@ fn replace_is_conditional_on_the_key_as_read_and_records_the_update() {
         let event = NewEvent {
             actor: Actor::Cli,
             at: now(),
-            details: Some(r#"{"name":{}}"#.into()),
+            details: Some(EventDetails::Updated(vec![Change::Name {
+                from: key.name.clone(),
+                to: "renamed".into(),
+            }])),
         };
         assert!(
             db.replace(&key, &renamed, &event).expect("replace"),
@@ -428,13 +432,19 @@ fn replace_is_conditional_on_the_key_as_read_and_records_the_update() {
             !db.replace(&revoked, &again, &event).expect("replace"),
             "a revoked key is never changed"
         );
-        let kinds: Vec<String> = db
-            .events(&key.id)
-            .expect("events")
-            .into_iter()
-            .map(|e| e.kind)
-            .collect();
-        assert_eq!(kinds, ["created", "updated", "revoked"], "{}", db.backend());
+        let events = db.events(&key.id).expect("events");
+        let kinds: Vec<EventKind> = events.iter().map(|e| e.kind).collect();
+        assert_eq!(
+            kinds,
+            [EventKind::Created, EventKind::Updated, EventKind::Revoked],
+            "{}",
+            db.backend()
+        );
+        assert_eq!(events[1].actor, Actor::Cli);
+        assert_eq!(
+            events[1].details,
+            Some(serde_json::json!({"name": {"from": key.name, "to": "renamed"}}))
+        );
     });
 }
 
@@ -475,8 +485,8 @@ fn rotate_stores_the_successor_and_cuts_the_old_expiry() {
         );
         let events = db.events(&successor.id).expect("events");
         assert_eq!(
-            events[0].details.as_deref(),
-            Some(format!(r#"{{"rotated_from":"{}"}}"#, old.id).as_str())
+            events[0].details,
+            Some(serde_json::json!({ "rotated_from": old.id.as_str() }))
         );
         assert_eq!(
             db.changes_after(Some(start_cursor)).expect("feed").keys,
