@@ -10,36 +10,122 @@ use keygate_core::{RuleError, StoreError, ValidationError};
 use serde::Serialize;
 use serde_json::Value;
 
-/// The error codes the guard answers with, each spelled once.
-pub mod codes {
+/// Every error code keygate answers with (Blnk's catalogue and keygate's own), each
+/// spelled once, here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
     /// No key on a protected path.
-    pub const MISSING_API_KEY: &str = "AUTH_MISSING_API_KEY";
+    AuthMissingApiKey,
     /// The key matches no key.
-    pub const INVALID_API_KEY: &str = "AUTH_INVALID_API_KEY";
+    AuthInvalidApiKey,
     /// The key is revoked or expired.
-    pub const EXPIRED_API_KEY: &str = "AUTH_EXPIRED_API_KEY";
-    /// An operator endpoint was asked with neither the master key nor its token.
-    pub const OPERATOR_TOKEN_REQUIRED: &str = "AUTH_METRICS_TOKEN_REQUIRED";
-    /// The path names no resource.
-    pub const UNKNOWN_RESOURCE: &str = "AUTH_UNKNOWN_RESOURCE";
+    AuthExpiredApiKey,
     /// The key's scopes do not permit the request.
-    pub const INSUFFICIENT_PERMISSIONS: &str = "AUTH_INSUFFICIENT_PERMISSIONS";
-    /// The master key must name an owner.
-    pub const OWNER_REQUIRED: &str = "APIKEY_OWNER_REQUIRED";
+    AuthInsufficientPermissions,
+    /// The path names no resource.
+    AuthUnknownResource,
     /// A key acting on another owner.
-    pub const CROSS_OWNER_ACCESS: &str = "AUTH_CROSS_OWNER_ACCESS";
+    AuthCrossOwnerAccess,
     /// Granting (or changing a key with) scopes the caller lacks.
-    pub const SCOPE_ESCALATION: &str = "AUTH_SCOPE_ESCALATION";
+    AuthScopeEscalation,
+    /// An operator endpoint asked with neither the master key nor its token.
+    AuthMetricsTokenRequired,
+    /// The master key must name an owner.
+    ApikeyOwnerRequired,
+    /// No key with that id for that owner.
+    ApikeyNotFound,
+    /// The key is revoked, so it cannot be changed.
+    ApikeyRevoked,
+    /// The key is expired, so it cannot be rotated.
+    ApikeyExpired,
+    /// The key was rotated already.
+    ApikeyRotated,
     /// The request is not what the endpoint expects.
-    pub const MALFORMED_REQUEST: &str = "GEN_MALFORMED_REQUEST";
+    GenMalformedRequest,
     /// A field or header is present but unacceptable.
-    pub const VALIDATION_ERROR: &str = "GEN_VALIDATION_ERROR";
+    GenValidationError,
+    /// The body is over the limit.
+    GenPayloadTooLarge,
     /// Too many failed authentications from this address.
-    pub const RATE_LIMITED: &str = "GEN_RATE_LIMITED";
+    GenRateLimited,
+    /// No such route.
+    GenNotFound,
+    /// The route exists, not for this method.
+    GenMethodNotAllowed,
+    /// A concurrent change to the same key won.
+    GenConflict,
     /// The database cannot be reached in time.
-    pub const SERVICE_UNAVAILABLE: &str = "GEN_SERVICE_UNAVAILABLE";
+    GenServiceUnavailable,
     /// A failure that is not the client's.
-    pub const INTERNAL: &str = "GEN_INTERNAL";
+    GenInternal,
+}
+
+impl ErrorCode {
+    /// Every code.
+    pub const ALL: [ErrorCode; 22] = [
+        ErrorCode::AuthMissingApiKey,
+        ErrorCode::AuthInvalidApiKey,
+        ErrorCode::AuthExpiredApiKey,
+        ErrorCode::AuthInsufficientPermissions,
+        ErrorCode::AuthUnknownResource,
+        ErrorCode::AuthCrossOwnerAccess,
+        ErrorCode::AuthScopeEscalation,
+        ErrorCode::AuthMetricsTokenRequired,
+        ErrorCode::ApikeyOwnerRequired,
+        ErrorCode::ApikeyNotFound,
+        ErrorCode::ApikeyRevoked,
+        ErrorCode::ApikeyExpired,
+        ErrorCode::ApikeyRotated,
+        ErrorCode::GenMalformedRequest,
+        ErrorCode::GenValidationError,
+        ErrorCode::GenPayloadTooLarge,
+        ErrorCode::GenRateLimited,
+        ErrorCode::GenNotFound,
+        ErrorCode::GenMethodNotAllowed,
+        ErrorCode::GenConflict,
+        ErrorCode::GenServiceUnavailable,
+        ErrorCode::GenInternal,
+    ];
+
+    /// The code as it appears in `error_detail.code`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::AuthMissingApiKey => "AUTH_MISSING_API_KEY",
+            ErrorCode::AuthInvalidApiKey => "AUTH_INVALID_API_KEY",
+            ErrorCode::AuthExpiredApiKey => "AUTH_EXPIRED_API_KEY",
+            ErrorCode::AuthInsufficientPermissions => "AUTH_INSUFFICIENT_PERMISSIONS",
+            ErrorCode::AuthUnknownResource => "AUTH_UNKNOWN_RESOURCE",
+            ErrorCode::AuthCrossOwnerAccess => "AUTH_CROSS_OWNER_ACCESS",
+            ErrorCode::AuthScopeEscalation => "AUTH_SCOPE_ESCALATION",
+            ErrorCode::AuthMetricsTokenRequired => "AUTH_METRICS_TOKEN_REQUIRED",
+            ErrorCode::ApikeyOwnerRequired => "APIKEY_OWNER_REQUIRED",
+            ErrorCode::ApikeyNotFound => "APIKEY_NOT_FOUND",
+            ErrorCode::ApikeyRevoked => "APIKEY_REVOKED",
+            ErrorCode::ApikeyExpired => "APIKEY_EXPIRED",
+            ErrorCode::ApikeyRotated => "APIKEY_ROTATED",
+            ErrorCode::GenMalformedRequest => "GEN_MALFORMED_REQUEST",
+            ErrorCode::GenValidationError => "GEN_VALIDATION_ERROR",
+            ErrorCode::GenPayloadTooLarge => "GEN_PAYLOAD_TOO_LARGE",
+            ErrorCode::GenRateLimited => "GEN_RATE_LIMITED",
+            ErrorCode::GenNotFound => "GEN_NOT_FOUND",
+            ErrorCode::GenMethodNotAllowed => "GEN_METHOD_NOT_ALLOWED",
+            ErrorCode::GenConflict => "GEN_CONFLICT",
+            ErrorCode::GenServiceUnavailable => "GEN_SERVICE_UNAVAILABLE",
+            ErrorCode::GenInternal => "GEN_INTERNAL",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for ErrorCode {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
 }
 
 /// Why a request is refused before it reaches a handler.
@@ -79,18 +165,18 @@ pub enum GuardError {
 
 impl GuardError {
     /// The stable machine-readable code.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            GuardError::MissingKey => codes::MISSING_API_KEY,
-            GuardError::InvalidKey => codes::INVALID_API_KEY,
-            GuardError::ExpiredKey => codes::EXPIRED_API_KEY,
-            GuardError::OperatorTokenRequired => codes::OPERATOR_TOKEN_REQUIRED,
+            GuardError::MissingKey => ErrorCode::AuthMissingApiKey,
+            GuardError::InvalidKey => ErrorCode::AuthInvalidApiKey,
+            GuardError::ExpiredKey => ErrorCode::AuthExpiredApiKey,
+            GuardError::OperatorTokenRequired => ErrorCode::AuthMetricsTokenRequired,
             GuardError::Rule(rule) => rule_code(rule),
-            GuardError::Malformed(_) => codes::MALFORMED_REQUEST,
-            GuardError::Validation(_) => codes::VALIDATION_ERROR,
-            GuardError::RateLimited(_) => codes::RATE_LIMITED,
-            GuardError::Unavailable => codes::SERVICE_UNAVAILABLE,
-            GuardError::Internal => codes::INTERNAL,
+            GuardError::Malformed(_) => ErrorCode::GenMalformedRequest,
+            GuardError::Validation(_) => ErrorCode::GenValidationError,
+            GuardError::RateLimited(_) => ErrorCode::GenRateLimited,
+            GuardError::Unavailable => ErrorCode::GenServiceUnavailable,
+            GuardError::Internal => ErrorCode::GenInternal,
         }
     }
 
@@ -129,15 +215,15 @@ impl GuardError {
 }
 
 /// The code of a rule the principal broke.
-pub fn rule_code(rule: &RuleError) -> &'static str {
+pub fn rule_code(rule: &RuleError) -> ErrorCode {
     match rule {
-        RuleError::UnknownResource => codes::UNKNOWN_RESOURCE,
+        RuleError::UnknownResource => ErrorCode::AuthUnknownResource,
         RuleError::MethodNotAllowed(_) | RuleError::InsufficientPermissions(_) => {
-            codes::INSUFFICIENT_PERMISSIONS
+            ErrorCode::AuthInsufficientPermissions
         }
-        RuleError::OwnerRequired => codes::OWNER_REQUIRED,
-        RuleError::CrossOwnerAccess => codes::CROSS_OWNER_ACCESS,
-        RuleError::ScopeEscalation(_) => codes::SCOPE_ESCALATION,
+        RuleError::OwnerRequired => ErrorCode::ApikeyOwnerRequired,
+        RuleError::CrossOwnerAccess => ErrorCode::AuthCrossOwnerAccess,
+        RuleError::ScopeEscalation(_) => ErrorCode::AuthScopeEscalation,
     }
 }
 
@@ -182,7 +268,7 @@ struct Envelope<'a> {
 
 #[derive(Serialize)]
 struct Detail<'a> {
-    code: &'a str,
+    code: ErrorCode,
     message: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     details: Option<Value>,
@@ -193,7 +279,7 @@ struct Detail<'a> {
 /// (at least 1) where a wait is known.
 pub fn envelope(
     status: StatusCode,
-    code: &str,
+    code: ErrorCode,
     message: &str,
     details: Option<Value>,
     retry_after: Option<Duration>,

@@ -173,7 +173,7 @@ impl Guard {
             other => other,
         };
         self.observer
-            .auth_decision(outcome.as_ref().map_or_else(GuardError::code, |_| "ok"));
+            .auth_decision(outcome.as_ref().map_or_else(|e| e.code().as_str(), |_| "ok"));
         outcome
     }
 
@@ -204,7 +204,7 @@ impl Guard {
         };
         // Scrapes are not key checks: only refusals are counted.
         if let Err(refusal) = &outcome {
-            self.observer.auth_decision(refusal.code());
+            self.observer.auth_decision(refusal.code().as_str());
         }
         outcome
     }

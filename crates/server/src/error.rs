@@ -6,7 +6,7 @@ use actix_web::{HttpResponse, ResponseError};
 use keygate_core::{RuleError, StoreError, ValidationError};
 use keygate_guard::GuardError;
 use keygate_guard::envelope;
-use keygate_guard::error::{codes, rule_code, rule_details, rule_status};
+use keygate_guard::error::{ErrorCode, rule_code, rule_details, rule_status};
 use serde_json::Value;
 
 /// Everything a request can fail with.
@@ -72,26 +72,26 @@ pub enum ApiError {
 
 impl ApiError {
     /// The stable machine-readable code.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            ApiError::MissingKey => codes::MISSING_API_KEY,
-            ApiError::InvalidKey => codes::INVALID_API_KEY,
-            ApiError::ExpiredKey => codes::EXPIRED_API_KEY,
-            ApiError::MetricsForbidden => codes::OPERATOR_TOKEN_REQUIRED,
+            ApiError::MissingKey => ErrorCode::AuthMissingApiKey,
+            ApiError::InvalidKey => ErrorCode::AuthInvalidApiKey,
+            ApiError::ExpiredKey => ErrorCode::AuthExpiredApiKey,
+            ApiError::MetricsForbidden => ErrorCode::AuthMetricsTokenRequired,
             ApiError::Rule(rule) => rule_code(rule),
-            ApiError::KeyNotFound => "APIKEY_NOT_FOUND",
-            ApiError::KeyRevoked => "APIKEY_REVOKED",
-            ApiError::KeyExpired => "APIKEY_EXPIRED",
-            ApiError::KeyRotated => "APIKEY_ROTATED",
-            ApiError::Conflict => "GEN_CONFLICT",
-            ApiError::RouteNotFound => "GEN_NOT_FOUND",
-            ApiError::MethodNotAllowed => "GEN_METHOD_NOT_ALLOWED",
-            ApiError::Malformed(_) => codes::MALFORMED_REQUEST,
-            ApiError::Validation(_) => codes::VALIDATION_ERROR,
-            ApiError::PayloadTooLarge(_) => "GEN_PAYLOAD_TOO_LARGE",
-            ApiError::RateLimited(_) => codes::RATE_LIMITED,
-            ApiError::Unavailable => codes::SERVICE_UNAVAILABLE,
-            ApiError::Internal => codes::INTERNAL,
+            ApiError::KeyNotFound => ErrorCode::ApikeyNotFound,
+            ApiError::KeyRevoked => ErrorCode::ApikeyRevoked,
+            ApiError::KeyExpired => ErrorCode::ApikeyExpired,
+            ApiError::KeyRotated => ErrorCode::ApikeyRotated,
+            ApiError::Conflict => ErrorCode::GenConflict,
+            ApiError::RouteNotFound => ErrorCode::GenNotFound,
+            ApiError::MethodNotAllowed => ErrorCode::GenMethodNotAllowed,
+            ApiError::Malformed(_) => ErrorCode::GenMalformedRequest,
+            ApiError::Validation(_) => ErrorCode::GenValidationError,
+            ApiError::PayloadTooLarge(_) => ErrorCode::GenPayloadTooLarge,
+            ApiError::RateLimited(_) => ErrorCode::GenRateLimited,
+            ApiError::Unavailable => ErrorCode::GenServiceUnavailable,
+            ApiError::Internal => ErrorCode::GenInternal,
         }
     }
 
@@ -256,69 +256,6 @@ mod tests {
             assert_eq!(got_status, status, "{code}");
             assert_eq!(json["error_detail"]["code"], code);
             assert_eq!(json["error"], json["error_detail"]["message"], "{code}");
-        }
-    }
-
-    #[test]
-    fn every_code_is_in_the_openapi_description() {
-        let described: Vec<String> = serde_json::to_value([
-            crate::openapi::ErrorCode::AuthMissingApiKey,
-            crate::openapi::ErrorCode::AuthInvalidApiKey,
-            crate::openapi::ErrorCode::AuthExpiredApiKey,
-            crate::openapi::ErrorCode::AuthInsufficientPermissions,
-            crate::openapi::ErrorCode::AuthUnknownResource,
-            crate::openapi::ErrorCode::AuthCrossOwnerAccess,
-            crate::openapi::ErrorCode::AuthScopeEscalation,
-            crate::openapi::ErrorCode::AuthMetricsTokenRequired,
-            crate::openapi::ErrorCode::ApikeyOwnerRequired,
-            crate::openapi::ErrorCode::ApikeyNotFound,
-            crate::openapi::ErrorCode::ApikeyRevoked,
-            crate::openapi::ErrorCode::ApikeyExpired,
-            crate::openapi::ErrorCode::ApikeyRotated,
-            crate::openapi::ErrorCode::GenMalformedRequest,
-            crate::openapi::ErrorCode::GenValidationError,
-            crate::openapi::ErrorCode::GenPayloadTooLarge,
-            crate::openapi::ErrorCode::GenRateLimited,
-            crate::openapi::ErrorCode::GenNotFound,
-            crate::openapi::ErrorCode::GenMethodNotAllowed,
-            crate::openapi::ErrorCode::GenConflict,
-            crate::openapi::ErrorCode::GenServiceUnavailable,
-            crate::openapi::ErrorCode::GenInternal,
-        ])
-        .ok()
-        .and_then(|value| serde_json::from_value(value).ok())
-        .expect("codes serialize as strings");
-        let errors = [
-            ApiError::MissingKey,
-            ApiError::InvalidKey,
-            ApiError::ExpiredKey,
-            RuleError::UnknownResource.into(),
-            RuleError::MethodNotAllowed("TRACE".into()).into(),
-            RuleError::InsufficientPermissions(Scope::EVERYTHING).into(),
-            RuleError::OwnerRequired.into(),
-            RuleError::CrossOwnerAccess.into(),
-            RuleError::ScopeEscalation(Scope::EVERYTHING).into(),
-            ApiError::KeyNotFound,
-            ApiError::KeyRevoked,
-            ApiError::KeyExpired,
-            ApiError::KeyRotated,
-            ApiError::Conflict,
-            ApiError::RouteNotFound,
-            ApiError::MethodNotAllowed,
-            ApiError::Malformed("x".into()),
-            ValidationError::new("name", "x").into(),
-            ApiError::PayloadTooLarge(1),
-            ApiError::RateLimited(std::time::Duration::from_secs(1)),
-            ApiError::MetricsForbidden,
-            ApiError::Unavailable,
-            ApiError::Internal,
-        ];
-        for error in errors {
-            assert!(
-                described.iter().any(|code| code == error.code()),
-                "{} is not in the OpenAPI description",
-                error.code()
-            );
         }
     }
 

@@ -8,39 +8,30 @@ use actix_web::web::Bytes;
 use actix_web::{HttpRequest, HttpResponse};
 use serde::Serialize;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::openapi::RefOr;
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::api_keys::{CreateKey, KeyView};
 use crate::lifecycle::{EventView, RotateKey, UpdateKey};
 
-/// Every error code keygate answers with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-#[allow(clippy::enum_variant_names)]
-pub enum ErrorCode {
-    AuthMissingApiKey,
-    AuthInvalidApiKey,
-    AuthExpiredApiKey,
-    AuthInsufficientPermissions,
-    AuthUnknownResource,
-    AuthCrossOwnerAccess,
-    AuthScopeEscalation,
-    AuthMetricsTokenRequired,
-    ApikeyOwnerRequired,
-    ApikeyNotFound,
-    ApikeyRevoked,
-    ApikeyExpired,
-    ApikeyRotated,
-    GenMalformedRequest,
-    GenValidationError,
-    GenPayloadTooLarge,
-    GenRateLimited,
-    GenNotFound,
-    GenMethodNotAllowed,
-    GenConflict,
-    GenServiceUnavailable,
-    GenInternal,
+/// Every error code keygate answers with, described from the one list of them
+/// ([`keygate_guard::error::ErrorCode::ALL`]).
+#[derive(Debug, Serialize)]
+pub struct ErrorCode(keygate_guard::error::ErrorCode);
+
+impl utoipa::PartialSchema for ErrorCode {
+    fn schema() -> RefOr<Schema> {
+        let codes = keygate_guard::error::ErrorCode::ALL.map(|code| code.as_str());
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some("Every error code keygate answers with."))
+            .enum_values(Some(codes))
+            .into()
+    }
 }
+
+impl ToSchema for ErrorCode {}
 
 /// The body of every error.
 #[derive(Debug, Serialize, ToSchema)]
