@@ -172,8 +172,11 @@ impl Guard {
                 .map_or(GuardError::InvalidKey, GuardError::RateLimited)),
             other => other,
         };
-        self.observer
-            .auth_decision(outcome.as_ref().map_or_else(|e| e.code().as_str(), |_| "ok"));
+        self.observer.auth_decision(
+            outcome
+                .as_ref()
+                .map_or_else(|e| e.code().as_str(), |_| "ok"),
+        );
         outcome
     }
 

@@ -15,6 +15,7 @@ use utoipa::ToSchema;
 use crate::error::ApiError;
 use crate::guard::Caller;
 use crate::lifecycle;
+use crate::openapi::ErrorBody;
 use crate::state::AppState;
 
 /// Routes under `/api-keys`; they expect the guard in front of them.
@@ -224,7 +225,18 @@ pub(crate) fn parse_timestamp(
     Ok(at)
 }
 
-async fn create(
+#[utoipa::path(post, path = "/api-keys", tag = "api-keys", request_body = CreateKey,
+    security(("X-Blnk-Key" = []), ("bearer" = [])),
+    responses(
+        (status = 201, description = "The key, with its secret shown this once", body = KeyView),
+        (status = 400, description = "GEN_MALFORMED_REQUEST or GEN_VALIDATION_ERROR", body = ErrorBody),
+        (status = 401, description = "AUTH_MISSING_API_KEY, AUTH_INVALID_API_KEY or AUTH_EXPIRED_API_KEY", body = ErrorBody),
+        (status = 403, description = "AUTH_INSUFFICIENT_PERMISSIONS, AUTH_CROSS_OWNER_ACCESS or AUTH_SCOPE_ESCALATION", body = ErrorBody),
+        (status = 413, description = "GEN_PAYLOAD_TOO_LARGE", body = ErrorBody),
+        (status = 429, description = "GEN_RATE_LIMITED", body = ErrorBody),
+        (status = 503, description = "GEN_SERVICE_UNAVAILABLE", body = ErrorBody),
+    ))]
+pub(crate) async fn create(
     state: web::Data<AppState>,
     Caller(principal): Caller,
     body: web::Json<CreateKey>,
@@ -249,7 +261,18 @@ async fn create(
         .json(KeyView::new(&key, plain.expose())))
 }
 
-async fn list(
+#[utoipa::path(get, path = "/api-keys", tag = "api-keys",
+    params(("owner" = Option<String>, Query, description = "Whose keys; required for the master key")),
+    security(("X-Blnk-Key" = []), ("bearer" = [])),
+    responses(
+        (status = 200, description = "The owner's keys, newest first, without secrets", body = Vec<KeyView>),
+        (status = 400, description = "APIKEY_OWNER_REQUIRED or GEN_VALIDATION_ERROR", body = ErrorBody),
+        (status = 401, description = "AUTH_MISSING_API_KEY, AUTH_INVALID_API_KEY or AUTH_EXPIRED_API_KEY", body = ErrorBody),
+        (status = 403, description = "AUTH_INSUFFICIENT_PERMISSIONS or AUTH_CROSS_OWNER_ACCESS", body = ErrorBody),
+        (status = 429, description = "GEN_RATE_LIMITED", body = ErrorBody),
+        (status = 503, description = "GEN_SERVICE_UNAVAILABLE", body = ErrorBody),
+    ))]
+pub(crate) async fn list(
     state: web::Data<AppState>,
     Caller(principal): Caller,
     query: OwnerQuery,
@@ -267,7 +290,18 @@ async fn list(
     Ok(HttpResponse::Ok().insert_header(no_store()).json(views))
 }
 
-async fn revoke(
+#[utoipa::path(delete, path = "/api-keys/{id}", tag = "api-keys",
+    params(("id" = String, Path, description = "The key's api_key_id"),
+           ("owner" = Option<String>, Query, description = "The key's owner; required for the master key")),
+    security(("X-Blnk-Key" = []), ("bearer" = [])),
+    responses(
+        (status = 204, description = "Revoked: the key works nowhere from now on"),
+        (status = 400, description = "APIKEY_OWNER_REQUIRED", body = ErrorBody),
+        (status = 401, description = "AUTH_MISSING_API_KEY, AUTH_INVALID_API_KEY or AUTH_EXPIRED_API_KEY", body = ErrorBody),
+        (status = 403, description = "AUTH_INSUFFICIENT_PERMISSIONS or AUTH_CROSS_OWNER_ACCESS", body = ErrorBody),
+        (status = 404, description = "APIKEY_NOT_FOUND", body = ErrorBody),
+    ))]
+pub(crate) async fn revoke(
     state: web::Data<AppState>,
     Caller(principal): Caller,
     id: web::Path<String>,

@@ -108,7 +108,9 @@ async fn root() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "name": "keygate", "version": env!("CARGO_PKG_VERSION") }))
 }
 
-async fn health() -> HttpResponse {
+#[utoipa::path(get, path = "/health", tag = "service",
+    responses((status = 200, description = "The service is up", body = crate::openapi::Status)))]
+pub(crate) async fn health() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "UP" }))
 }
 

@@ -6,12 +6,24 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use keygate_core::Principal;
 
 use crate::error::ApiError;
+use crate::openapi::ErrorBody;
 use crate::state::AppState;
 use keygate_guard as guard;
 use keygate_guard::OriginalRequest;
 
 /// Decides whether the presented key may make the original request: 204 with the key's
 /// identity for the upstream, or the guard's 401/403.
+#[utoipa::path(get, path = "/forward-auth", tag = "gateway", operation_id = "forward_auth",
+    params(("X-Original-Method" = Option<String>, Header, description = "The original method (nginx); or X-Forwarded-Method (Traefik)"),
+           ("X-Original-URI" = Option<String>, Header, description = "The original URI (nginx); or X-Forwarded-Uri (Traefik)")),
+    security(("X-Blnk-Key" = []), ("bearer" = [])),
+    responses(
+        (status = 204, description = "Allowed; X-Keygate-Key-Id, X-Keygate-Owner-Id and X-Keygate-Scopes name the caller"),
+        (status = 400, description = "GEN_MALFORMED_REQUEST: the original request's headers are missing; GEN_VALIDATION_ERROR (details.field names the header): both header families at once, a header twice, or a method override (X-HTTP-Method-Override and the like, or _method), or a path upstreams could read differently (encoded / or \\, a backslash, ; parameters, #, control characters, double encoding, dot segments climbing above the root or changing the first segment, look-alike dots and separators)", body = ErrorBody),
+        (status = 401, description = "AUTH_MISSING_API_KEY, AUTH_INVALID_API_KEY or AUTH_EXPIRED_API_KEY", body = ErrorBody),
+        (status = 403, description = "AUTH_INSUFFICIENT_PERMISSIONS or AUTH_UNKNOWN_RESOURCE", body = ErrorBody),
+        (status = 429, description = "GEN_RATE_LIMITED", body = ErrorBody),
+    ))]
 pub async fn decide(
     state: web::Data<AppState>,
     request: HttpRequest,

@@ -14,6 +14,7 @@ use utoipa::ToSchema;
 use crate::api_keys::{KeyView, OwnerQuery, no_store, parse_timestamp};
 use crate::error::ApiError;
 use crate::guard::Caller;
+use crate::openapi::ErrorBody;
 use crate::state::AppState;
 use keygate_core::api_key::check_lifetime;
 
@@ -65,6 +66,17 @@ async fn lost_race(state: &AppState, key: &ApiKey) -> ApiError {
 }
 
 /// `GET /api-keys/{id}`
+#[utoipa::path(get, path = "/api-keys/{id}", tag = "api-keys",
+    params(("id" = String, Path, description = "The key's api_key_id"),
+           ("owner" = Option<String>, Query, description = "The key's owner; required for the master key")),
+    security(("X-Blnk-Key" = []), ("bearer" = [])),
+    responses(
+        (status = 200, description = "The key, without its secret", body = KeyView),
+        (status = 400, description = "APIKEY_OWNER_REQUIRED", body = ErrorBody),
+        (status = 401, description = "AUTH_MISSING_API_KEY, AUTH_INVALID_API_KEY or AUTH_EXPIRED_API_KEY", body = ErrorBody),
+        (status = 403, description = "AUTH_INSUFFICIENT_PERMISSIONS or AUTH_CROSS_OWNER_ACCESS", body = ErrorBody),
+        (status = 404, description = "APIKEY_NOT_FOUND", body = ErrorBody),
+    ))]
 pub async fn get(
     state: web::Data<AppState>,
     Caller(principal): Caller,
@@ -86,6 +98,18 @@ pub struct UpdateKey {
 }
 
 /// `PATCH /api-keys/{id}`
+#[utoipa::path(patch, path = "/api-keys/{id}", tag = "api-keys", request_body = UpdateKey,
+    params(("id" = String, Path, description = "The key's api_key_id"),
+           ("owner" = Option<String>, Query, description = "The key's owner; required for the master key")),
+    security(("X-Blnk-Key" = []), ("bearer" = [])),
+    responses(
+        (status = 200, description = "The updated key", body = KeyView),
+        (status = 400, description = "GEN_MALFORMED_REQUEST, GEN_VALIDATION_ERROR or APIKEY_OWNER_REQUIRED", body = ErrorBody),
+        (status = 401, description = "AUTH_MISSING_API_KEY, AUTH_INVALID_API_KEY or AUTH_EXPIRED_API_KEY", body = ErrorBody),
+        (status = 403, description = "AUTH_INSUFFICIENT_PERMISSIONS, AUTH_CROSS_OWNER_ACCESS, or AUTH_SCOPE_ESCALATION (the caller's scopes must cover the key's, as they stand and as requested)", body = ErrorBody),
+        (status = 404, description = "APIKEY_NOT_FOUND", body = ErrorBody),
+        (status = 409, description = "APIKEY_REVOKED, APIKEY_ROTATED (a rotated key's expiry is the end of its grace period) or GEN_CONFLICT", body = ErrorBody),
+    ))]
 pub async fn update(
     state: web::Data<AppState>,
     Caller(principal): Caller,
@@ -167,6 +191,18 @@ pub struct RotateKey {
 
 /// `POST /api-keys/{id}/rotate`: a new key like the old one; the old one keeps working
 /// for the grace period, then fails as expired.
+#[utoipa::path(post, path = "/api-keys/{id}/rotate", tag = "api-keys", request_body(content = Option<RotateKey>),
+    params(("id" = String, Path, description = "The key's api_key_id"),
+           ("owner" = Option<String>, Query, description = "The key's owner; required for the master key")),
+    security(("X-Blnk-Key" = []), ("bearer" = [])),
+    responses(
+        (status = 201, description = "The successor, with its secret shown this once and rotated_from", body = KeyView),
+        (status = 400, description = "GEN_MALFORMED_REQUEST, GEN_VALIDATION_ERROR or APIKEY_OWNER_REQUIRED", body = ErrorBody),
+        (status = 401, description = "AUTH_MISSING_API_KEY, AUTH_INVALID_API_KEY or AUTH_EXPIRED_API_KEY", body = ErrorBody),
+        (status = 403, description = "AUTH_INSUFFICIENT_PERMISSIONS, AUTH_CROSS_OWNER_ACCESS or AUTH_SCOPE_ESCALATION", body = ErrorBody),
+        (status = 404, description = "APIKEY_NOT_FOUND", body = ErrorBody),
+        (status = 409, description = "APIKEY_REVOKED, APIKEY_EXPIRED or GEN_CONFLICT", body = ErrorBody),
+    ))]
 pub async fn rotate(
     state: web::Data<AppState>,
     Caller(principal): Caller,
@@ -249,6 +285,16 @@ pub struct EventView {
 }
 
 /// `GET /api-keys/{id}/events`: the key's audit trail, oldest first.
+#[utoipa::path(get, path = "/api-keys/{id}/events", tag = "api-keys",
+    params(("id" = String, Path, description = "The key's api_key_id"),
+           ("owner" = Option<String>, Query, description = "The key's owner; required for the master key")),
+    security(("X-Blnk-Key" = []), ("bearer" = [])),
+    responses(
+        (status = 200, description = "The audit trail, oldest first", body = Vec<EventView>),
+        (status = 401, description = "AUTH_MISSING_API_KEY, AUTH_INVALID_API_KEY or AUTH_EXPIRED_API_KEY", body = ErrorBody),
+        (status = 403, description = "AUTH_INSUFFICIENT_PERMISSIONS or AUTH_CROSS_OWNER_ACCESS", body = ErrorBody),
+        (status = 404, description = "APIKEY_NOT_FOUND", body = ErrorBody),
+    ))]
 pub async fn events(
     state: web::Data<AppState>,
     Caller(principal): Caller,

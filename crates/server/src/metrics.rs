@@ -11,6 +11,7 @@ use prometheus::{
 };
 
 use crate::error::ApiError;
+use crate::openapi::ErrorBody;
 use crate::state::AppState;
 use keygate_guard::presented_key;
 
@@ -153,6 +154,13 @@ pub fn method_label(method: &Method) -> &'static str {
 /// `GET /metrics`: for the master key (X-Blnk-Key or Bearer) or the metrics token.
 /// Nothing else is looked up, so it tells an API key from a wrong one no more than any
 /// other text, and every wrong key counts against the client's brute-force budget.
+#[utoipa::path(get, path = "/metrics", tag = "service", operation_id = "metrics",
+    security(("X-Blnk-Key" = []), ("bearer" = [])),
+    responses(
+        (status = 200, description = "Prometheus text", content_type = "text/plain", body = String),
+        (status = 401, description = "AUTH_MISSING_API_KEY, or AUTH_METRICS_TOKEN_REQUIRED for any other key (API keys included)", body = ErrorBody),
+        (status = 429, description = "GEN_RATE_LIMITED: too many wrong keys from this address", body = ErrorBody),
+    ))]
 pub async fn serve(
     state: web::Data<AppState>,
     request: HttpRequest,
