@@ -17,7 +17,7 @@ use crate::error::ApiError;
 use crate::guard::Caller;
 use crate::guard::require_key;
 use crate::state::AppState;
-use crate::{api_keys, forward_auth, metrics, openapi};
+use crate::{forward_auth, keys, metrics, openapi};
 
 /// The largest request body accepted.
 pub const BODY_LIMIT: usize = 1024 * 1024;
@@ -56,8 +56,8 @@ pub fn app(
         .service(
             web::scope("")
                 .wrap(from_fn(require_key))
-                .configure(api_keys::routes)
-                .default_service(web::to(api_keys::not_found)),
+                .configure(keys::routes)
+                .default_service(web::to(keys::not_found)),
         )
 }
 
@@ -72,7 +72,7 @@ where
     web::resource(path)
         .route(web::get().to(handler.clone()))
         .route(web::head().to(handler))
-        .default_service(web::to(api_keys::method_not_allowed))
+        .default_service(web::to(keys::method_not_allowed))
 }
 
 /// Makes every error answer the JSON envelope, including those that actix-web's own

@@ -7,11 +7,11 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 use clap::{Args, Parser, Subcommand};
-use keygate_core::api_key::check_lifetime;
-use keygate_core::{Actor, ApiKey, ApiKeyId, KeySpec, KeyStore, PlainKey};
+use keygate_core::{Actor, ApiKeyId, KeyStore};
 use keygate_storage::{Database, DatabaseUrl, PoolOptions};
 
-use crate::api_keys::KeyView;
+use crate::keys::views::{parse_timestamp, spec_within};
+use crate::keys::{KeyView, issue_key};
 use crate::settings::Settings;
 
 /// keygate: fine-grained API keys, compatible with Blnk.
@@ -145,15 +145,18 @@ fn keys(settings: &Settings, command: KeysCommand) -> Result<(), String> {
         KeysCommand::Create(args) => {
             let now = Utc::now();
             let expires_at = expiry(&args, now)?;
-            let spec = KeySpec::new(&args.name, &args.owner, &args.scopes, expires_at, now)
-                .map_err(|e| e.to_string())?;
-            check_lifetime(spec.expires_at, now, settings.auth.max_key_lifetime_days)
-                .map_err(|e| e.to_string())?;
-            let plain = PlainKey::generate().map_err(|e| format!("no randomness: {e}"))?;
-            let key = ApiKey::issue(spec, &plain, now);
-            database
-                .insert(&key, &Actor::Cli)
-                .map_err(|e| e.to_string())?;
+            let max_days = settings.auth.max_key_lifetime_days;
+            let spec = spec_within(
+                &args.name,
+                &args.owner,
+                &args.scopes,
+                expires_at,
+                now,
+                max_days,
+            )
+            .map_err(|e| e.to_string())?;
+            let (key, plain) =
+                issue_key(&*database, spec, &Actor::Cli, now).map_err(|e| e.to_string())?;
             print_json(&KeyView::new(&key, plain.expose()))
         }
         KeysCommand::List { owner } => {
@@ -178,11 +181,7 @@ fn keys(settings: &Settings, command: KeysCommand) -> Result<(), String> {
 
 fn expiry(args: &CreateArgs, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
     if let Some(at) = &args.expires_at {
-        return DateTime::parse_from_rfc3339(at)
-            .map(|at| at.with_timezone(&Utc))
-            .map_err(|_| {
-                format!("--expires-at {at:?} is not an RFC 3339 time, such as 2030-01-01T00:00:00Z")
-            });
+        return parse_timestamp("--expires-at", at).map_err(|error| error.to_string());
     }
     let text = args.expires_in.as_deref().unwrap_or_default();
     let bad = || format!("--expires-in {text:?} is not a duration such as 30d, 12h, 90m or 3600s");

@@ -6,12 +6,11 @@
 //! open and migrate the database, then serve until stopped, writing key usage in the
 //! background and once more on the way out.
 
-pub mod api_keys;
 pub mod app;
 pub mod cli;
 pub mod error;
 pub mod forward_auth;
-pub mod lifecycle;
+pub mod keys;
 pub mod logging;
 pub mod master_key;
 pub mod metrics;

@@ -12,8 +12,7 @@ use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use crate::api_keys::{CreateKey, KeyView};
-use crate::lifecycle::{EventView, RotateKey, UpdateKey};
+use crate::keys::{CreateKey, EventView, KeyView, RotateKey, UpdateKey};
 
 /// Every error code keygate answers with, described from the one list of them
 /// ([`keygate_guard::error::ErrorCode::ALL`]).
@@ -84,8 +83,8 @@ impl Modify for Security {
 #[openapi(
     info(title = "keygate", description = "Fine-grained API keys, wire-compatible with Blnk's /api-keys."),
     paths(
-        crate::api_keys::create, crate::api_keys::list, crate::lifecycle::get, crate::lifecycle::update,
-        crate::api_keys::revoke, crate::lifecycle::rotate, crate::lifecycle::events,
+        crate::keys::create, crate::keys::list, crate::keys::lifecycle::get, crate::keys::lifecycle::update,
+        crate::keys::revoke, crate::keys::lifecycle::rotate, crate::keys::lifecycle::events,
         crate::forward_auth::decide, crate::app::health, crate::metrics::serve
     ),
     components(schemas(CreateKey, UpdateKey, RotateKey, KeyView, EventView, ErrorBody, ErrorDetail, ErrorCode, Status)),

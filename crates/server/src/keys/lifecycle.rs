@@ -3,46 +3,25 @@
 
 use actix_web::{HttpResponse, web};
 use chrono::{DateTime, Duration, Utc};
+use keygate_core::api_key::check_lifetime;
 use keygate_core::{
-    Actor, ApiKey, ApiKeyId, EventDetails, EventKind, KeyPatch, KeyStatus, NewEvent, PlainKey,
-    Principal, ValidationError,
+    Actor, ApiKey, EventDetails, EventKind, KeyPatch, KeyStatus, NewEvent, PlainKey,
+    ValidationError,
 };
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
-use utoipa::ToSchema;
 
-use crate::api_keys::{KeyView, OwnerQuery, no_store, parse_timestamp};
+use super::address::KeyAddress;
+use super::views::{EventView, KeyView, RotateKey, UpdateKey, no_store, parse_timestamp};
 use crate::error::ApiError;
 use crate::guard::Caller;
 use crate::openapi::ErrorBody;
 use crate::state::AppState;
-use keygate_core::api_key::check_lifetime;
 
 /// The longest grace period a rotation may give the old key: one day.
 pub const MAX_GRACE_SECONDS: i64 = 86_400;
 
-/// Which key, of which owner, a `/api-keys/{id}` request is about, under the owner
-/// rules; an id that cannot name a key is not found without asking the database.
-pub fn addressed(
-    principal: &Principal,
-    id: &str,
-    query: &OwnerQuery,
-) -> Result<(ApiKeyId, String), ApiError> {
-    let owner = principal
-        .target_owner(query.owner()?.as_deref())?
-        .to_owned();
-    let id = ApiKeyId::from_request(id).ok_or(ApiError::KeyNotFound)?;
-    Ok((id, owner))
-}
-
 /// The owner's key `id`, as the caller may see it: another owner's key does not exist.
-async fn owned_key(
-    state: &AppState,
-    principal: &Principal,
-    id: String,
-    query: &OwnerQuery,
-) -> Result<ApiKey, ApiError> {
-    let (id, owner) = addressed(principal, &id, query)?;
+async fn owned_key(state: &AppState, address: KeyAddress) -> Result<ApiKey, ApiError> {
+    let KeyAddress { id, owner } = address;
     state
         .guard()
         .read_store(move |store| store.get(&id, &owner))
@@ -79,22 +58,12 @@ async fn lost_race(state: &AppState, key: &ApiKey) -> ApiError {
     ))]
 pub async fn get(
     state: web::Data<AppState>,
-    Caller(principal): Caller,
-    id: web::Path<String>,
-    query: OwnerQuery,
+    address: KeyAddress,
 ) -> Result<HttpResponse, ApiError> {
-    let key = owned_key(&state, &principal, id.into_inner(), &query).await?;
+    let key = owned_key(&state, address).await?;
     Ok(HttpResponse::Ok()
         .insert_header(no_store())
         .json(KeyView::new(&key, &key.hint)))
-}
-
-/// `PATCH /api-keys/{id}`: any of these; absent (or null) fields stay as they are.
-#[derive(Debug, Deserialize, ToSchema)]
-pub struct UpdateKey {
-    name: Option<String>,
-    scopes: Option<Vec<String>>,
-    expires_at: Option<String>,
 }
 
 /// `PATCH /api-keys/{id}`
@@ -113,8 +82,7 @@ pub struct UpdateKey {
 pub async fn update(
     state: web::Data<AppState>,
     Caller(principal): Caller,
-    id: web::Path<String>,
-    query: OwnerQuery,
+    address: KeyAddress,
     body: web::Json<UpdateKey>,
 ) -> Result<HttpResponse, ApiError> {
     let now = Utc::now();
@@ -132,7 +100,7 @@ pub async fn update(
     if let Some(expires_at) = patch.expires_at {
         check_lifetime(expires_at, now, state.max_key_lifetime_days())?;
     }
-    let key = owned_key(&state, &principal, id.into_inner(), &query).await?;
+    let key = owned_key(&state, address).await?;
     if key.is_revoked() {
         return Err(ApiError::KeyRevoked);
     }
@@ -182,13 +150,6 @@ async fn was_rotated(state: &AppState, key: &ApiKey) -> Result<bool, ApiError> {
     Ok(events.iter().any(|event| event.kind == EventKind::Rotated))
 }
 
-/// `POST /api-keys/{id}/rotate`, whose body is optional.
-#[derive(Debug, Default, Deserialize, ToSchema)]
-pub struct RotateKey {
-    /// How long the old key keeps working, 0 to 86,400 seconds (default 0).
-    grace_period_seconds: Option<i64>,
-}
-
 /// `POST /api-keys/{id}/rotate`: a new key like the old one; the old one keeps working
 /// for the grace period, then fails as expired.
 #[utoipa::path(post, path = "/api-keys/{id}/rotate", tag = "api-keys", request_body(content = Option<RotateKey>),
@@ -206,8 +167,7 @@ pub struct RotateKey {
 pub async fn rotate(
     state: web::Data<AppState>,
     Caller(principal): Caller,
-    id: web::Path<String>,
-    query: OwnerQuery,
+    address: KeyAddress,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let now = Utc::now();
@@ -225,7 +185,7 @@ pub async fn rotate(
         )
         .into());
     }
-    let key = owned_key(&state, &principal, id.into_inner(), &query).await?;
+    let key = owned_key(&state, address).await?;
     match key.status(now) {
         KeyStatus::Revoked => return Err(ApiError::KeyRevoked),
         KeyStatus::Expired => return Err(ApiError::KeyExpired),
@@ -268,22 +228,6 @@ pub async fn rotate(
         .json(KeyView::new(&successor, plain.expose())))
 }
 
-/// One entry of the audit trail on the wire.
-#[derive(Debug, Serialize, ToSchema)]
-#[schema(as = KeyEvent)]
-pub struct EventView {
-    /// `created`, `updated`, `rotated` or `revoked`.
-    #[schema(value_type = String)]
-    kind: &'static str,
-    at: DateTime<Utc>,
-    /// `master`, `cli`, or the acting key's `api_key_id`.
-    actor: String,
-    /// What changed (for `updated`: each field's `from` and `to`); never a secret.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
-    details: Option<Value>,
-}
-
 /// `GET /api-keys/{id}/events`: the key's audit trail, oldest first.
 #[utoipa::path(get, path = "/api-keys/{id}/events", tag = "api-keys",
     params(("id" = String, Path, description = "The key's api_key_id"),
@@ -297,24 +241,14 @@ pub struct EventView {
     ))]
 pub async fn events(
     state: web::Data<AppState>,
-    Caller(principal): Caller,
-    id: web::Path<String>,
-    query: OwnerQuery,
+    address: KeyAddress,
 ) -> Result<HttpResponse, ApiError> {
-    let key = owned_key(&state, &principal, id.into_inner(), &query).await?;
+    let key = owned_key(&state, address).await?;
     let id = key.id.clone();
     let events = state
         .guard()
         .read_store(move |store| store.events(&id))
         .await?;
-    let views: Vec<EventView> = events
-        .into_iter()
-        .map(|event| EventView {
-            kind: event.kind.as_str(),
-            at: event.at,
-            actor: event.actor.to_string(),
-            details: event.details,
-        })
-        .collect();
+    let views: Vec<EventView> = events.into_iter().map(EventView::from).collect();
     Ok(HttpResponse::Ok().json(views))
 }
