@@ -15,6 +15,7 @@
 pub mod actor;
 pub mod api_key;
 pub mod catalogue;
+pub mod clock;
 pub mod path;
 pub mod principal;
 pub mod route;
@@ -24,6 +25,7 @@ pub mod store;
 
 pub use actor::Actor;
 pub use api_key::{ApiKey, ApiKeyId, Change, KeyPatch, KeySpec, KeyStatus, ValidationError};
+pub use clock::{Clock, ShiftedClock, SystemClock};
 pub use path::{CanonicalPath, PathError};
 pub use principal::{Principal, RuleError};
 pub use scope::{Action, Resource, Scope, ScopeError, ScopeSet};

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use actix_web::web;
 use chrono::{DateTime, Utc};
-use keygate_core::{ApiKey, KeyHash, KeyStatus, KeyStore, PlainKey, Principal, StoreError};
+use keygate_core::{
+    ApiKey, Clock, KeyHash, KeyStatus, KeyStore, PlainKey, Principal, StoreError, SystemClock,
+};
 use moka::sync::Cache;
 use secrecy::ExposeSecret;
 use tokio::sync::Semaphore;
@@ -54,6 +56,8 @@ pub struct Guard {
     usage: Arc<UsageRecorder>,
     throttle: Throttle,
     observer: Arc<dyn Observer>,
+    /// Where "now" comes from, for expiry.
+    clock: Arc<dyn Clock>,
     /// The digest of the bearer token that may read operator endpoints, if any.
     operator_token: Option<KeyHash>,
     /// How often the change feed is read and usage written, for the background tasks.
@@ -107,6 +111,7 @@ impl Guard {
         });
         Guard {
             observer,
+            clock: Arc::new(SystemClock),
             operator_token: settings
                 .operator_token
                 .as_ref()
@@ -129,6 +134,17 @@ impl Guard {
             change_poll: settings.change_poll.max(Duration::from_millis(1)),
             usage_flush: settings.usage_flush.max(Duration::from_millis(1)),
         }
+    }
+
+    /// This guard, telling time by `clock` (the system's by default).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Where "now" comes from.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
     }
 
     /// How often the change feed is read.
@@ -295,7 +311,7 @@ impl Guard {
             Some(entry) => entry,
             None => self.load(hash).await?.ok_or(GuardError::InvalidKey)?,
         };
-        let now = Utc::now();
+        let now = self.clock.now();
         match entry.key.status(now) {
             KeyStatus::Active => {
                 self.note_use(&entry, now);

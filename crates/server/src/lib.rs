@@ -118,6 +118,15 @@ impl Application {
         settings: Settings,
         wrap: impl FnOnce(Arc<dyn KeyStore>) -> Arc<dyn KeyStore>,
     ) -> Result<Self, StartError> {
+        Self::build_on(settings, wrap, Arc::new(keygate_core::SystemClock)).await
+    }
+
+    /// [`Self::build_with`], telling time by `clock` (tests move it forward).
+    pub async fn build_on(
+        settings: Settings,
+        wrap: impl FnOnce(Arc<dyn KeyStore>) -> Arc<dyn KeyStore>,
+        clock: Arc<dyn keygate_core::Clock>,
+    ) -> Result<Self, StartError> {
         settings
             .resources
             .install()
@@ -135,7 +144,8 @@ impl Application {
         tracing::info!(backend = %database.backend(), "database ready");
         let store = wrap(database);
         let state = web::Data::new(
-            AppState::new(store, &settings, master.as_ref()).map_err(StartError::Config)?,
+            AppState::with_clock(store, &settings, master.as_ref(), clock)
+                .map_err(StartError::Config)?,
         );
         Ok(Application { state, settings })
     }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use actix_web::web;
-use keygate_core::KeyStore;
+use keygate_core::{Clock, KeyStore, SystemClock};
 use keygate_guard::Guard;
 use secrecy::SecretString;
 
@@ -26,10 +26,22 @@ impl AppState {
         settings: &Settings,
         master_key: Option<&SecretString>,
     ) -> Result<Self, String> {
+        Self::with_clock(store, settings, master_key, Arc::new(SystemClock))
+    }
+
+    /// [`Self::new`], telling time by `clock`.
+    pub fn with_clock(
+        store: Arc<dyn KeyStore>,
+        settings: &Settings,
+        master_key: Option<&SecretString>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, String> {
         let metrics = Arc::new(Metrics::new().map_err(|e| format!("metrics: {e}"))?);
         let guard_settings = settings.guard(master_key.cloned())?;
         Ok(AppState {
-            guard: web::Data::new(Guard::new(store, &guard_settings, metrics.clone())),
+            guard: web::Data::new(
+                Guard::new(store, &guard_settings, metrics.clone()).with_clock(clock),
+            ),
             metrics,
             max_key_lifetime_days: settings.auth.max_key_lifetime_days,
         })
@@ -38,6 +50,11 @@ impl AppState {
     /// The authentication engine.
     pub fn guard(&self) -> &web::Data<Guard> {
         &self.guard
+    }
+
+    /// Where "now" comes from.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        self.guard.clock()
     }
 
     /// The service's metrics.

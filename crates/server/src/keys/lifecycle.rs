@@ -85,7 +85,7 @@ pub async fn update(
     address: KeyAddress,
     body: web::Json<UpdateKey>,
 ) -> Result<HttpResponse, ApiError> {
-    let now = Utc::now();
+    let now = state.clock().now();
     let expires_at = body
         .expires_at
         .as_deref()
@@ -170,7 +170,7 @@ pub async fn rotate(
     address: KeyAddress,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let now = Utc::now();
+    let now = state.clock().now();
     let request: RotateKey = if body.iter().all(u8::is_ascii_whitespace) {
         RotateKey::default()
     } else {

@@ -96,7 +96,7 @@ pub(crate) async fn create(
     Caller(principal): Caller,
     body: web::Json<CreateKey>,
 ) -> Result<HttpResponse, ApiError> {
-    let now = Utc::now();
+    let now = state.clock().now();
     let spec = body.validate(now, state.max_key_lifetime_days())?;
     principal.may_grant(&spec.owner_id, &spec.scopes)?;
     let actor = Actor::from(&principal);
@@ -155,10 +155,10 @@ pub(crate) async fn revoke(
     Caller(principal): Caller,
     KeyAddress { id, owner }: KeyAddress,
 ) -> Result<HttpResponse, ApiError> {
-    let actor = Actor::from(&principal);
+    let (actor, now) = (Actor::from(&principal), state.clock().now());
     let revoked = state
         .guard()
-        .with_store(move |store| store.revoke(&id, &owner, Utc::now(), &actor))
+        .with_store(move |store| store.revoke(&id, &owner, now, &actor))
         .await?
         .ok_or(ApiError::KeyNotFound)?;
     state.guard().forget(&revoked.hash);

@@ -3,8 +3,6 @@
 
 use crate::support;
 
-use std::time::Duration;
-
 use actix_web::http::Method;
 use actix_web::test::TestRequest;
 use keygate_storage::test_support::TestDatabase;
@@ -166,7 +164,7 @@ async fn an_update_governs_the_very_next_request(db: TestDatabase) {
         )
         .await;
     assert_eq!(expired_soon.status, 200, "{}", expired_soon.json);
-    actix_web::rt::time::sleep(Duration::from_millis(400)).await;
+    app.clock.advance(chrono::Duration::seconds(1));
     app.call(Method::GET, "/ledgers", Some(&key), None)
         .await
         .assert_error(401, "AUTH_EXPIRED_API_KEY");
@@ -339,7 +337,7 @@ async fn the_old_key_works_through_the_grace_period_only(db: TestDatabase) {
             "inside the grace period"
         );
     }
-    actix_web::rt::time::sleep(Duration::from_millis(2300)).await;
+    app.clock.advance(chrono::Duration::seconds(3));
     app.call(Method::GET, "/api-keys", Some(&old_key), None)
         .await
         .assert_error(401, "AUTH_EXPIRED_API_KEY");
@@ -618,7 +616,7 @@ async fn a_key_changes_only_keys_its_scopes_cover(db: TestDatabase) {
         text(&expired.json["key"]),
         text(&expired.json["api_key_id"]),
     );
-    actix_web::rt::time::sleep(Duration::from_millis(1600)).await;
+    app.clock.advance(chrono::Duration::seconds(2));
     app.send(forward("GET", "/ledgers", Some(&expired_key), false))
         .await
         .assert_error(401, "AUTH_EXPIRED_API_KEY");

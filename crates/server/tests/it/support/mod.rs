@@ -29,6 +29,8 @@ pub struct TestApp<S> {
     /// The database, owned by the first app on it (a peer shares it).
     pub db: Option<TestDatabase>,
     pub background: keygate_server::guard::Background,
+    /// The app's clock: move it forward instead of waiting for expiry.
+    pub clock: Arc<keygate_core::ShiftedClock>,
 }
 
 /// An answer: status, headers and the body as JSON (`Null` when empty).
@@ -118,7 +120,8 @@ async fn launch(
 ) -> TestApp<
     impl Service<Request, Response = ServiceResponse<impl MessageBody>, Error = actix_web::Error>,
 > {
-    let application = keygate_server::Application::build_with(settings, wrap)
+    let clock = Arc::new(keygate_core::ShiftedClock::default());
+    let application = keygate_server::Application::build_on(settings, wrap, clock.clone())
         .await
         .expect("the test app builds");
     let state = application.state().clone();
@@ -129,6 +132,7 @@ async fn launch(
         state,
         db,
         background,
+        clock,
     }
 }
 
