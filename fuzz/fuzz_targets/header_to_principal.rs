@@ -23,7 +23,7 @@ struct World {
 static WORLD: LazyLock<World> = LazyLock::new(|| {
     let db = TestDatabase::sqlite();
     let mut settings = Settings::defaults();
-    settings.database.url = db.url_string.clone();
+    settings.database.url = db.url.clone();
     settings.server.secret_key = Some(MASTER.into());
     settings.throttle.failures_per_minute = 0;
     let application = System::new()

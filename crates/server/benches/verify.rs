@@ -12,7 +12,7 @@ use keygate_storage::test_support::TestDatabase;
 fn verification(c: &mut Criterion) {
     let db = TestDatabase::sqlite();
     let mut settings = Settings::defaults();
-    settings.database.url = db.url_string.clone();
+    settings.database.url = db.url.clone();
     settings.server.secret_key = Some("bench-master-key-0123456789".into());
     let system = System::new();
     let application = system

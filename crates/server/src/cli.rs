@@ -8,7 +8,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration, Utc};
 use clap::{Args, Parser, Subcommand};
 use keygate_core::{Actor, ApiKeyId, KeyStore};
-use keygate_storage::{Database, DatabaseUrl, PoolOptions};
+use keygate_storage::{Database, PoolOptions};
 
 use crate::keys::views::{parse_timestamp, spec_within};
 use crate::keys::{KeyView, issue_key};
@@ -84,7 +84,6 @@ struct CreateArgs {
 /// Runs the command line and returns the process's exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    crate::logging::init();
     let settings = match Settings::from_env() {
         Ok(settings) => settings,
         Err(error) => {
@@ -92,6 +91,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    crate::logging::init(settings.log.format);
     let outcome = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => actix_web::rt::System::new()
             .block_on(async {
@@ -124,7 +124,7 @@ pub fn main() -> ExitCode {
 }
 
 fn open(settings: &Settings) -> Result<Arc<Database>, String> {
-    let url = DatabaseUrl::parse(&settings.database.url).map_err(|e| e.to_string())?;
+    let url = settings.database.url.clone();
     let options = PoolOptions {
         max_size: 2,
         connection_timeout: settings.database.pool_timeout(),

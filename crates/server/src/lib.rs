@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use actix_web::{HttpServer, web};
 use keygate_core::KeyStore;
-use keygate_storage::{Database, DatabaseUrl, PoolOptions};
+use keygate_storage::{Database, PoolOptions};
 use secrecy::SecretString;
 
 pub use app::app;
@@ -53,8 +53,7 @@ pub enum StartError {
 
 /// Opens the configured database, migrating it.
 pub async fn open_database(settings: &Settings) -> Result<Arc<Database>, StartError> {
-    let url = DatabaseUrl::parse(&settings.database.url)
-        .map_err(|e| StartError::Config(e.to_string()))?;
+    let url = settings.database.url.clone();
     let options = PoolOptions {
         max_size: settings.database.pool_size,
         connection_timeout: settings.database.pool_timeout(),
@@ -72,8 +71,7 @@ pub fn master_key(settings: &Settings) -> Result<Option<SecretString>, StartErro
     if !settings.server.secure {
         return Ok(None);
     }
-    let url = DatabaseUrl::parse(&settings.database.url)
-        .map_err(|e| StartError::Config(e.to_string()))?;
+    let url = settings.database.url.clone();
     let path = settings
         .server
         .secret_key_file

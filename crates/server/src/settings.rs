@@ -8,6 +8,7 @@ use std::time::Duration;
 use config::{Config, ConfigError, Environment, File, FileFormat};
 use ipnet::IpNet;
 use keygate_guard::GuardSettings;
+use keygate_storage::DatabaseUrl;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
@@ -39,6 +40,9 @@ pub struct Settings {
     /// Resources beyond Blnk's, to guard other APIs.
     #[serde(default)]
     pub resources: ResourceSettings,
+    /// How logs are written.
+    #[serde(default)]
+    pub log: LogSettings,
 }
 
 /// `[throttle]`
@@ -104,12 +108,41 @@ pub struct ServerSettings {
 /// `[database]`
 #[derive(Debug, Clone, Deserialize)]
 pub struct DatabaseSettings {
-    /// `sqlite://PATH` or `postgres://USER:PASSWORD@HOST:PORT/DB`.
-    pub url: String,
+    /// `sqlite://PATH` or `postgres://USER:PASSWORD@HOST:PORT/DB`, parsed once.
+    #[serde(deserialize_with = "database_url")]
+    pub url: DatabaseUrl,
     /// Most connections in the pool.
     pub pool_size: u32,
     /// How long a request waits for a connection before answering 503, in milliseconds.
     pub pool_timeout_ms: u64,
+}
+
+/// Reads `database.url` as a [`DatabaseUrl`], so that it is parsed (and refused) once.
+fn database_url<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<DatabaseUrl, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    DatabaseUrl::parse(&text)
+        .map_err(|error| serde::de::Error::custom(format!("database.url: {error}")))
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct LogSettings {
+    /// How log lines are written to stderr.
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+/// The shape of log lines.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// For people: one line per event, coloured on a terminal.
+    #[default]
+    Text,
+    /// JSON lines, for log collectors.
+    Json,
 }
 
 /// The furthest `auth.max_key_lifetime_days` may reach: a hundred years.
@@ -280,8 +313,6 @@ impl Settings {
         if let Some(workers) = server.workers {
             in_range("server.workers", workers, 1..=1024)?;
         }
-        keygate_storage::DatabaseUrl::parse(&database.url)
-            .map_err(|error| format!("database.url: {error}"))?;
         in_range("database.pool_size", database.pool_size, 1..=1000)?;
         in_range(
             "database.pool_timeout_ms",
@@ -429,7 +460,10 @@ mod tests {
         assert_eq!(settings.server.port, 5001);
         assert!(settings.server.secure);
         assert_eq!(secret(&settings), None);
-        assert_eq!(settings.database.url, "sqlite://keygate.db");
+        assert_eq!(
+            settings.database.url,
+            DatabaseUrl::parse("sqlite://keygate.db").expect("valid")
+        );
     }
 
     #[test]
@@ -452,7 +486,10 @@ mod tests {
             Some("a-master-key-of-forty-characters-000000")
         );
         assert!(!settings.server.secure);
-        assert_eq!(settings.database.url, "postgres://u@h/db");
+        assert_eq!(
+            settings.database.url,
+            DatabaseUrl::parse("postgres://u@h/db").expect("valid")
+        );
         assert_eq!(settings.auth.cache_ttl(), Duration::from_millis(250));
         assert_eq!(settings.auth.change_poll(), Duration::from_millis(100));
     }
@@ -471,7 +508,10 @@ mod tests {
         assert_eq!(settings.server.port, 7001);
         assert_eq!(secret(&settings), Some("blnk-name-0123456789"));
         assert!(!settings.server.secure);
-        assert_eq!(settings.database.url, "postgres://blnk@db/blnk");
+        assert_eq!(
+            settings.database.url,
+            DatabaseUrl::parse("postgres://blnk@db/blnk").expect("valid")
+        );
     }
 
     #[test]
@@ -657,6 +697,14 @@ mod tests {
         let open = Settings::load(&env(&[("KEYGATE_THROTTLE__TRUSTED_PROXIES", "0.0.0.0/0")]))
             .expect("accepted");
         assert!(open.warnings()[0].contains("throttle.trusted_proxies"));
+    }
+
+    #[test]
+    fn the_log_format_is_read_once_into_its_type() {
+        assert_eq!(Settings::defaults().log.format, LogFormat::Text);
+        let json = Settings::load(&env(&[("KEYGATE_LOG__FORMAT", "json")])).expect("loads");
+        assert_eq!(json.log.format, LogFormat::Json);
+        assert!(Settings::load(&env(&[("KEYGATE_LOG__FORMAT", "xml")])).is_err());
     }
 
     #[test]

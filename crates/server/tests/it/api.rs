@@ -707,14 +707,7 @@ async fn revoking_takes_effect_on_the_very_next_request(db: TestDatabase) {
             200
         );
     }
-    let reply = app
-        .call(
-            Method::DELETE,
-            &format!("/api-keys/{id}?owner=alice"),
-            Some(MASTER),
-            None,
-        )
-        .await;
+    let reply = app.revoke(&id, "alice").await;
     assert_eq!((reply.status, reply.json.clone()), (204, Value::Null));
     let refused = app.call(Method::GET, "/api-keys", Some(&key), None).await;
     refused.assert_error(401, "AUTH_EXPIRED_API_KEY");
@@ -727,14 +720,7 @@ async fn revoking_takes_effect_on_the_very_next_request(db: TestDatabase) {
         .parse()
         .expect("RFC 3339");
     assert!((Utc::now() - revoked_at).num_seconds().abs() < 60);
-    let again = app
-        .call(
-            Method::DELETE,
-            &format!("/api-keys/{id}?owner=alice"),
-            Some(MASTER),
-            None,
-        )
-        .await;
+    let again = app.revoke(&id, "alice").await;
     assert_eq!(again.status, 204, "revoking twice is harmless");
 }
 
@@ -761,14 +747,9 @@ async fn revoking_follows_the_owner_rules(db: TestDatabase) {
     )
     .await
     .assert_error(404, "APIKEY_NOT_FOUND");
-    app.call(
-        Method::DELETE,
-        &format!("/api-keys/{victim_id}?owner=alice"),
-        Some(MASTER),
-        None,
-    )
-    .await
-    .assert_error(404, "APIKEY_NOT_FOUND");
+    app.revoke(&victim_id, "alice")
+        .await
+        .assert_error(404, "APIKEY_NOT_FOUND");
     app.call(
         Method::DELETE,
         "/api-keys/api_key_nonexistent?owner=bob",

@@ -234,14 +234,7 @@ async fn a_revoke_among_concurrent_users_stops_every_later_request(db: TestDatab
     };
     let revoker = async {
         actix_web::rt::time::sleep(std::time::Duration::from_millis(100)).await;
-        let reply = app
-            .call(
-                Method::DELETE,
-                &format!("/api-keys/{id}?owner=alice"),
-                Some(MASTER),
-                None,
-            )
-            .await;
+        let reply = app.revoke(&id, "alice").await;
         assert_eq!(reply.status, 204);
         let _ = revoked_at.set(Instant::now());
         actix_web::rt::time::sleep(std::time::Duration::from_millis(100)).await;

@@ -36,14 +36,7 @@ async fn a_second_instance_sees_a_revocation_within_the_poll_bound(db: TestDatab
         "the second instance caches the key"
     );
 
-    let reply = first
-        .call(
-            Method::DELETE,
-            &format!("/api-keys/{id}?owner=alice"),
-            Some(MASTER),
-            None,
-        )
-        .await;
+    let reply = first.revoke(&id, "alice").await;
     assert_eq!(reply.status, 204);
     let revoked = Instant::now();
     loop {

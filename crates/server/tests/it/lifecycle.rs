@@ -431,17 +431,7 @@ async fn the_audit_trail_records_every_change_in_order(db: TestDatabase) {
         .await;
     assert_eq!(rotated.status, 201, "{}", rotated.json);
     let new_id = text(&rotated.json["api_key_id"]);
-    assert_eq!(
-        app.call(
-            Method::DELETE,
-            &format!("/api-keys/{id}?owner=alice"),
-            Some(MASTER),
-            None
-        )
-        .await
-        .status,
-        204
-    );
+    assert_eq!(app.revoke(&id, "alice").await.status, 204);
 
     let reply = app
         .call(
@@ -567,17 +557,7 @@ async fn forward_auth_decides_like_the_guard(db: TestDatabase) {
     );
 
     let id = reader_id;
-    assert_eq!(
-        app.call(
-            Method::DELETE,
-            &format!("/api-keys/{id}?owner=alice"),
-            Some(MASTER),
-            None
-        )
-        .await
-        .status,
-        204
-    );
+    assert_eq!(app.revoke(&id, "alice").await.status, 204);
     app.send(forward("GET", "/ledgers", Some(&reader), false))
         .await
         .assert_error(401, "AUTH_EXPIRED_API_KEY");

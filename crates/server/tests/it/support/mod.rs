@@ -63,7 +63,7 @@ impl Reply {
 /// Test settings: the database, the master key, fast usage flushes.
 pub fn settings(db: &TestDatabase) -> Settings {
     let mut settings = Settings::defaults();
-    settings.database.url = db.url_string.clone();
+    settings.database.url = db.url.clone();
     settings.server.secret_key = Some(MASTER.into());
     settings.auth.last_used_flush_ms = 20;
     settings.auth.change_poll_ms = 50;
