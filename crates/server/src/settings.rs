@@ -54,16 +54,25 @@ pub struct ThrottleSettings {
     pub burst: u32,
     /// Addresses or CIDR ranges of proxies whose `X-Forwarded-For` is believed,
     /// separated by commas.
-    pub trusted_proxies: String,
+    #[serde(deserialize_with = "networks")]
+    pub trusted_proxies: Vec<IpNet>,
 }
 
-impl ThrottleSettings {
-    /// The trusted proxies as networks, IPv4-mapped IPv6 ones as the IPv4 networks they
-    /// stand for.
-    pub fn trusted_networks(&self) -> Result<Vec<IpNet>, String> {
-        keygate_guard::settings::parse_networks(&self.trusted_proxies)
-            .map_err(|error| format!("throttle.trusted_proxies: {error}"))
+/// Reads `throttle.trusted_proxies`, a list or comma-separated text (as the environment
+/// gives it), into networks once.
+fn networks<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<IpNet>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Networks {
+        Text(String),
+        List(Vec<String>),
     }
+    let text = match Networks::deserialize(deserializer)? {
+        Networks::Text(text) => text,
+        Networks::List(items) => items.join(","),
+    };
+    keygate_guard::settings::parse_networks(&text)
+        .map_err(|error| serde::de::Error::custom(format!("throttle.trusted_proxies: {error}")))
 }
 
 /// `[resources]`: additions to the built-in (Blnk) resource catalogue.
@@ -276,8 +285,8 @@ fn check_secret(setting: &str, secret: &SecretString) -> Result<(), String> {
 
 impl Settings {
     /// The guard's settings, with `master_key` as the master key.
-    pub fn guard(&self, master_key: Option<SecretString>) -> Result<GuardSettings, String> {
-        Ok(GuardSettings {
+    pub fn guard(&self, master_key: Option<SecretString>) -> GuardSettings {
+        GuardSettings {
             secure: self.server.secure,
             master_key,
             operator_token: self.server.metrics_token.clone(),
@@ -291,9 +300,9 @@ impl Settings {
             throttle: keygate_guard::ThrottleSettings {
                 failures_per_minute: self.throttle.failures_per_minute,
                 burst: self.throttle.burst,
-                trusted_proxies: self.throttle.trusted_networks()?,
+                trusted_proxies: self.throttle.trusted_proxies.clone(),
             },
-        })
+        }
     }
 
     /// Checks every setting against its documented range, in one place, so that a bad
@@ -345,7 +354,6 @@ impl Settings {
             0..=1_000_000,
         )?;
         in_range("throttle.burst", throttle.burst, 0..=1_000_000)?;
-        throttle.trusted_networks()?;
         Ok(())
     }
 
@@ -362,8 +370,7 @@ impl Settings {
         }
         let catch_all = self
             .throttle
-            .trusted_networks()
-            .unwrap_or_default()
+            .trusted_proxies
             .iter()
             .any(|network| network.prefix_len() == 0);
         if catch_all {
@@ -697,6 +704,30 @@ mod tests {
         let open = Settings::load(&env(&[("KEYGATE_THROTTLE__TRUSTED_PROXIES", "0.0.0.0/0")]))
             .expect("accepted");
         assert!(open.warnings()[0].contains("throttle.trusted_proxies"));
+    }
+
+    #[test]
+    fn trusted_proxies_are_networks_from_a_list_or_text() {
+        let from_env = Settings::load(&env(&[(
+            "KEYGATE_THROTTLE__TRUSTED_PROXIES",
+            "10.0.0.0/8, ::ffff:127.0.0.1",
+        )]))
+        .expect("loads");
+        let expected: Vec<IpNet> = vec![
+            "10.0.0.0/8".parse().expect("a network"),
+            "127.0.0.1/32".parse().expect("a network"),
+        ];
+        assert_eq!(from_env.throttle.trusted_proxies, expected);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("keygate.toml");
+        std::fs::write(
+            &path,
+            "[throttle]\ntrusted_proxies = [\"10.0.0.0/8\", \"127.0.0.1\"]\n",
+        )
+        .expect("write");
+        let from_file =
+            Settings::load(&env(&[(CONFIG_FILE_VAR, &path.to_string_lossy())])).expect("loads");
+        assert_eq!(from_file.throttle.trusted_proxies, expected);
     }
 
     #[test]

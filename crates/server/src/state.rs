@@ -37,7 +37,7 @@ impl AppState {
         clock: Arc<dyn Clock>,
     ) -> Result<Self, String> {
         let metrics = Arc::new(Metrics::new().map_err(|e| format!("metrics: {e}"))?);
-        let guard_settings = settings.guard(master_key.cloned())?;
+        let guard_settings = settings.guard(master_key.cloned());
         Ok(AppState {
             guard: web::Data::new(
                 Guard::new(store, &guard_settings, metrics.clone()).with_clock(clock),

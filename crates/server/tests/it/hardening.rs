@@ -338,7 +338,7 @@ async fn repeated_bad_keys_are_throttled_per_address(db: TestDatabase) {
 
 async fn the_throttle_follows_the_original_client_through_a_trusted_gateway(db: TestDatabase) {
     let app = support::start_with(db, |settings| {
-        settings.throttle.trusted_proxies = "127.0.0.1".into()
+        settings.throttle.trusted_proxies = vec!["127.0.0.1/32".parse().expect("a network")]
     })
     .await;
     let (good, _) = app.new_key("alice", &["ledgers:read"]).await;
@@ -567,7 +567,7 @@ async fn the_openapi_description_is_built_once_and_revalidated_by_its_tag() {
 #[actix_web::test]
 async fn an_ipv4_gateway_seen_through_an_ipv6_socket_is_still_trusted() {
     let app = support::start_with(TestDatabase::sqlite(), |settings| {
-        settings.throttle.trusted_proxies = "127.0.0.1".into()
+        settings.throttle.trusted_proxies = vec!["127.0.0.1/32".parse().expect("a network")]
     })
     .await;
     let (good, _) = app.new_key("alice", &["ledgers:read"]).await;
