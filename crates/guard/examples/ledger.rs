@@ -62,9 +62,10 @@ async fn main() -> std::io::Result<()> {
     let _background = Guard::start(&guard).await;
     let ledgers = web::Data::new(Ledgers::default());
     println!("ledger example listening on http://127.0.0.1:8080");
+    let app_guard = guard.clone();
     HttpServer::new(move || {
         App::new()
-            .app_data(guard.clone())
+            .app_data(app_guard.clone())
             .app_data(ledgers.clone())
             .service(
                 web::scope("/ledgers")
@@ -76,5 +77,8 @@ async fn main() -> std::io::Result<()> {
     })
     .bind(("127.0.0.1", 8080))?
     .run()
-    .await
+    .await?;
+    // The last key usage, written before the process ends.
+    guard.final_flush().await;
+    Ok(())
 }

@@ -10,110 +10,75 @@ use keygate_core::{RuleError, StoreError, ValidationError};
 use serde::Serialize;
 use serde_json::Value;
 
-/// Every error code keygate answers with (Blnk's catalogue and keygate's own), each
-/// spelled once, here.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ErrorCode {
-    /// No key on a protected path.
-    AuthMissingApiKey,
-    /// The key matches no key.
-    AuthInvalidApiKey,
-    /// The key is revoked or expired.
-    AuthExpiredApiKey,
-    /// The key's scopes do not permit the request.
-    AuthInsufficientPermissions,
-    /// The path names no resource.
-    AuthUnknownResource,
-    /// A key acting on another owner.
-    AuthCrossOwnerAccess,
-    /// Granting (or changing a key with) scopes the caller lacks.
-    AuthScopeEscalation,
-    /// An operator endpoint asked with neither the master key nor its token.
-    AuthMetricsTokenRequired,
-    /// The master key must name an owner.
-    ApikeyOwnerRequired,
-    /// No key with that id for that owner.
-    ApikeyNotFound,
-    /// The key is revoked, so it cannot be changed.
-    ApikeyRevoked,
-    /// The key is expired, so it cannot be rotated.
-    ApikeyExpired,
-    /// The key was rotated already.
-    ApikeyRotated,
-    /// The request is not what the endpoint expects.
-    GenMalformedRequest,
-    /// A field or header is present but unacceptable.
-    GenValidationError,
-    /// The body is over the limit.
-    GenPayloadTooLarge,
-    /// Too many failed authentications from this address.
-    GenRateLimited,
-    /// No such route.
-    GenNotFound,
-    /// The route exists, not for this method.
-    GenMethodNotAllowed,
-    /// A concurrent change to the same key won.
-    GenConflict,
-    /// The database cannot be reached in time.
-    GenServiceUnavailable,
-    /// A failure that is not the client's.
-    GenInternal,
+/// Declares [`ErrorCode`] from one list: each variant with its text and meaning, so the
+/// enum, [`ErrorCode::ALL`] and [`ErrorCode::as_str`] cannot disagree.
+macro_rules! error_codes {
+    ($($(#[$doc:meta])* $variant:ident => $text:literal,)*) => {
+        /// Every error code keygate answers with (Blnk's catalogue and keygate's own).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum ErrorCode {
+            $($(#[$doc])* $variant,)*
+        }
+
+        impl ErrorCode {
+            /// Every code.
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant,)*];
+
+            /// The code as it appears in `error_detail.code`.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(ErrorCode::$variant => $text,)*
+                }
+            }
+        }
+    };
 }
 
-impl ErrorCode {
-    /// Every code.
-    pub const ALL: [ErrorCode; 22] = [
-        ErrorCode::AuthMissingApiKey,
-        ErrorCode::AuthInvalidApiKey,
-        ErrorCode::AuthExpiredApiKey,
-        ErrorCode::AuthInsufficientPermissions,
-        ErrorCode::AuthUnknownResource,
-        ErrorCode::AuthCrossOwnerAccess,
-        ErrorCode::AuthScopeEscalation,
-        ErrorCode::AuthMetricsTokenRequired,
-        ErrorCode::ApikeyOwnerRequired,
-        ErrorCode::ApikeyNotFound,
-        ErrorCode::ApikeyRevoked,
-        ErrorCode::ApikeyExpired,
-        ErrorCode::ApikeyRotated,
-        ErrorCode::GenMalformedRequest,
-        ErrorCode::GenValidationError,
-        ErrorCode::GenPayloadTooLarge,
-        ErrorCode::GenRateLimited,
-        ErrorCode::GenNotFound,
-        ErrorCode::GenMethodNotAllowed,
-        ErrorCode::GenConflict,
-        ErrorCode::GenServiceUnavailable,
-        ErrorCode::GenInternal,
-    ];
-
-    /// The code as it appears in `error_detail.code`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::AuthMissingApiKey => "AUTH_MISSING_API_KEY",
-            ErrorCode::AuthInvalidApiKey => "AUTH_INVALID_API_KEY",
-            ErrorCode::AuthExpiredApiKey => "AUTH_EXPIRED_API_KEY",
-            ErrorCode::AuthInsufficientPermissions => "AUTH_INSUFFICIENT_PERMISSIONS",
-            ErrorCode::AuthUnknownResource => "AUTH_UNKNOWN_RESOURCE",
-            ErrorCode::AuthCrossOwnerAccess => "AUTH_CROSS_OWNER_ACCESS",
-            ErrorCode::AuthScopeEscalation => "AUTH_SCOPE_ESCALATION",
-            ErrorCode::AuthMetricsTokenRequired => "AUTH_METRICS_TOKEN_REQUIRED",
-            ErrorCode::ApikeyOwnerRequired => "APIKEY_OWNER_REQUIRED",
-            ErrorCode::ApikeyNotFound => "APIKEY_NOT_FOUND",
-            ErrorCode::ApikeyRevoked => "APIKEY_REVOKED",
-            ErrorCode::ApikeyExpired => "APIKEY_EXPIRED",
-            ErrorCode::ApikeyRotated => "APIKEY_ROTATED",
-            ErrorCode::GenMalformedRequest => "GEN_MALFORMED_REQUEST",
-            ErrorCode::GenValidationError => "GEN_VALIDATION_ERROR",
-            ErrorCode::GenPayloadTooLarge => "GEN_PAYLOAD_TOO_LARGE",
-            ErrorCode::GenRateLimited => "GEN_RATE_LIMITED",
-            ErrorCode::GenNotFound => "GEN_NOT_FOUND",
-            ErrorCode::GenMethodNotAllowed => "GEN_METHOD_NOT_ALLOWED",
-            ErrorCode::GenConflict => "GEN_CONFLICT",
-            ErrorCode::GenServiceUnavailable => "GEN_SERVICE_UNAVAILABLE",
-            ErrorCode::GenInternal => "GEN_INTERNAL",
-        }
-    }
+error_codes! {
+    /// No key on a protected path.
+    AuthMissingApiKey => "AUTH_MISSING_API_KEY",
+    /// The key matches no key.
+    AuthInvalidApiKey => "AUTH_INVALID_API_KEY",
+    /// The key is revoked or expired.
+    AuthExpiredApiKey => "AUTH_EXPIRED_API_KEY",
+    /// The key's scopes do not permit the request.
+    AuthInsufficientPermissions => "AUTH_INSUFFICIENT_PERMISSIONS",
+    /// The path names no resource.
+    AuthUnknownResource => "AUTH_UNKNOWN_RESOURCE",
+    /// A key acting on another owner.
+    AuthCrossOwnerAccess => "AUTH_CROSS_OWNER_ACCESS",
+    /// Granting (or changing a key with) scopes the caller lacks.
+    AuthScopeEscalation => "AUTH_SCOPE_ESCALATION",
+    /// An operator endpoint asked with neither the master key nor its token.
+    AuthMetricsTokenRequired => "AUTH_METRICS_TOKEN_REQUIRED",
+    /// The master key must name an owner.
+    ApikeyOwnerRequired => "APIKEY_OWNER_REQUIRED",
+    /// No key with that id for that owner.
+    ApikeyNotFound => "APIKEY_NOT_FOUND",
+    /// The key is revoked, so it cannot be changed.
+    ApikeyRevoked => "APIKEY_REVOKED",
+    /// The key is expired, so it cannot be rotated.
+    ApikeyExpired => "APIKEY_EXPIRED",
+    /// The key was rotated already.
+    ApikeyRotated => "APIKEY_ROTATED",
+    /// The request is not what the endpoint expects.
+    GenMalformedRequest => "GEN_MALFORMED_REQUEST",
+    /// A field or header is present but unacceptable.
+    GenValidationError => "GEN_VALIDATION_ERROR",
+    /// The body is over the limit.
+    GenPayloadTooLarge => "GEN_PAYLOAD_TOO_LARGE",
+    /// Too many failed authentications from this address.
+    GenRateLimited => "GEN_RATE_LIMITED",
+    /// No such route.
+    GenNotFound => "GEN_NOT_FOUND",
+    /// The route exists, not for this method.
+    GenMethodNotAllowed => "GEN_METHOD_NOT_ALLOWED",
+    /// A concurrent change to the same key won.
+    GenConflict => "GEN_CONFLICT",
+    /// The database cannot be reached in time.
+    GenServiceUnavailable => "GEN_SERVICE_UNAVAILABLE",
+    /// A failure that is not the client's.
+    GenInternal => "GEN_INTERNAL",
 }
 
 impl std::fmt::Display for ErrorCode {

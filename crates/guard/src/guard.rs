@@ -353,7 +353,7 @@ impl Guard {
     }
 
     /// Notes a successful read of the change feed: cached keys are up to date.
-    pub fn feed_was_read(&self) {
+    pub(crate) fn feed_was_read(&self) {
         let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(NEVER - 1);
         let _ = self
             .feed_read_ms
@@ -375,7 +375,7 @@ impl Guard {
     }
 
     /// Forgets every cached key.
-    pub fn forget_all(&self) {
+    pub(crate) fn forget_all(&self) {
         self.invalidations.fetch_add(1, Ordering::SeqCst);
         self.keys.invalidate_all();
     }

@@ -76,9 +76,10 @@ pub async fn require_key(
 }
 
 async fn admit(request: &ServiceRequest) -> Result<Caller, GuardError> {
-    let state = request
-        .app_data::<web::Data<Guard>>()
-        .ok_or(GuardError::Internal)?;
+    let state = request.app_data::<web::Data<Guard>>().ok_or_else(|| {
+        tracing::error!("require_key without a web::Data<Guard> in the app's data");
+        GuardError::Internal
+    })?;
     let peer = request.peer_addr().map(|address| address.ip());
     let path = original::canonical(request.path(), "path")?;
     refuse_method_parameter(request.query_string(), "query")?;
@@ -120,26 +121,40 @@ const METHOD_OVERRIDES: [&str; 3] = [
     "X-Method-Override",
 ];
 
-/// Refuses a request that asks, by a header, to be taken for another method.
+/// Refuses a request that asks, by a header, to be taken for another method. Header
+/// names are compared as CGI-style servers read them, `_` and `-` alike.
 fn refuse_method_override(headers: &HeaderMap) -> Result<(), GuardError> {
-    match METHOD_OVERRIDES
-        .iter()
-        .find(|name| headers.contains_key(**name))
-    {
-        Some(name) => Err(ValidationError::new(
-            name,
-            "method overrides are refused: the key is judged by the request's own method",
-        )
-        .into()),
-        None => Ok(()),
+    for name in headers.keys() {
+        let spelled = name.as_str().replace('_', "-");
+        if let Some(known) = METHOD_OVERRIDES
+            .iter()
+            .find(|known| known.eq_ignore_ascii_case(&spelled))
+        {
+            return Err(ValidationError::new(
+                known,
+                "method overrides are refused: the key is judged by the request's own method",
+            )
+            .into());
+        }
     }
+    Ok(())
 }
 
-/// Refuses a query that asks, by a `_method` parameter, to be taken for another method.
+/// Refuses a query that asks, by a `_method` parameter, to be taken for another method,
+/// however its name is spelled: percent-encoded, in any case, or with the characters
+/// PHP turns into `_` (space, `.`, `[`, `+`).
 pub fn refuse_method_parameter(query: &str, field: &'static str) -> Result<(), GuardError> {
     let overrides = query.split('&').any(|pair| {
         let name = pair.split_once('=').map_or(pair, |(name, _)| name);
-        name.eq_ignore_ascii_case("_method") || name.eq_ignore_ascii_case("%5Fmethod")
+        let decoded = percent_decode(name);
+        let normalised: String = decoded
+            .chars()
+            .map(|c| match c {
+                ' ' | '.' | '[' | '+' => '_',
+                other => other.to_ascii_lowercase(),
+            })
+            .collect();
+        normalised == "_method"
     });
     if overrides {
         return Err(ValidationError::new(
@@ -149,6 +164,31 @@ pub fn refuse_method_parameter(query: &str, field: &'static str) -> Result<(), G
         .into());
     }
     Ok(())
+}
+
+/// `text` with its percent-escapes decoded (lossily: this only looks for a name).
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        let escaped = (bytes[index] == b'%')
+            .then(|| bytes.get(index + 1..index + 3))
+            .flatten()
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(byte) => {
+                out.push(byte);
+                index += 3;
+            }
+            None => {
+                out.push(bytes[index]);
+                index += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 impl FromRequest for Caller {
@@ -170,5 +210,48 @@ impl FromRequest for Caller {
                     GuardError::Internal
                 }),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::http::header::{HeaderName, HeaderValue};
+
+    #[test]
+    fn every_spelling_of_a_method_parameter_is_refused() {
+        for query in [
+            "_method=DELETE",
+            "a=1&_METHOD=DELETE",
+            "_%6Dethod=DELETE",
+            "%5Fmethod=DELETE",
+            ".method=DELETE",
+            "+method=DELETE",
+            "[method=DELETE",
+            "%20method=DELETE",
+        ] {
+            assert!(refuse_method_parameter(query, "query").is_err(), "{query}");
+        }
+        for query in ["method=DELETE", "x_method=1", "_methods=1", ""] {
+            assert!(refuse_method_parameter(query, "query").is_ok(), "{query}");
+        }
+    }
+
+    #[test]
+    fn override_headers_are_refused_with_either_separator() {
+        for name in [
+            "x-http-method-override",
+            "x_http_method_override",
+            "X-Method-Override",
+            "x-http-method",
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                HeaderName::try_from(name).expect("a header name"),
+                HeaderValue::from_static("DELETE"),
+            );
+            assert!(refuse_method_override(&headers).is_err(), "{name}");
+        }
+        assert!(refuse_method_override(&HeaderMap::new()).is_ok());
     }
 }

@@ -3,6 +3,7 @@
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use actix_web::http::header::HeaderMap;
@@ -42,17 +43,27 @@ pub struct Throttle {
     limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
     refused_until: Cache<IpAddr, Instant>,
     trusted_proxies: Vec<IpNet>,
+    /// When this throttle was made, and the last second (since then) it was tidied in.
+    started: Instant,
+    tidied_second: AtomicU64,
 }
 
 impl Throttle {
     /// A throttle with `settings`' budget; a budget of 0 turns throttling off.
     pub fn new(settings: &ThrottleSettings) -> Self {
-        let trusted_proxies = settings.trusted_proxies.clone();
+        let trusted_proxies = settings
+            .trusted_proxies
+            .iter()
+            .copied()
+            .map(crate::settings::canonical_network)
+            .collect();
         let limiter = NonZeroU32::new(settings.failures_per_minute).map(|rate| {
             let burst = NonZeroU32::new(settings.burst).unwrap_or(rate);
             RateLimiter::keyed(Quota::per_minute(rate).allow_burst(burst))
         });
         Throttle {
+            started: Instant::now(),
+            tidied_second: AtomicU64::new(u64::MAX),
             limiter,
             refused_until: Cache::builder()
                 .max_capacity(100_000)
@@ -109,7 +120,11 @@ impl Throttle {
     pub fn failed(&self, client: Option<IpAddr>) -> Option<Duration> {
         let (limiter, client) = (self.limiter.as_ref()?, client?);
         if limiter.len() > MAX_TRACKED {
-            limiter.retain_recent();
+            // At most once a second: each pass walks the whole table.
+            let second = self.started.elapsed().as_secs();
+            if self.tidied_second.swap(second, Ordering::Relaxed) != second {
+                limiter.retain_recent();
+            }
         }
         let refusal = limiter.check_key(&client).err()?;
         let wait = refusal.wait_time_from(DefaultClock::default().now());

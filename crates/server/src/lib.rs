@@ -46,6 +46,9 @@ pub enum StartError {
     /// The master key could not be read or created.
     #[error("master key: {0}")]
     MasterKey(#[from] std::io::Error),
+    /// The HTTP server could not listen or stopped with an error.
+    #[error("serving: {0}")]
+    Serve(std::io::Error),
     /// The database could not be opened or migrated.
     #[error("database: {0}")]
     Database(#[from] keygate_core::StoreError),
@@ -161,7 +164,7 @@ impl Application {
         let (host, port) = (settings.server.host.as_str(), settings.server.port);
         let listener = TcpListener::bind((host, port))
             .map_err(|e| StartError::Config(format!("cannot listen on {host}:{port}: {e}")))?;
-        let serving = |e: std::io::Error| StartError::Config(format!("serving: {e}"));
+        let serving = StartError::Serve;
         tracing::info!(address = %listener.local_addr().map_err(serving)?, "keygate listening");
         let background = keygate_guard::Guard::start(state.guard()).await;
         let app_state = state.clone();

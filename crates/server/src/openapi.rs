@@ -14,14 +14,16 @@ use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::keys::{CreateKey, EventView, KeyView, RotateKey, UpdateKey};
 
-/// Every error code keygate answers with, described from the one list of them
-/// ([`keygate_guard::error::ErrorCode::ALL`]).
-#[derive(Debug, Serialize)]
-pub struct ErrorCode(keygate_guard::error::ErrorCode);
+/// The OpenAPI schema of the error codes, described from the one list of them
+/// ([`keygate_guard::error::ErrorCode::ALL`]); named `ErrorCode` in the document.
+struct ErrorCodeSchema;
 
-impl utoipa::PartialSchema for ErrorCode {
+impl utoipa::PartialSchema for ErrorCodeSchema {
     fn schema() -> RefOr<Schema> {
-        let codes = keygate_guard::error::ErrorCode::ALL.map(|code| code.as_str());
+        let codes: Vec<&str> = keygate_guard::error::ErrorCode::ALL
+            .iter()
+            .map(|code| code.as_str())
+            .collect();
         ObjectBuilder::new()
             .schema_type(Type::String)
             .description(Some("Every error code keygate answers with."))
@@ -30,7 +32,11 @@ impl utoipa::PartialSchema for ErrorCode {
     }
 }
 
-impl ToSchema for ErrorCode {}
+impl ToSchema for ErrorCodeSchema {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "ErrorCode".into()
+    }
+}
 
 /// The body of every error.
 #[derive(Debug, Serialize, ToSchema)]
@@ -44,7 +50,8 @@ pub struct ErrorBody {
 /// The machine-readable part of an error.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
-    code: ErrorCode,
+    #[schema(value_type = ErrorCodeSchema)]
+    code: String,
     message: String,
     /// More about it: the offending `field` of a validation error, the refused `scope`
     /// of an escalation.
@@ -87,7 +94,7 @@ impl Modify for Security {
         crate::keys::revoke, crate::keys::lifecycle::rotate, crate::keys::lifecycle::events,
         crate::forward_auth::decide, crate::app::health, crate::metrics::serve
     ),
-    components(schemas(CreateKey, UpdateKey, RotateKey, KeyView, EventView, ErrorBody, ErrorDetail, ErrorCode, Status)),
+    components(schemas(CreateKey, UpdateKey, RotateKey, KeyView, EventView, ErrorBody, ErrorDetail, ErrorCodeSchema, Status)),
     modifiers(&Security),
 )]
 pub struct ApiDoc;

@@ -52,8 +52,8 @@ pub struct ThrottleSettings {
     pub failures_per_minute: u32,
     /// How many failures may come at once before the rate applies.
     pub burst: u32,
-    /// Addresses or CIDR ranges of proxies whose `X-Forwarded-For` is believed,
-    /// separated by commas.
+    /// Addresses or CIDR ranges of proxies whose `X-Forwarded-For` is believed (a list
+    /// in the file, comma-separated text in the environment).
     #[serde(deserialize_with = "networks")]
     pub trusted_proxies: Vec<IpNet>,
 }

@@ -550,7 +550,7 @@ impl KeyStore for Database {
         .to_json()
         .to_string();
         let details = event.details.as_ref().map(|d| d.to_json().to_string());
-        with_connection!(self, |conn, t, e| {
+        let rotated = with_connection!(self, |conn, t, e| {
             conn.transaction(|conn| {
                 let unchanged = t::table
                     .filter(t::api_key_id.eq(old.id.as_str()))
@@ -588,7 +588,13 @@ impl KeyStore for Database {
                 Ok(true)
             })
             .map_err(query_error)
-        })
+        });
+        // Another rotation of the same key inserted its successor first (one successor
+        // per key): this one lost the race.
+        match rotated {
+            Err(StoreError::Conflict(_)) => Ok(false),
+            other => other,
+        }
     }
 
     fn events(&self, id: &ApiKeyId) -> Result<Vec<KeyEvent>, StoreError> {
@@ -600,7 +606,7 @@ impl KeyStore for Database {
                 .load(conn)
                 .map_err(query_error)?
         });
-        rows.into_iter().map(KeyEvent::try_from).collect()
+        Ok(rows.into_iter().filter_map(EventRow::into_event).collect())
     }
 
     fn record_last_used(&self, uses: &[(ApiKeyId, DateTime<Utc>)]) -> Result<usize, StoreError> {

@@ -61,21 +61,24 @@ pub struct EventRow {
     pub at: DateTime<Utc>,
 }
 
-impl TryFrom<EventRow> for KeyEvent {
-    type Error = StoreError;
-
-    fn try_from(row: EventRow) -> Result<Self, StoreError> {
-        let kind = EventKind::parse(&row.kind)
-            .ok_or_else(|| StoreError::Internal(format!("unknown event kind {:?}", row.kind)))?;
-        let details = row
-            .details
-            .map(|text| serde_json::from_str(&text))
-            .transpose()
-            .map_err(|e| StoreError::Internal(format!("event details are not JSON: {e}")))?;
-        Ok(KeyEvent {
+impl EventRow {
+    /// The event this row records, or `None` (said in the log) for a kind this version
+    /// does not know, as a newer version may write during a rolling upgrade. Details that
+    /// are not JSON are left out rather than failing the whole trail.
+    pub fn into_event(self) -> Option<KeyEvent> {
+        let Some(kind) = EventKind::parse(&self.kind) else {
+            tracing::warn!(kind = %self.kind, "skipping an audit event of an unknown kind");
+            return None;
+        };
+        let details = self.details.and_then(|text| {
+            serde_json::from_str(&text)
+                .inspect_err(|error| tracing::warn!(%error, "audit event details are not JSON"))
+                .ok()
+        });
+        Some(KeyEvent {
             kind,
-            at: row.at,
-            actor: Actor::parse(&row.actor),
+            at: self.at,
+            actor: Actor::parse(&self.actor),
             details,
         })
     }

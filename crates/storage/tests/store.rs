@@ -579,3 +579,76 @@ fn a_cursor_ahead_of_the_database_resets_the_feed() {
         assert!(!again.reset, "and reads on from the present");
     });
 }
+
+#[test]
+fn a_key_has_one_successor_however_its_rotations_race() {
+    on_each_backend(|db| {
+        let start = now();
+        let (_, old) = new_key("alice", &["ledgers:read"], start);
+        db.insert(&old, &Actor::Master).expect("insert");
+        let event = NewEvent {
+            actor: Actor::Master,
+            at: start,
+            details: None,
+        };
+        // A grace period past the key's expiry leaves the expiry as it was, so both
+        // rotations pass the check on the key as read.
+        let (first, second) = (
+            old.successor(&PlainKey::generate().expect("randomness"), start),
+            old.successor(&PlainKey::generate().expect("randomness"), start),
+        );
+        assert!(
+            db.rotate(&old, old.expires_at, &first, &event)
+                .expect("rotate")
+        );
+        assert!(
+            !db.rotate(&old, old.expires_at, &second, &event)
+                .expect("rotate"),
+            "the second rotation loses ({})",
+            db.backend()
+        );
+        assert_eq!(db.find_by_hash(&second.hash).expect("lookup"), None);
+    });
+}
+
+#[test]
+fn an_audit_row_this_version_cannot_read_does_not_hide_the_rest() {
+    for test_db in TestDatabase::all() {
+        let db = open(&test_db);
+        let (_, key) = new_key("alice", &["ledgers:read"], now());
+        db.insert(&key, &Actor::Master).expect("insert");
+        let sql = format!(
+            "INSERT INTO key_events (api_key_id, kind, actor, details, at) VALUES \
+             ('{}', 'suspended', 'master', NULL, '{}'), ('{}', 'revoked', 'master', 'not json', '{}')",
+            key.id,
+            now().to_rfc3339(),
+            key.id,
+            now().to_rfc3339()
+        );
+        raw(&test_db, &sql);
+        let events = db.events(&key.id).expect("the trail reads");
+        let kinds: Vec<EventKind> = events.iter().map(|e| e.kind).collect();
+        assert_eq!(
+            kinds,
+            [EventKind::Created, EventKind::Revoked],
+            "{}",
+            db.backend()
+        );
+        assert_eq!(events[1].details, None);
+    }
+}
+
+/// Runs `sql` on `test_db` through a connection of its own.
+fn raw(test_db: &TestDatabase, sql: &str) {
+    use diesel::Connection;
+    use diesel::connection::SimpleConnection;
+    match test_db.sqlite_path() {
+        Some(path) => diesel::SqliteConnection::establish(&path.to_string_lossy())
+            .expect("connects")
+            .batch_execute(sql),
+        None => diesel::PgConnection::establish(&test_db.url_string)
+            .expect("connects")
+            .batch_execute(sql),
+    }
+    .expect("runs");
+}

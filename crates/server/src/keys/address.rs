@@ -4,16 +4,16 @@
 use std::future::{Ready, ready};
 
 use actix_web::dev::Payload;
-use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
+use actix_web::{FromRequest, HttpRequest, web};
 use keygate_core::api_key::validate_owner;
-use keygate_core::{ApiKeyId, ValidationError};
+use keygate_core::{ApiKeyId, Principal, ValidationError};
 use percent_encoding::percent_decode_str;
 use serde::Deserialize;
 
 use crate::error::ApiError;
 use crate::guard::Caller;
 
-/// `?owner=` on list and revoke.
+/// `?owner=`: whose keys a call is about.
 #[derive(Debug, Deserialize)]
 pub struct OwnerQuery {
     owner: Option<String>,
@@ -67,31 +67,38 @@ impl OwnerQuery {
     }
 }
 
-/// The key a `/api-keys/{id}` request addresses: its id, and the owner the caller may
-/// act on (the master key names one with `?owner=`; an API key acts on its own). An id
-/// that cannot name a key is not found without asking the database.
-#[derive(Debug, Clone)]
+/// The key a `/api-keys/{id}` request addresses, as the request names it: the caller,
+/// the id in the path and the `?owner=` query. [`KeyAddress::resolve`] applies the owner
+/// rules when the handler is ready to, after it has validated the request's body.
+#[derive(Debug)]
 pub struct KeyAddress {
-    /// The key's id.
-    pub id: ApiKeyId,
-    /// Its owner.
-    pub owner: String,
+    caller: Principal,
+    id: String,
+    query: OwnerQuery,
 }
 
 impl KeyAddress {
-    fn resolve(request: &HttpRequest) -> Result<Self, ApiError> {
-        let Caller(principal) = request
-            .extensions()
-            .get::<Caller>()
-            .cloned()
-            .ok_or(ApiError::Internal)?;
-        let query = OwnerQuery::parse(request.query_string())?;
-        let owner = principal
-            .target_owner(query.owner()?.as_deref())?
+    /// The key's id and the owner the caller may act on: the master key must name one
+    /// with `?owner=`; an API key acts on its own and may name no other. An id that
+    /// cannot name a key is not found without asking the database.
+    pub fn resolve(&self) -> Result<(ApiKeyId, String), ApiError> {
+        let owner = self
+            .caller
+            .target_owner(self.query.owner()?.as_deref())?
             .to_owned();
-        let id = request.match_info().get("id").unwrap_or_default();
-        let id = ApiKeyId::from_request(id).ok_or(ApiError::KeyNotFound)?;
-        Ok(KeyAddress { id, owner })
+        let id = ApiKeyId::from_request(&self.id).ok_or(ApiError::KeyNotFound)?;
+        Ok((id, owner))
+    }
+
+    fn extract(request: &HttpRequest) -> Result<Self, ApiError> {
+        let Caller(caller) = Caller::extract(request).into_inner()?;
+        let query = OwnerQuery::parse(request.query_string())?;
+        let id = request
+            .match_info()
+            .get("id")
+            .unwrap_or_default()
+            .to_owned();
+        Ok(KeyAddress { caller, id, query })
     }
 }
 
@@ -100,6 +107,6 @@ impl FromRequest for KeyAddress {
     type Future = Ready<Result<Self, ApiError>>;
 
     fn from_request(request: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready(KeyAddress::resolve(request))
+        ready(KeyAddress::extract(request))
     }
 }

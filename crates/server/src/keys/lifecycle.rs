@@ -20,8 +20,8 @@ use crate::state::AppState;
 pub const MAX_GRACE_SECONDS: i64 = 86_400;
 
 /// The owner's key `id`, as the caller may see it: another owner's key does not exist.
-async fn owned_key(state: &AppState, address: KeyAddress) -> Result<ApiKey, ApiError> {
-    let KeyAddress { id, owner } = address;
+async fn owned_key(state: &AppState, address: &KeyAddress) -> Result<ApiKey, ApiError> {
+    let (id, owner) = address.resolve()?;
     state
         .guard()
         .read_store(move |store| store.get(&id, &owner))
@@ -39,7 +39,11 @@ async fn lost_race(state: &AppState, key: &ApiKey) -> ApiError {
     {
         Ok(Some(now)) if now.is_revoked() => ApiError::KeyRevoked,
         Ok(None) => ApiError::KeyNotFound,
-        Ok(Some(_)) => ApiError::Conflict,
+        Ok(Some(now)) => match was_rotated(state, &now).await {
+            Ok(true) => ApiError::KeyRotated,
+            Ok(false) => ApiError::Conflict,
+            Err(error) => error,
+        },
         Err(error) => error.into(),
     }
 }
@@ -60,7 +64,7 @@ pub async fn get(
     state: web::Data<AppState>,
     address: KeyAddress,
 ) -> Result<HttpResponse, ApiError> {
-    let key = owned_key(&state, address).await?;
+    let key = owned_key(&state, &address).await?;
     Ok(HttpResponse::Ok()
         .insert_header(no_store())
         .json(KeyView::new(&key, &key.hint)))
@@ -100,7 +104,7 @@ pub async fn update(
     if let Some(expires_at) = patch.expires_at {
         check_lifetime(expires_at, now, state.max_key_lifetime_days())?;
     }
-    let key = owned_key(&state, address).await?;
+    let key = owned_key(&state, &address).await?;
     if key.is_revoked() {
         return Err(ApiError::KeyRevoked);
     }
@@ -185,7 +189,7 @@ pub async fn rotate(
         )
         .into());
     }
-    let key = owned_key(&state, address).await?;
+    let key = owned_key(&state, &address).await?;
     match key.status(now) {
         KeyStatus::Revoked => return Err(ApiError::KeyRevoked),
         KeyStatus::Expired => return Err(ApiError::KeyExpired),
@@ -243,7 +247,7 @@ pub async fn events(
     state: web::Data<AppState>,
     address: KeyAddress,
 ) -> Result<HttpResponse, ApiError> {
-    let key = owned_key(&state, address).await?;
+    let key = owned_key(&state, &address).await?;
     let id = key.id.clone();
     let events = state
         .guard()

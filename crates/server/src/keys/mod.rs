@@ -153,8 +153,9 @@ pub(crate) async fn list(
 pub(crate) async fn revoke(
     state: web::Data<AppState>,
     Caller(principal): Caller,
-    KeyAddress { id, owner }: KeyAddress,
+    address: KeyAddress,
 ) -> Result<HttpResponse, ApiError> {
+    let (id, owner) = address.resolve()?;
     let (actor, now) = (Actor::from(&principal), state.clock().now());
     let revoked = state
         .guard()

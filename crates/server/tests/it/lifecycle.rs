@@ -26,6 +26,7 @@ on_both_backends!(
     forward_auth_judges_the_path_the_upstream_will_see,
     forward_auth_refuses_two_names_for_the_original_request,
     a_rotated_out_key_cannot_be_rotated_again,
+    an_update_is_validated_before_the_owner_rules,
 );
 
 async fn a_key_is_read_by_its_owner_only(db: TestDatabase) {
@@ -811,4 +812,27 @@ async fn a_rotated_out_key_cannot_be_rotated_again(db: TestDatabase) {
         "one successor only: {}",
         listed.json
     );
+}
+
+async fn an_update_is_validated_before_the_owner_rules(db: TestDatabase) {
+    let app = start(db).await;
+    let (_, id) = app.new_key("alice", &["ledgers:read"]).await;
+    let reply = app
+        .call(
+            Method::PATCH,
+            &format!("/api-keys/{id}"),
+            Some(MASTER),
+            Some(json!({"scopes": ["ledgers:update"]})),
+        )
+        .await;
+    reply.assert_error(400, "GEN_VALIDATION_ERROR");
+    let reply = app
+        .call(
+            Method::PATCH,
+            &format!("/api-keys/{id}"),
+            Some(MASTER),
+            Some(json!({"name": "fine"})),
+        )
+        .await;
+    reply.assert_error(400, "APIKEY_OWNER_REQUIRED");
 }
