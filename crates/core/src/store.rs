@@ -5,6 +5,7 @@ use thiserror::Error;
 
 use crate::actor::Actor;
 use crate::api_key::{ApiKey, ApiKeyId, Change};
+use crate::scope::ScopeSet;
 use crate::secret::KeyHash;
 
 /// Why a storage call failed.
@@ -152,8 +153,8 @@ pub struct KeyEvent {
     pub at: DateTime<Utc>,
     /// Who did it.
     pub actor: Actor,
-    /// What changed, as recorded ([`EventDetails::to_json`]); never a secret.
-    pub details: Option<serde_json::Value>,
+    /// What changed; never a secret.
+    pub details: Option<EventDetails>,
 }
 
 /// An event about to be recorded with the change it describes.
@@ -187,6 +188,50 @@ pub enum EventDetails {
 }
 
 impl EventDetails {
+    /// The details of a `kind` event as [`Self::to_json`] recorded them, or `None` when
+    /// `json` is not what such an event records.
+    pub fn from_json(kind: EventKind, json: &serde_json::Value) -> Option<Self> {
+        let text = |value: &serde_json::Value| value.as_str().map(str::to_owned);
+        match kind {
+            EventKind::Created => Some(EventDetails::CreatedByRotation {
+                rotated_from: ApiKeyId::new(text(json.get("rotated_from")?)?),
+            }),
+            EventKind::Rotated => Some(EventDetails::Rotated {
+                rotated_to: ApiKeyId::new(text(json.get("rotated_to")?)?),
+                grace_period_seconds: json.get("grace_period_seconds")?.as_i64()?,
+            }),
+            EventKind::Updated => {
+                let mut changes = Vec::new();
+                for (field, change) in json.as_object()? {
+                    let (from, to) = (change.get("from")?, change.get("to")?);
+                    let timestamp = |value: &serde_json::Value| {
+                        serde_json::from_value::<DateTime<Utc>>(value.clone()).ok()
+                    };
+                    let scopes = |value: &serde_json::Value| {
+                        serde_json::from_value::<ScopeSet>(value.clone()).ok()
+                    };
+                    changes.push(match field.as_str() {
+                        "name" => Change::Name {
+                            from: text(from)?,
+                            to: text(to)?,
+                        },
+                        "scopes" => Change::Scopes {
+                            from: scopes(from)?,
+                            to: scopes(to)?,
+                        },
+                        "expires_at" => Change::ExpiresAt {
+                            from: timestamp(from)?,
+                            to: timestamp(to)?,
+                        },
+                        _ => return None,
+                    });
+                }
+                Some(EventDetails::Updated(changes))
+            }
+            EventKind::Revoked => None,
+        }
+    }
+
     /// The details as the audit trail shows them: `{"rotated_from": id}`, `{"name":
     /// {"from": .., "to": ..}, ...}` or `{"rotated_to": id, "grace_period_seconds": n}`.
     pub fn to_json(&self) -> serde_json::Value {
@@ -215,5 +260,61 @@ impl EventDetails {
                 "grace_period_seconds": grace_period_seconds,
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn details_read_back_as_they_were_recorded() {
+        let at: DateTime<Utc> = "2030-01-01T00:00:00Z".parse().expect("a time");
+        let cases = [
+            (
+                EventKind::Created,
+                EventDetails::CreatedByRotation {
+                    rotated_from: ApiKeyId::new("api_key_1"),
+                },
+            ),
+            (
+                EventKind::Rotated,
+                EventDetails::Rotated {
+                    rotated_to: ApiKeyId::new("api_key_2"),
+                    grace_period_seconds: 60,
+                },
+            ),
+            (
+                EventKind::Updated,
+                EventDetails::Updated(vec![
+                    Change::ExpiresAt {
+                        from: at,
+                        to: at + chrono::Duration::days(1),
+                    },
+                    Change::Name {
+                        from: "a".into(),
+                        to: "b".into(),
+                    },
+                    Change::Scopes {
+                        from: ScopeSet::parse(&["ledgers:read"]).expect("valid"),
+                        to: ScopeSet::parse(&["ledgers:*", "balances:read"]).expect("valid"),
+                    },
+                ]),
+            ),
+        ];
+        for (kind, details) in cases {
+            assert_eq!(
+                EventDetails::from_json(kind, &details.to_json()),
+                Some(details.clone()),
+                "{kind:?}"
+            );
+        }
+        assert_eq!(
+            EventDetails::from_json(
+                EventKind::Updated,
+                &serde_json::json!({"colour": {"from": 1, "to": 2}})
+            ),
+            None
+        );
     }
 }

@@ -2,7 +2,9 @@
 
 use chrono::{DateTime, Utc};
 use diesel::Queryable;
-use keygate_core::{Actor, ApiKey, ApiKeyId, EventKind, KeyEvent, KeyHash, ScopeSet, StoreError};
+use keygate_core::{
+    Actor, ApiKey, ApiKeyId, EventDetails, EventKind, KeyEvent, KeyHash, ScopeSet, StoreError,
+};
 
 /// One `api_keys` row, in column order (`api_keys::all_columns`).
 #[derive(Queryable)]
@@ -71,9 +73,13 @@ impl EventRow {
             return None;
         };
         let details = self.details.and_then(|text| {
-            serde_json::from_str(&text)
-                .inspect_err(|error| tracing::warn!(%error, "audit event details are not JSON"))
+            let read = serde_json::from_str(&text)
                 .ok()
+                .and_then(|json| EventDetails::from_json(kind, &json));
+            if read.is_none() {
+                tracing::warn!(kind = %self.kind, "leaving out audit event details this version cannot read");
+            }
+            read
         });
         Some(KeyEvent {
             kind,

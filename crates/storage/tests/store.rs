@@ -443,7 +443,10 @@ fn replace_is_conditional_on_the_key_as_read_and_records_the_update() {
         assert_eq!(events[1].actor, Actor::Cli);
         assert_eq!(
             events[1].details,
-            Some(serde_json::json!({"name": {"from": key.name, "to": "renamed"}}))
+            Some(EventDetails::Updated(vec![Change::Name {
+                from: key.name.clone(),
+                to: "renamed".into(),
+            }]))
         );
     });
 }
@@ -486,7 +489,9 @@ fn rotate_stores_the_successor_and_cuts_the_old_expiry() {
         let events = db.events(&successor.id).expect("events");
         assert_eq!(
             events[0].details,
-            Some(serde_json::json!({ "rotated_from": old.id.as_str() }))
+            Some(EventDetails::CreatedByRotation {
+                rotated_from: old.id.clone(),
+            })
         );
         assert_eq!(
             db.changes_after(Some(start_cursor)).expect("feed").keys,

@@ -178,7 +178,7 @@ impl From<KeyEvent> for EventView {
             kind: event.kind.as_str(),
             at: event.at,
             actor: event.actor.to_string(),
-            details: event.details,
+            details: event.details.map(|details| details.to_json()),
         }
     }
 }
