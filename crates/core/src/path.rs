@@ -158,9 +158,10 @@ fn looks_like_dots_or_separator(segment: &str) -> bool {
     only_dots_and_spaces
 }
 
-/// A segment with every escape decoded (escapes were checked to be UTF-8 already).
-fn percent_decoded(segment: &str) -> String {
-    let bytes = segment.as_bytes();
+/// `text` with every well-formed `%XX` escape decoded, as UTF-8 where it is and with
+/// U+FFFD where it is not; malformed escapes are kept as they are.
+pub fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut index = 0;
     while index < bytes.len() {

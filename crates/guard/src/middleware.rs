@@ -146,7 +146,7 @@ fn refuse_method_override(headers: &HeaderMap) -> Result<(), GuardError> {
 pub fn refuse_method_parameter(query: &str, field: &'static str) -> Result<(), GuardError> {
     let overrides = query.split('&').any(|pair| {
         let name = pair.split_once('=').map_or(pair, |(name, _)| name);
-        let decoded = percent_decode(name);
+        let decoded = keygate_core::path::percent_decoded(name);
         let normalised: String = decoded
             .chars()
             .map(|c| match c {
@@ -164,31 +164,6 @@ pub fn refuse_method_parameter(query: &str, field: &'static str) -> Result<(), G
         .into());
     }
     Ok(())
-}
-
-/// `text` with its percent-escapes decoded (lossily: this only looks for a name).
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut index = 0;
-    while index < bytes.len() {
-        let escaped = (bytes[index] == b'%')
-            .then(|| bytes.get(index + 1..index + 3))
-            .flatten()
-            .and_then(|hex| std::str::from_utf8(hex).ok())
-            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
-        match escaped {
-            Some(byte) => {
-                out.push(byte);
-                index += 3;
-            }
-            None => {
-                out.push(bytes[index]);
-                index += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 impl FromRequest for Caller {
