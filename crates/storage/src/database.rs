@@ -502,7 +502,7 @@ impl KeyStore for Database {
         let actor = event.actor.to_string();
         let details = event.details.as_ref().map(|d| d.to_json().to_string());
         with_connection!(self, |conn, t, e| {
-            conn.transaction(|conn| {
+            let outcome = conn.transaction(|conn| {
                 let unchanged = t::table
                     .filter(t::api_key_id.eq(old.id.as_str()))
                     .filter(t::owner_id.eq(&old.owner_id))
@@ -517,6 +517,18 @@ impl KeyStore for Database {
                         t::expires_at.eq(new.expires_at),
                     ))
                     .execute(conn)?;
+                // A rotated key's expiry is the end of its grace period. Checked after the
+                // update, which waited for any rotation holding the row, so a successor
+                // committed meanwhile is seen.
+                if replaced == 1 && new.expires_at != old.expires_at {
+                    let successors: i64 = t::table
+                        .filter(t::rotated_from.eq(old.id.as_str()))
+                        .count()
+                        .get_result(conn)?;
+                    if successors > 0 {
+                        return Err(DieselError::RollbackTransaction);
+                    }
+                }
                 if replaced == 1 {
                     diesel::insert_into(e::table)
                         .values((
@@ -529,8 +541,11 @@ impl KeyStore for Database {
                         .execute(conn)?;
                 }
                 Ok(replaced == 1)
-            })
-            .map_err(query_error)
+            });
+            match outcome {
+                Err(DieselError::RollbackTransaction) => Ok(false),
+                other => other.map_err(query_error),
+            }
         })
     }
 

@@ -613,6 +613,20 @@ fn a_key_has_one_successor_however_its_rotations_race() {
             db.backend()
         );
         assert_eq!(db.find_by_hash(&second.hash).expect("lookup"), None);
+        let extended = ApiKey {
+            expires_at: old.expires_at + Duration::days(30),
+            ..old.clone()
+        };
+        assert!(
+            !db.replace(&old, &extended, &event).expect("replace"),
+            "a rotated key's expiry stays the end of its grace period ({})",
+            db.backend()
+        );
+        let renamed = ApiKey {
+            name: "still nameable".into(),
+            ..old.clone()
+        };
+        assert!(db.replace(&old, &renamed, &event).expect("replace"));
     });
 }
 
