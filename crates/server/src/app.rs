@@ -94,9 +94,9 @@ async fn json_errors(
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(BODY_LIMIT),
         StatusCode::NOT_FOUND => ApiError::RouteNotFound,
         StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed,
-        StatusCode::BAD_REQUEST => ApiError::Malformed("The request could not be read".into()),
-        StatusCode::SERVICE_UNAVAILABLE => ApiError::Unavailable,
-        StatusCode::INTERNAL_SERVER_ERROR => ApiError::Internal,
+        StatusCode::BAD_REQUEST => ApiError::malformed("The request could not be read"),
+        StatusCode::SERVICE_UNAVAILABLE => ApiError::UNAVAILABLE,
+        StatusCode::INTERNAL_SERVER_ERROR => ApiError::INTERNAL,
         _ => return Ok(response.map_into_left_body()),
     };
     let (request, _) = response.into_parts();
@@ -122,23 +122,23 @@ fn json_error(error: JsonPayloadError, _: &HttpRequest) -> actix_web::Error {
             ApiError::PayloadTooLarge(BODY_LIMIT)
         }
         JsonPayloadError::ContentType => {
-            ApiError::Malformed("Content-Type must be application/json".into())
+            ApiError::malformed("Content-Type must be application/json")
         }
         JsonPayloadError::Deserialize(error)
             if error.is_eof() && error.line() == 1 && error.column() == 0 =>
         {
-            ApiError::Malformed("Request body is empty: a JSON object is required".into())
+            ApiError::malformed("Request body is empty: a JSON object is required")
         }
         JsonPayloadError::Deserialize(error) => {
-            ApiError::Malformed(format!("Invalid JSON body: {error}"))
+            ApiError::malformed(format!("Invalid JSON body: {error}"))
         }
-        other => ApiError::Malformed(format!("Could not read the request body: {other}")),
+        other => ApiError::malformed(format!("Could not read the request body: {other}")),
     };
     api_error.into()
 }
 
 fn query_error(error: QueryPayloadError, _: &HttpRequest) -> actix_web::Error {
-    ApiError::Malformed(format!("Invalid query string: {error}")).into()
+    ApiError::malformed(format!("Invalid query string: {error}")).into()
 }
 
 /// Logs every request in a span (method, route, status, latency, and the acting key's id,

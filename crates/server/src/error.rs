@@ -1,29 +1,24 @@
 //! The error envelope: every failure becomes `{"error", "error_detail": {code, message}}`
-//! with one status per code, mapped here and nowhere else.
+//! with one status per code. Refusals the guard can make (authentication, permissions,
+//! bad input, throttling, availability) are the guard's [`GuardError`], with its status
+//! and envelope; [`ApiError`] adds what only the key endpoints can say.
+
+use std::time::Duration;
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use keygate_core::{RuleError, StoreError, ValidationError};
 use keygate_guard::GuardError;
 use keygate_guard::envelope;
-use keygate_guard::error::{ErrorCode, rule_code, rule_details, rule_status};
-use serde_json::Value;
+use keygate_guard::error::ErrorCode;
 
 /// Everything a request can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    /// No key on a protected path.
-    #[error("Authentication required. Use X-Blnk-Key header")]
-    MissingKey,
-    /// The key matches no key.
-    #[error("Invalid API key")]
-    InvalidKey,
-    /// The key is revoked or expired.
-    #[error("API key is expired or revoked")]
-    ExpiredKey,
-    /// The principal may not do this.
+    /// A refusal the guard can make: no or a bad key, a rule broken, a malformed or
+    /// invalid request, too many failures, the database out of reach, an internal fault.
     #[error(transparent)]
-    Rule(#[from] RuleError),
+    Guard(#[from] GuardError),
     /// No key with that id for that owner.
     #[error("API key not found")]
     KeyNotFound,
@@ -47,38 +42,26 @@ pub enum ApiError {
     /// The route exists but not for this method.
     #[error("Method not allowed")]
     MethodNotAllowed,
-    /// The body or query is not what the endpoint expects.
-    #[error("{0}")]
-    Malformed(String),
-    /// A field is present but unacceptable.
-    #[error(transparent)]
-    Validation(#[from] ValidationError),
     /// The body is over the limit.
     #[error("Request body is larger than the limit of {0} bytes")]
     PayloadTooLarge(usize),
-    /// Too many failed authentications from this client; retry after the duration.
-    #[error("Too many failed authentications from this address; retry later")]
-    RateLimited(std::time::Duration),
-    /// `/metrics` without the master key or the metrics token.
-    #[error("Metrics need the master key or the metrics token")]
-    MetricsForbidden,
-    /// The database cannot be reached.
-    #[error("The service is temporarily unavailable; retry shortly")]
-    Unavailable,
-    /// A failure that is not the client's: details go to the log, never to the client.
-    #[error("Internal server error")]
-    Internal,
 }
 
 impl ApiError {
+    /// A failure that is not the client's: details go to the log, never to the client.
+    pub const INTERNAL: ApiError = ApiError::Guard(GuardError::Internal);
+    /// The database cannot be reached in time.
+    pub const UNAVAILABLE: ApiError = ApiError::Guard(GuardError::Unavailable);
+
+    /// The body or query is not what the endpoint expects.
+    pub fn malformed(message: impl Into<String>) -> Self {
+        ApiError::Guard(GuardError::Malformed(message.into()))
+    }
+
     /// The stable machine-readable code.
     pub fn code(&self) -> ErrorCode {
         match self {
-            ApiError::MissingKey => ErrorCode::AuthMissingApiKey,
-            ApiError::InvalidKey => ErrorCode::AuthInvalidApiKey,
-            ApiError::ExpiredKey => ErrorCode::AuthExpiredApiKey,
-            ApiError::MetricsForbidden => ErrorCode::AuthMetricsTokenRequired,
-            ApiError::Rule(rule) => rule_code(rule),
+            ApiError::Guard(error) => error.code(),
             ApiError::KeyNotFound => ErrorCode::ApikeyNotFound,
             ApiError::KeyRevoked => ErrorCode::ApikeyRevoked,
             ApiError::KeyExpired => ErrorCode::ApikeyExpired,
@@ -86,91 +69,54 @@ impl ApiError {
             ApiError::Conflict => ErrorCode::GenConflict,
             ApiError::RouteNotFound => ErrorCode::GenNotFound,
             ApiError::MethodNotAllowed => ErrorCode::GenMethodNotAllowed,
-            ApiError::Malformed(_) => ErrorCode::GenMalformedRequest,
-            ApiError::Validation(_) => ErrorCode::GenValidationError,
             ApiError::PayloadTooLarge(_) => ErrorCode::GenPayloadTooLarge,
-            ApiError::RateLimited(_) => ErrorCode::GenRateLimited,
-            ApiError::Unavailable => ErrorCode::GenServiceUnavailable,
-            ApiError::Internal => ErrorCode::GenInternal,
-        }
-    }
-
-    fn details(&self) -> Option<Value> {
-        match self {
-            ApiError::Validation(error) => Some(serde_json::json!({ "field": error.field })),
-            ApiError::Rule(rule) => rule_details(rule),
-            _ => None,
         }
     }
 }
 
-impl From<GuardError> for ApiError {
-    fn from(error: GuardError) -> Self {
-        match error {
-            GuardError::MissingKey => ApiError::MissingKey,
-            GuardError::InvalidKey => ApiError::InvalidKey,
-            GuardError::ExpiredKey => ApiError::ExpiredKey,
-            GuardError::OperatorTokenRequired => ApiError::MetricsForbidden,
-            GuardError::Rule(rule) => ApiError::Rule(rule),
-            GuardError::Malformed(message) => ApiError::Malformed(message),
-            GuardError::Validation(error) => ApiError::Validation(error),
-            GuardError::RateLimited(wait) => ApiError::RateLimited(wait),
-            GuardError::Unavailable => ApiError::Unavailable,
-            GuardError::Internal => ApiError::Internal,
-        }
+impl From<RuleError> for ApiError {
+    fn from(error: RuleError) -> Self {
+        ApiError::Guard(error.into())
+    }
+}
+
+impl From<ValidationError> for ApiError {
+    fn from(error: ValidationError) -> Self {
+        ApiError::Guard(error.into())
     }
 }
 
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
-        match error {
-            StoreError::Unavailable(reason) => {
-                tracing::warn!(%reason, "database unavailable");
-                ApiError::Unavailable
-            }
-            StoreError::Conflict(reason) | StoreError::Internal(reason) => {
-                tracing::error!(%reason, "database error");
-                ApiError::Internal
-            }
-        }
+        ApiError::Guard(error.into())
     }
 }
 
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            ApiError::MissingKey
-            | ApiError::InvalidKey
-            | ApiError::ExpiredKey
-            | ApiError::MetricsForbidden => StatusCode::UNAUTHORIZED,
-            ApiError::Rule(rule) => rule_status(rule),
+            ApiError::Guard(error) => error.status(),
             ApiError::KeyNotFound | ApiError::RouteNotFound => StatusCode::NOT_FOUND,
             ApiError::KeyRevoked
             | ApiError::KeyExpired
             | ApiError::KeyRotated
             | ApiError::Conflict => StatusCode::CONFLICT,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Malformed(_) | ApiError::Validation(_) => StatusCode::BAD_REQUEST,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     fn error_response(&self) -> HttpResponse {
-        let retry_after = match self {
-            ApiError::Unavailable => Some(std::time::Duration::from_secs(1)),
-            ApiError::RateLimited(wait) => Some(*wait),
-            _ => None,
-        };
-        envelope(
-            self.status_code(),
-            self.code(),
-            &self.to_string(),
-            self.details(),
-            retry_after,
-        )
+        match self {
+            ApiError::Guard(error) => error.error_response(),
+            other => envelope(
+                other.status_code(),
+                other.code(),
+                &other.to_string(),
+                None,
+                None::<Duration>,
+            ),
+        }
     }
 }
 
@@ -179,6 +125,7 @@ mod tests {
     use super::*;
     use actix_web::body::MessageBody;
     use keygate_core::{Action, Resource, Scope};
+    use serde_json::Value;
 
     fn body(error: ApiError) -> (u16, Value) {
         let response = error.error_response();
@@ -193,9 +140,9 @@ mod tests {
     #[test]
     fn every_error_has_its_status_and_code() {
         let cases: Vec<(ApiError, u16, &str)> = vec![
-            (ApiError::MissingKey, 401, "AUTH_MISSING_API_KEY"),
-            (ApiError::InvalidKey, 401, "AUTH_INVALID_API_KEY"),
-            (ApiError::ExpiredKey, 401, "AUTH_EXPIRED_API_KEY"),
+            (GuardError::MissingKey.into(), 401, "AUTH_MISSING_API_KEY"),
+            (GuardError::InvalidKey.into(), 401, "AUTH_INVALID_API_KEY"),
+            (GuardError::ExpiredKey.into(), 401, "AUTH_EXPIRED_API_KEY"),
             (
                 RuleError::InsufficientPermissions(Scope::new(Resource::Ledgers, Action::Write))
                     .into(),
@@ -232,11 +179,7 @@ mod tests {
             (ApiError::KeyExpired, 409, "APIKEY_EXPIRED"),
             (ApiError::KeyRotated, 409, "APIKEY_ROTATED"),
             (ApiError::Conflict, 409, "GEN_CONFLICT"),
-            (
-                ApiError::Malformed("x".into()),
-                400,
-                "GEN_MALFORMED_REQUEST",
-            ),
+            (ApiError::malformed("x"), 400, "GEN_MALFORMED_REQUEST"),
             (
                 ValidationError::new("name", "bad").into(),
                 400,
@@ -244,12 +187,17 @@ mod tests {
             ),
             (ApiError::PayloadTooLarge(1), 413, "GEN_PAYLOAD_TOO_LARGE"),
             (
-                ApiError::RateLimited(std::time::Duration::from_millis(1500)),
+                GuardError::RateLimited(std::time::Duration::from_millis(1500)).into(),
                 429,
                 "GEN_RATE_LIMITED",
             ),
-            (ApiError::Unavailable, 503, "GEN_SERVICE_UNAVAILABLE"),
-            (ApiError::Internal, 500, "GEN_INTERNAL"),
+            (ApiError::UNAVAILABLE, 503, "GEN_SERVICE_UNAVAILABLE"),
+            (ApiError::INTERNAL, 500, "GEN_INTERNAL"),
+            (
+                GuardError::OperatorTokenRequired.into(),
+                401,
+                "AUTH_METRICS_TOKEN_REQUIRED",
+            ),
         ];
         for (error, status, code) in cases {
             let (got_status, json) = body(error);

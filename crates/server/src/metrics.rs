@@ -174,7 +174,7 @@ pub async fn serve(
         .render(guard.store().pool_state())
         .map_err(|error| {
             tracing::error!(%error, "could not render metrics");
-            ApiError::Internal
+            ApiError::INTERNAL
         })?;
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")

@@ -179,7 +179,7 @@ pub async fn rotate(
         RotateKey::default()
     } else {
         serde_json::from_slice(&body)
-            .map_err(|e| ApiError::Malformed(format!("Invalid JSON body: {e}")))?
+            .map_err(|e| ApiError::malformed(format!("Invalid JSON body: {e}")))?
     };
     let grace = request.grace_period_seconds.unwrap_or(0);
     if !(0..=MAX_GRACE_SECONDS).contains(&grace) {
@@ -205,7 +205,7 @@ pub async fn rotate(
     }
     let plain = PlainKey::generate().map_err(|error| {
         tracing::error!(%error, "the operating system's random source failed");
-        ApiError::Internal
+        ApiError::INTERNAL
     })?;
     let successor = key.successor(&plain, now);
     let old_expires_at: DateTime<Utc> = key.expires_at.min(now + Duration::seconds(grace));
