@@ -170,18 +170,8 @@ impl Guard {
         client: Option<IpAddr>,
         presented: Option<&str>,
     ) -> Result<Principal, GuardError> {
-        if let Some(wait) = self.throttle.refused(client) {
-            // Only an API key this instance already holds gets through: letting the
-            // master key through would let a refused address keep guessing it, a 429 for
-            // every wrong guess and a success for the right one.
-            let known = presented.is_some_and(|key| {
-                PlainKey::could_be_issued(key) && self.keys.contains_key(&KeyHash::of(key))
-            });
-            if !known {
-                return Err(GuardError::RateLimited(wait));
-            }
-        }
-        let outcome = match self.authenticate(presented).await {
+        let refused = self.throttle.refused(client);
+        let outcome = match self.verify(presented, refused).await {
             Err(GuardError::InvalidKey) => Err(self
                 .throttle
                 .failed(client)
@@ -290,18 +280,37 @@ impl Guard {
     /// Resolves the key a request presented into the caller it stands for: one blake3
     /// hash, then memory, then (on a miss) one lookup by the hash's unique index.
     pub async fn authenticate(&self, presented: Option<&str>) -> Result<Principal, GuardError> {
+        self.verify(presented, None).await
+    }
+
+    /// [`Self::authenticate`], for a client refused for `refused` (if it is): then only
+    /// an API key this instance already holds gets through. Letting the master key
+    /// through would let a refused address keep guessing it, a 429 for every wrong guess
+    /// and a success for the right one. The key is hashed once either way.
+    async fn verify(
+        &self,
+        presented: Option<&str>,
+        refused: Option<Duration>,
+    ) -> Result<Principal, GuardError> {
         let Some(Master(master)) = &self.master else {
             return Ok(Principal::Master);
         };
-        let presented = presented.ok_or(GuardError::MissingKey)?;
+        let refusal = |otherwise| refused.map_or(otherwise, GuardError::RateLimited);
+        let presented = presented.ok_or_else(|| refusal(GuardError::MissingKey))?;
         if presented.len() > MAX_PRESENTED_KEY {
-            return Err(GuardError::InvalidKey);
+            return Err(refusal(GuardError::InvalidKey));
         }
         let hash = KeyHash::of(presented);
+        let issued_shape = PlainKey::could_be_issued(presented);
+        if let Some(wait) = refused
+            && !(issued_shape && self.keys.contains_key(&hash))
+        {
+            return Err(GuardError::RateLimited(wait));
+        }
         if hash == *master {
             return Ok(Principal::Master);
         }
-        if !PlainKey::could_be_issued(presented) {
+        if !issued_shape {
             return Err(GuardError::InvalidKey);
         }
         // A cache that has not heard of changes elsewhere for too long is not trusted.
