@@ -5,6 +5,7 @@ use std::fmt;
 use chrono::{DateTime, SubsecRound, Utc};
 use thiserror::Error;
 
+use crate::metering::{CreditAccount, Credits, RateLimit};
 use crate::scope::ScopeSet;
 use crate::secret::{KeyHash, PlainKey};
 
@@ -84,20 +85,31 @@ pub struct ApiKey {
     pub revoked_at: Option<DateTime<Utc>>,
     /// The key this one replaced, when it was created by a rotation.
     pub rotated_from: Option<ApiKeyId>,
+    /// At most this many requests per window, if limited.
+    pub ratelimit: Option<RateLimit>,
+    /// The credits its requests spend, if metered by credits.
+    pub credits: Option<CreditAccount>,
 }
 
 impl ApiKey {
     /// A new key for `spec`, created at `now` from `plain`, whose hash is all it keeps.
     pub fn issue(spec: KeySpec, plain: &PlainKey, now: DateTime<Utc>) -> Self {
+        let id = ApiKeyId::generate();
+        let now = now.trunc_subsecs(6);
         ApiKey {
-            id: ApiKeyId::generate(),
+            credits: spec.credit_pool.or_else(|| {
+                spec.credits
+                    .map(|credits| CreditAccount::open(id.clone(), credits, now))
+            }),
+            ratelimit: spec.ratelimit,
+            id,
             hash: plain.hash(),
             hint: plain.hint(),
             name: spec.name,
             owner_id: spec.owner_id,
             scopes: spec.scopes,
             expires_at: spec.expires_at,
-            created_at: now.trunc_subsecs(6),
+            created_at: now,
             last_used_at: None,
             revoked_at: None,
             rotated_from: None,
@@ -105,7 +117,8 @@ impl ApiKey {
     }
 
     /// The successor of this key in a rotation: a new id and secret, the same name,
-    /// owner, scopes and expiry, and a link back to this key.
+    /// owner, scopes, expiry and rate limit, the same credits (shared, not copied: a
+    /// rotation never creates credits), and a link back to this key.
     pub fn successor(&self, plain: &PlainKey, now: DateTime<Utc>) -> Self {
         ApiKey {
             id: ApiKeyId::generate(),
@@ -119,6 +132,8 @@ impl ApiKey {
             last_used_at: None,
             revoked_at: None,
             rotated_from: Some(self.id.clone()),
+            ratelimit: self.ratelimit,
+            credits: self.credits.clone(),
         }
     }
 
@@ -153,6 +168,28 @@ impl ApiKey {
             });
             key.expires_at = expires_at;
         }
+        if let Some(ratelimit) = patch.ratelimit
+            && ratelimit != key.ratelimit
+        {
+            changes.push(Change::RateLimit {
+                from: key.ratelimit,
+                to: ratelimit,
+            });
+            key.ratelimit = ratelimit;
+        }
+        if let Some(credits) = patch.credits {
+            let from = key.credits.as_ref().map(|account| account.credits);
+            if credits != from {
+                changes.push(Change::Credits { from, to: credits });
+                // Credits set on a key become its own pool's, even if it spent another's
+                // (its creator's, or its predecessor's): setting them never changes
+                // another key's balance.
+                key.credits = credits.map(|credits| match &self.credits {
+                    Some(account) if account.pool == self.id => account.replaced(credits, patch.at),
+                    _ => CreditAccount::open(self.id.clone(), credits, patch.at),
+                });
+            }
+        }
         (key, changes)
     }
 
@@ -174,7 +211,7 @@ impl ApiKey {
 }
 
 /// The fields of a key that an update may change; absent fields stay as they are.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyPatch {
     /// A new name, trimmed.
     pub name: Option<String>,
@@ -182,6 +219,12 @@ pub struct KeyPatch {
     pub scopes: Option<ScopeSet>,
     /// A new expiry, in the future.
     pub expires_at: Option<DateTime<Utc>>,
+    /// A new rate limit, or `Some(None)` to remove it.
+    pub ratelimit: Option<Option<RateLimit>>,
+    /// New credits, or `Some(None)` to remove them.
+    pub credits: Option<Option<Credits>>,
+    /// When the patch is made: refills are due from then on.
+    pub at: DateTime<Utc>,
 }
 
 impl KeyPatch {
@@ -192,10 +235,27 @@ impl KeyPatch {
         expires_at: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Result<Self, ValidationError> {
-        if name.is_none() && scopes.is_none() && expires_at.is_none() {
+        Self::with_metering(name, scopes, expires_at, None, None, now)
+    }
+
+    /// [`Self::new`], with metering: `Some(None)` removes a rate limit or credits.
+    pub fn with_metering<S: AsRef<str>>(
+        name: Option<&str>,
+        scopes: Option<&[S]>,
+        expires_at: Option<DateTime<Utc>>,
+        ratelimit: Option<Option<RateLimit>>,
+        credits: Option<Option<Credits>>,
+        now: DateTime<Utc>,
+    ) -> Result<Self, ValidationError> {
+        if name.is_none()
+            && scopes.is_none()
+            && expires_at.is_none()
+            && ratelimit.is_none()
+            && credits.is_none()
+        {
             return Err(ValidationError::new(
                 "body",
-                "give at least one of name, scopes and expires_at",
+                "give at least one of name, scopes, expires_at, ratelimit and credits",
             ));
         }
         let name = name.map(|name| validate_text("name", name)).transpose()?;
@@ -209,6 +269,9 @@ impl KeyPatch {
             name,
             scopes,
             expires_at: expires_at.map(|at| at.trunc_subsecs(6)),
+            ratelimit,
+            credits,
+            at: now.trunc_subsecs(6),
         })
     }
 }
@@ -236,6 +299,20 @@ pub enum Change {
         from: DateTime<Utc>,
         /// After.
         to: DateTime<Utc>,
+    },
+    /// The rate limit was set, changed or removed.
+    RateLimit {
+        /// Before.
+        from: Option<RateLimit>,
+        /// After.
+        to: Option<RateLimit>,
+    },
+    /// The credits were set, topped up, changed or removed.
+    Credits {
+        /// Before (what the database held, not counting leases).
+        from: Option<Credits>,
+        /// After.
+        to: Option<Credits>,
     },
 }
 
@@ -270,6 +347,12 @@ pub struct KeySpec {
     pub scopes: ScopeSet,
     /// Expiry, in the future.
     pub expires_at: DateTime<Utc>,
+    /// A rate limit, if any.
+    pub ratelimit: Option<RateLimit>,
+    /// Credits, if any, in a pool of the key's own.
+    pub credits: Option<Credits>,
+    /// An existing pool the key spends instead (its creator's).
+    pub credit_pool: Option<CreditAccount>,
 }
 
 impl KeySpec {
@@ -292,6 +375,9 @@ impl KeySpec {
             owner_id,
             scopes,
             expires_at: expires_at.trunc_subsecs(6),
+            ratelimit: None,
+            credits: None,
+            credit_pool: None,
         })
     }
 }

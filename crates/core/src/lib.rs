@@ -16,6 +16,7 @@ pub mod actor;
 pub mod api_key;
 pub mod catalogue;
 pub mod clock;
+pub mod metering;
 pub mod path;
 pub mod principal;
 pub mod route;
@@ -26,6 +27,10 @@ pub mod store;
 pub use actor::Actor;
 pub use api_key::{ApiKey, ApiKeyId, Change, KeyPatch, KeySpec, KeyStatus, ValidationError};
 pub use clock::{Clock, ShiftedClock, SystemClock};
+pub use metering::{
+    CreditAccount, CreditGrant, CreditRequest, Credits, RateLimit, Refill, RefillInterval,
+    UsageCount, UsageOutcome,
+};
 pub use path::{CanonicalPath, PathError};
 pub use principal::{Principal, RuleError};
 pub use scope::{Action, Resource, Scope, ScopeError, ScopeSet};

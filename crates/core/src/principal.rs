@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
-use crate::api_key::ApiKey;
+use crate::api_key::{ApiKey, KeySpec};
+use crate::metering::{Credits, RateLimit};
 use crate::scope::{Action, Resource, Scope, ScopeSet};
 
 /// The authenticated caller of a request.
@@ -38,6 +39,10 @@ pub enum RuleError {
     /// An API key tried to grant a scope it does not hold.
     #[error("Cannot grant scope {0}: it is not covered by the caller's scopes")]
     ScopeEscalation(Scope),
+    /// A metered API key tried to give a key more than its own metering allows: a
+    /// looser rate limit, none, or credits of its own.
+    #[error("Cannot set {0}: it would be looser than the caller's own")]
+    MeteringEscalation(&'static str),
 }
 
 impl Principal {
@@ -88,6 +93,52 @@ impl Principal {
             Some(scope) => Err(RuleError::ScopeEscalation(scope)),
             None => Ok(()),
         }
+    }
+
+    /// Checks, and completes, the metering of a key this principal creates, so that no
+    /// key escapes its own metering by minting another: a key with a rate limit creates
+    /// keys limited at least as tightly (its own limit when none is asked for), and a
+    /// key with credits creates keys that spend its own credits.
+    pub fn meter_new_key(&self, spec: &mut KeySpec) -> Result<(), RuleError> {
+        let Principal::Key(key) = self else {
+            return Ok(());
+        };
+        if let Some(own) = key.ratelimit {
+            match spec.ratelimit {
+                None => spec.ratelimit = Some(own),
+                Some(asked) if own.covers(&asked) => {}
+                Some(_) => return Err(RuleError::MeteringEscalation("ratelimit")),
+            }
+        }
+        if let Some(account) = &key.credits {
+            if spec.credits.is_some() {
+                return Err(RuleError::MeteringEscalation("credits"));
+            }
+            spec.credit_pool = Some(account.clone());
+        }
+        Ok(())
+    }
+
+    /// Checks a change of a key's metering by this principal (on itself or another
+    /// key): a key with a rate limit may set only limits its own covers, never none;
+    /// a key with credits may not set or remove credits.
+    pub fn may_meter(
+        &self,
+        ratelimit: Option<Option<RateLimit>>,
+        credits: Option<Option<Credits>>,
+    ) -> Result<(), RuleError> {
+        let Principal::Key(key) = self else {
+            return Ok(());
+        };
+        if let (Some(own), Some(asked)) = (key.ratelimit, ratelimit)
+            && !asked.is_some_and(|asked| own.covers(&asked))
+        {
+            return Err(RuleError::MeteringEscalation("ratelimit"));
+        }
+        if key.credits.is_some() && credits.is_some() {
+            return Err(RuleError::MeteringEscalation("credits"));
+        }
+        Ok(())
     }
 }
 

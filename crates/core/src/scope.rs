@@ -34,6 +34,8 @@ pub enum Resource {
     Metadata,
     /// `backup`
     Backup,
+    /// `verify`: keygate's own `POST /verify`, for applications that check keys in code.
+    Verify,
     /// A resource added to the catalogue by configuration, to guard APIs other than
     /// Blnk's (see [`crate::catalogue`]).
     Custom(&'static str),
@@ -41,7 +43,7 @@ pub enum Resource {
 
 impl Resource {
     /// Every built-in resource (Blnk's catalogue), the wildcard first.
-    pub const ALL: [Resource; 13] = [
+    pub const ALL: [Resource; 14] = [
         Resource::All,
         Resource::Ledgers,
         Resource::Balances,
@@ -55,6 +57,7 @@ impl Resource {
         Resource::Reconciliation,
         Resource::Metadata,
         Resource::Backup,
+        Resource::Verify,
     ];
 
     /// The resource's name as it appears in scopes and paths.
@@ -73,6 +76,7 @@ impl Resource {
             Resource::Reconciliation => "reconciliation",
             Resource::Metadata => "metadata",
             Resource::Backup => "backup",
+            Resource::Verify => "verify",
             Resource::Custom(name) => name,
         }
     }

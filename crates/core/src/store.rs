@@ -5,6 +5,7 @@ use thiserror::Error;
 
 use crate::actor::Actor;
 use crate::api_key::{ApiKey, ApiKeyId, Change};
+use crate::metering::{CreditGrant, CreditRequest, Credits, RateLimit, UsageCount};
 use crate::scope::ScopeSet;
 use crate::secret::KeyHash;
 
@@ -89,6 +90,38 @@ pub trait KeyStore: Send + Sync + 'static {
     /// Records the latest use of each key, never moving a `last_used_at` backwards.
     /// Returns how many rows changed.
     fn record_last_used(&self, uses: &[(ApiKeyId, DateTime<Utc>)]) -> Result<usize, StoreError>;
+
+    /// Takes credits from `pool` at `now`, in one transaction: first a refill that is
+    /// due, then [`CreditRequest::grant`] of what remains, never driving it below zero
+    /// whoever else takes at the same time. `None` when there is no such pool.
+    fn take_credits(
+        &self,
+        pool: &ApiKeyId,
+        request: CreditRequest,
+        now: DateTime<Utc>,
+    ) -> Result<Option<CreditGrant>, StoreError>;
+
+    /// Gives `amount` unspent credits back to `pool`, if its epoch is still `epoch` (no
+    /// refill or change since they were taken, which would have replaced them).
+    /// Returns whether they were given back.
+    fn return_credits(&self, pool: &ApiKeyId, amount: i64, epoch: i64) -> Result<bool, StoreError>;
+
+    /// Applies every refill due at `now` (pools no request touched); returns how many.
+    fn refill_due(&self, now: DateTime<Utc>) -> Result<usize, StoreError>;
+
+    /// Adds hourly usage counts (each `at` the start of an hour) to what is stored.
+    fn add_usage(&self, counts: &[UsageCount]) -> Result<(), StoreError>;
+
+    /// Key `id`'s hourly usage from `from` (inclusive) to `to` (exclusive), oldest first.
+    fn usage(
+        &self,
+        id: &ApiKeyId,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<UsageCount>, StoreError>;
+
+    /// Deletes usage older than `before`; returns how many hourly rows.
+    fn prune_usage(&self, before: DateTime<Utc>) -> Result<usize, StoreError>;
 }
 
 /// A position in the change feed, meaningful only to the store that gave it.
@@ -210,6 +243,12 @@ impl EventDetails {
                     let scopes = |value: &serde_json::Value| {
                         serde_json::from_value::<ScopeSet>(value.clone()).ok()
                     };
+                    let ratelimit = |value: &serde_json::Value| {
+                        serde_json::from_value::<Option<RateLimit>>(value.clone()).ok()
+                    };
+                    let credits = |value: &serde_json::Value| {
+                        serde_json::from_value::<Option<Credits>>(value.clone()).ok()
+                    };
                     changes.push(match field.as_str() {
                         "name" => Change::Name {
                             from: text(from)?,
@@ -222,6 +261,14 @@ impl EventDetails {
                         "expires_at" => Change::ExpiresAt {
                             from: timestamp(from)?,
                             to: timestamp(to)?,
+                        },
+                        "ratelimit" => Change::RateLimit {
+                            from: ratelimit(from)?,
+                            to: ratelimit(to)?,
+                        },
+                        "credits" => Change::Credits {
+                            from: credits(from)?,
+                            to: credits(to)?,
                         },
                         _ => return None,
                     });
@@ -247,6 +294,8 @@ impl EventDetails {
                         Change::Name { from, to } => ("name", json!(from), json!(to)),
                         Change::Scopes { from, to } => ("scopes", json!(from), json!(to)),
                         Change::ExpiresAt { from, to } => ("expires_at", json!(from), json!(to)),
+                        Change::RateLimit { from, to } => ("ratelimit", json!(from), json!(to)),
+                        Change::Credits { from, to } => ("credits", json!(from), json!(to)),
                     };
                     fields.insert(field.to_owned(), json!({ "from": from, "to": to }));
                 }
@@ -286,7 +335,18 @@ mod tests {
             ),
             (
                 EventKind::Updated,
+                // In the order the audit trail lists fields: by name.
                 EventDetails::Updated(vec![
+                    Change::Credits {
+                        from: Some(Credits {
+                            remaining: 3,
+                            refill: Some(crate::metering::Refill {
+                                amount: 10,
+                                interval: crate::metering::RefillInterval::Monthly,
+                            }),
+                        }),
+                        to: None,
+                    },
                     Change::ExpiresAt {
                         from: at,
                         to: at + chrono::Duration::days(1),
@@ -294,6 +354,13 @@ mod tests {
                     Change::Name {
                         from: "a".into(),
                         to: "b".into(),
+                    },
+                    Change::RateLimit {
+                        from: None,
+                        to: Some(RateLimit {
+                            limit: 5,
+                            window_ms: 1000,
+                        }),
                     },
                     Change::Scopes {
                         from: ScopeSet::parse(&["ledgers:read"]).expect("valid"),

@@ -9,6 +9,64 @@ use crate::changes;
 use crate::guard::Guard;
 use crate::usage;
 
+/// How often usage older than the retention is deleted.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// One kind of metering upkeep.
+#[derive(Debug, Clone, Copy)]
+enum Upkeep {
+    /// Give back the credits of idle leases.
+    Leases,
+    /// Apply refills that are due.
+    Refills,
+    /// Delete usage past its retention.
+    Prune,
+}
+
+impl Upkeep {
+    /// Does it; blocks.
+    fn run(self, guard: &Guard) -> Result<(), keygate_core::StoreError> {
+        let settings = &guard.meter_state().settings;
+        match self {
+            Upkeep::Leases => guard.release_leases(settings.lease_idle),
+            Upkeep::Refills => guard.store().refill_due(guard.clock().now()).map(drop),
+            Upkeep::Prune => {
+                let retention = chrono::Duration::from_std(settings.usage_retention)
+                    .unwrap_or(chrono::Duration::MAX);
+                match guard.clock().now().checked_sub_signed(retention) {
+                    Some(before) => guard.store().prune_usage(before).map(drop),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+}
+
+/// Gives back idle leases (every usage flush), applies due refills (every refill poll)
+/// and deletes usage past its retention (hourly), each off the async workers.
+async fn keep_metering(guard: web::Data<Guard>) {
+    let refill_poll = guard.meter_state().settings.refill_poll;
+    let mut leases = tokio::time::interval(guard.usage_flush());
+    let mut refills = tokio::time::interval(refill_poll.max(Duration::from_millis(10)));
+    let mut prunes = tokio::time::interval(PRUNE_EVERY);
+    for ticker in [&mut leases, &mut refills, &mut prunes] {
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    }
+    loop {
+        let upkeep = tokio::select! {
+            _ = leases.tick() => Upkeep::Leases,
+            _ = refills.tick() => Upkeep::Refills,
+            _ = prunes.tick() => Upkeep::Prune,
+        };
+        let worker = guard.clone();
+        match web::block(move || upkeep.run(&worker)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, ?upkeep, "metering upkeep failed; will retry"),
+            Err(error) => tracing::error!(%error, "metering upkeep task failed"),
+        }
+    }
+}
+
 /// The guard's background tasks; they stop when this is dropped.
 #[must_use = "the background tasks stop when this is dropped"]
 pub struct Background {
@@ -48,6 +106,7 @@ impl Guard {
                 actix_web::rt::spawn(flusher),
                 actix_web::rt::spawn(watcher),
                 actix_web::rt::spawn(tidier),
+                actix_web::rt::spawn(keep_metering(guard.clone())),
             ],
         }
     }
@@ -57,6 +116,25 @@ impl Guard {
     /// still cannot be written then is logged as lost.
     pub async fn final_flush(&self) {
         let deadline = tokio::time::Instant::now() + FINAL_FLUSH_LIMIT;
+        // Unspent credits go back to their pools first: a lease not given back is
+        // stranded until the next refill.
+        let unspent = self.meter_state().leases.release_idle(Duration::ZERO);
+        let store = self.store();
+        let give_back = move || {
+            unspent.iter().try_for_each(|lease| {
+                store
+                    .return_credits(&lease.pool, lease.amount, lease.epoch)
+                    .map(drop)
+            })
+        };
+        match tokio::time::timeout_at(deadline, web::block(give_back)).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(error))) => {
+                tracing::warn!(%error, "could not give back unspent credits before stopping");
+            }
+            Ok(Err(error)) => tracing::warn!(%error, "giving back unspent credits failed"),
+            Err(_) => tracing::warn!("the database did not take back unspent credits in time"),
+        }
         let mut error = String::from("no time left");
         let mut keys = self.usage().pending();
         while keys > 0 && tokio::time::Instant::now() < deadline {

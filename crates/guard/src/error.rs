@@ -7,6 +7,8 @@ use std::time::Duration;
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use keygate_core::{RuleError, StoreError, ValidationError};
+
+use crate::metering::RateState;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -49,6 +51,10 @@ error_codes! {
     AuthCrossOwnerAccess => "AUTH_CROSS_OWNER_ACCESS",
     /// Granting (or changing a key with) scopes the caller lacks.
     AuthScopeEscalation => "AUTH_SCOPE_ESCALATION",
+    /// The key's rate limit is reached; retry after `Retry-After`.
+    AuthRateLimited => "AUTH_RATE_LIMITED",
+    /// The key has no credits left.
+    AuthUsageExceeded => "AUTH_USAGE_EXCEEDED",
     /// An operator endpoint asked with neither the master key nor its token.
     AuthMetricsTokenRequired => "AUTH_METRICS_TOKEN_REQUIRED",
     /// The master key must name an owner.
@@ -120,6 +126,17 @@ pub enum GuardError {
     /// Too many failed authentications from this client; retry after the duration.
     #[error("Too many failed authentications from this address; retry later")]
     RateLimited(Duration),
+    /// The key's rate limit is reached.
+    #[error("Rate limit exceeded for this API key; retry later")]
+    KeyRateLimited(RateState),
+    /// The key has no credits left.
+    #[error("This API key has no credits left")]
+    UsageExceeded {
+        /// The key's rate-limit window, if it has a rate limit.
+        rate: Option<RateState>,
+        /// How long until the next refill, if the credits are refilled.
+        retry_after: Option<Duration>,
+    },
     /// The database cannot be reached in time.
     #[error("The service is temporarily unavailable; retry shortly")]
     Unavailable,
@@ -140,6 +157,8 @@ impl GuardError {
             GuardError::Malformed(_) => ErrorCode::GenMalformedRequest,
             GuardError::Validation(_) => ErrorCode::GenValidationError,
             GuardError::RateLimited(_) => ErrorCode::GenRateLimited,
+            GuardError::KeyRateLimited(_) => ErrorCode::AuthRateLimited,
+            GuardError::UsageExceeded { .. } => ErrorCode::AuthUsageExceeded,
             GuardError::Unavailable => ErrorCode::GenServiceUnavailable,
             GuardError::Internal => ErrorCode::GenInternal,
         }
@@ -154,7 +173,9 @@ impl GuardError {
             | GuardError::OperatorTokenRequired => StatusCode::UNAUTHORIZED,
             GuardError::Rule(rule) => rule_status(rule),
             GuardError::Malformed(_) | GuardError::Validation(_) => StatusCode::BAD_REQUEST,
-            GuardError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            GuardError::RateLimited(_)
+            | GuardError::KeyRateLimited(_)
+            | GuardError::UsageExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             GuardError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             GuardError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -164,7 +185,19 @@ impl GuardError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             GuardError::RateLimited(wait) => Some(*wait),
+            GuardError::KeyRateLimited(rate) => rate.retry_after,
+            GuardError::UsageExceeded { retry_after, .. } => *retry_after,
             GuardError::Unavailable => Some(Duration::from_secs(1)),
+            _ => None,
+        }
+    }
+
+    /// The key's rate-limit window, for a refusal by metering of a key that has one: its
+    /// RateLimit header fields go with the answer.
+    pub fn rate(&self) -> Option<&RateState> {
+        match self {
+            GuardError::KeyRateLimited(rate) => Some(rate),
+            GuardError::UsageExceeded { rate, .. } => rate.as_ref(),
             _ => None,
         }
     }
@@ -188,7 +221,9 @@ pub fn rule_code(rule: &RuleError) -> ErrorCode {
         }
         RuleError::OwnerRequired => ErrorCode::ApikeyOwnerRequired,
         RuleError::CrossOwnerAccess => ErrorCode::AuthCrossOwnerAccess,
-        RuleError::ScopeEscalation(_) => ErrorCode::AuthScopeEscalation,
+        RuleError::ScopeEscalation(_) | RuleError::MeteringEscalation(_) => {
+            ErrorCode::AuthScopeEscalation
+        }
     }
 }
 
@@ -206,6 +241,7 @@ pub fn rule_details(rule: &RuleError) -> Option<Value> {
         RuleError::ScopeEscalation(scope) => {
             Some(serde_json::json!({ "scope": scope.to_string() }))
         }
+        RuleError::MeteringEscalation(field) => Some(serde_json::json!({ "field": field })),
         _ => None,
     }
 }
@@ -270,12 +306,18 @@ impl ResponseError for GuardError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        envelope(
+        let mut response = envelope(
             self.status(),
             self.code(),
             &self.to_string(),
             self.details(),
             self.retry_after(),
-        )
+        );
+        if let Some(rate) = self.rate() {
+            for (name, value) in crate::metering::rate_headers(rate) {
+                response.headers_mut().insert(name, value);
+            }
+        }
+        response
     }
 }

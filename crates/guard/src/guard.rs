@@ -18,6 +18,7 @@ use secrecy::ExposeSecret;
 use tokio::sync::Semaphore;
 
 use crate::error::GuardError;
+use crate::metering::Meter;
 use crate::observer::Observer;
 use crate::settings::GuardSettings;
 use crate::throttle::Throttle;
@@ -63,6 +64,8 @@ pub struct Guard {
     /// How often the change feed is read and usage written, for the background tasks.
     change_poll: Duration,
     usage_flush: Duration,
+    /// Rate limits and credits.
+    meter: Meter,
 }
 
 /// How the master key is recognised: by its digest, compared in constant time.
@@ -110,6 +113,7 @@ impl Guard {
             Master(hash)
         });
         Guard {
+            meter: Meter::new(&settings.metering, observer.clone()),
             observer,
             clock: Arc::new(SystemClock),
             operator_token: settings
@@ -160,6 +164,15 @@ impl Guard {
     /// The brute-force throttle.
     pub fn throttle(&self) -> &Throttle {
         &self.throttle
+    }
+
+    /// Where decisions are reported.
+    pub fn observer(&self) -> &Arc<dyn Observer> {
+        &self.observer
+    }
+
+    pub(crate) fn meter_state(&self) -> &Meter {
+        &self.meter
     }
 
     /// [`Self::authenticate`], for a request from `client`: a client that failed too

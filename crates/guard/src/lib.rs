@@ -55,6 +55,7 @@ mod background;
 mod changes;
 pub mod error;
 mod guard;
+pub mod metering;
 mod middleware;
 mod observer;
 mod original;
@@ -65,9 +66,12 @@ mod usage;
 pub use background::{Background, FINAL_FLUSH_LIMIT};
 pub use error::{GuardError, envelope};
 pub use guard::{Guard, MAX_PRESENTED_KEY};
-pub use middleware::{Caller, KEY_HEADER, decide, presented_key, require_key};
+pub use metering::{Admitted, Metered, RateState, rate_headers};
+pub use middleware::{
+    Caller, KEY_HEADER, decide, presented_key, refuse_method_parameter, require_key,
+};
 pub use observer::{Observer, Unobserved};
 pub use original::{OriginalRequest, canonical};
-pub use settings::{GuardSettings, ThrottleSettings};
+pub use settings::{GuardSettings, MeteringBackend, MeteringSettings, ThrottleSettings};
 pub use throttle::Throttle;
 pub use usage::UsageRecorder;

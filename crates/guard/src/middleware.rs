@@ -16,6 +16,7 @@ use keygate_core::{Principal, ValidationError};
 
 use crate::error::GuardError;
 use crate::guard::Guard;
+use crate::metering::{Admitted, rate_headers};
 use crate::original;
 
 /// The header Blnk's clients send their key in.
@@ -67,15 +68,21 @@ pub async fn require_key(
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
     match admit(&request).await {
-        Ok(caller) => {
-            request.extensions_mut().insert(caller);
-            Ok(next.call(request).await?.map_into_left_body())
+        Ok(admitted) => {
+            request.extensions_mut().insert(Caller(admitted.principal));
+            let mut response = next.call(request).await?;
+            if let Some(rate) = &admitted.metered.rate {
+                for (name, value) in rate_headers(rate) {
+                    response.headers_mut().insert(name, value);
+                }
+            }
+            Ok(response.map_into_left_body())
         }
         Err(refusal) => Ok(request.error_response(refusal).map_into_right_body()),
     }
 }
 
-async fn admit(request: &ServiceRequest) -> Result<Caller, GuardError> {
+async fn admit(request: &ServiceRequest) -> Result<Admitted, GuardError> {
     let state = request.app_data::<web::Data<Guard>>().ok_or_else(|| {
         tracing::error!("require_key without a web::Data<Guard> in the app's data");
         GuardError::Internal
@@ -91,26 +98,32 @@ async fn admit(request: &ServiceRequest) -> Result<Caller, GuardError> {
         &path,
     )
     .await
-    .map(Caller)
 }
 
 /// The guard's decision, for this service's own requests and for a gateway's original
 /// ones alike: who presents the key in `headers` (from `peer`, or the client a trusted
-/// proxy forwards), and whether they may perform `method` on `path`.
+/// proxy forwards), whether they may perform `method` on `path`, and whether the key's
+/// rate limit and credits admit it (one credit).
 pub async fn decide(
     state: &Guard,
     peer: Option<IpAddr>,
     headers: &HeaderMap,
     method: &str,
     path: &CanonicalPath,
-) -> Result<Principal, GuardError> {
+) -> Result<Admitted, GuardError> {
     refuse_method_override(headers)?;
     let client = state.throttle().client(peer, headers);
     let principal = state
         .authenticate_client(client, presented_key(headers)?)
         .await?;
-    principal.authorize(resource_for(path), action_for_method(method).ok_or(method))?;
-    Ok(principal)
+    state
+        .admit(
+            principal,
+            resource_for(path),
+            action_for_method(method).ok_or(method),
+            1,
+        )
+        .await
 }
 
 /// Headers with which frameworks (Rails, Laravel, Symfony, ASP.NET, Express) let a

@@ -8,6 +8,13 @@ pub trait Observer: Send + Sync + 'static {
 
     /// A key verification answered from memory (`true`) or from the database.
     fn cache(&self, _hit: bool) {}
+
+    /// A metered key's request: `allowed`, `rate_limited` or `usage_exceeded`.
+    fn metering_decision(&self, _outcome: &'static str) {}
+
+    /// Rate limits began (`true`) or ceased (`false`) to be counted in this process
+    /// because Redis could not be reached.
+    fn redis_fallback(&self, _falling_back: bool) {}
 }
 
 /// An observer that ignores everything.

@@ -34,6 +34,43 @@ pub struct GuardSettings {
     pub storage_slots: usize,
     /// Brute-force throttling of failed authentications.
     pub throttle: ThrottleSettings,
+    /// Per-key rate limits, credits and usage.
+    pub metering: MeteringSettings,
+}
+
+/// Where per-key rate-limit windows are counted, and how credits and usage are kept.
+#[derive(Debug, Clone)]
+pub struct MeteringSettings {
+    /// Where rate-limit windows are counted.
+    pub backend: MeteringBackend,
+    /// How long hourly usage is kept (90 days).
+    pub usage_retention: Duration,
+    /// How often refills that are due are applied to pools no request touched (10 s).
+    pub refill_poll: Duration,
+    /// How long an unused lease of credits is held before it is given back (5 s).
+    pub lease_idle: Duration,
+}
+
+/// Where rate-limit windows are counted.
+#[derive(Debug, Clone, Default)]
+pub enum MeteringBackend {
+    /// In this process: each instance counts its own windows.
+    #[default]
+    Local,
+    /// In Redis at this URL, shared by every instance; while Redis cannot be reached,
+    /// in this process.
+    Redis(SecretString),
+}
+
+impl Default for MeteringSettings {
+    fn default() -> Self {
+        MeteringSettings {
+            backend: MeteringBackend::Local,
+            usage_retention: Duration::from_secs(90 * 86_400),
+            refill_poll: Duration::from_secs(10),
+            lease_idle: Duration::from_secs(5),
+        }
+    }
 }
 
 /// Brute-force throttling: failed authentications allowed per client address.
@@ -64,6 +101,7 @@ impl Default for GuardSettings {
             storage_timeout: Duration::from_secs(5),
             storage_slots: 8,
             throttle: ThrottleSettings::default(),
+            metering: MeteringSettings::default(),
         }
     }
 }

@@ -1,20 +1,83 @@
-//! `last_used_at` bookkeeping off the request path: uses are noted in memory and
-//! written in batches, one statement per batch.
+//! Usage bookkeeping off the request path: each key's latest use (`last_used_at`) and
+//! its hourly counts of allowed and refused requests are kept in memory and written in
+//! batches.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use keygate_core::{ApiKeyId, KeyStore};
+use keygate_core::metering::hour_of;
+use keygate_core::{ApiKeyId, KeyStore, StoreError, UsageCount, UsageOutcome};
 
-/// Latest use of each key since the last flush.
+/// Latest use of each key, and its counts, since the last flush.
 #[derive(Debug, Default)]
 pub struct UsageRecorder {
     pending: Mutex<HashMap<ApiKeyId, DateTime<Utc>>>,
+    /// Counts by key, one entry per hour (rarely more than one).
+    counts: Mutex<HashMap<ApiKeyId, Vec<UsageCount>>>,
+    /// Held while counts are written, and while they are read with what is written, so
+    /// that a count is seen exactly once: in memory or in the database.
+    writing: Mutex<()>,
 }
 
 impl UsageRecorder {
+    /// Counts one request of `id` that ended as `outcome` at `at`.
+    pub fn count(&self, id: &ApiKeyId, outcome: UsageOutcome, at: DateTime<Utc>) {
+        let hour = hour_of(at);
+        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let hours = match counts.get_mut(id) {
+            Some(hours) => hours,
+            None => counts.entry(id.clone()).or_default(),
+        };
+        match hours.iter_mut().find(|count| count.at == hour) {
+            Some(count) => count.add(outcome),
+            None => {
+                let mut count = UsageCount::empty(id.clone(), hour);
+                count.add(outcome);
+                hours.push(count);
+            }
+        }
+    }
+
+    /// `id`'s hourly counts from `from` to `to` (exclusive): those written to `store`
+    /// and those still in memory, each counted once. Blocks.
+    pub fn read(
+        &self,
+        store: &dyn KeyStore,
+        id: &ApiKeyId,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<UsageCount>, StoreError> {
+        let _writing = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut counts = store.usage(id, from, to)?;
+        let unwritten = self
+            .counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(id)
+            .cloned()
+            .unwrap_or_default();
+        counts.extend(
+            unwritten
+                .into_iter()
+                .filter(|count| from <= count.at && count.at < to),
+        );
+        Ok(counts)
+    }
+
+    /// Counts not yet written, merged into `counts`' hours.
+    fn put_back(&self, batch: Vec<UsageCount>) {
+        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        for count in batch {
+            let hours = counts.entry(count.key.clone()).or_default();
+            match hours.iter_mut().find(|held| held.at == count.at) {
+                Some(held) => held.merge(&count),
+                None => hours.push(count),
+            }
+        }
+    }
+
     /// Notes that `id` authenticated a request at `at`.
     pub fn record(&self, id: &ApiKeyId, at: DateTime<Utc>) {
         let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
@@ -27,17 +90,35 @@ impl UsageRecorder {
         }
     }
 
-    /// How many keys have uses waiting to be written.
+    /// How many keys have uses or counts waiting to be written.
     pub fn pending(&self) -> usize {
-        self.pending
+        let uses = self
+            .pending
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .len()
+            .len();
+        let counts = self
+            .counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len();
+        uses.max(counts)
     }
 
-    /// Writes every pending use in one batch. Uses that could not be written are kept
-    /// for the next flush. Returns how many rows changed.
-    pub fn flush(&self, store: &dyn KeyStore) -> Result<usize, keygate_core::StoreError> {
+    /// Writes every pending use and count in batches. What could not be written is kept
+    /// for the next flush. Returns how many `last_used_at` rows changed.
+    pub fn flush(&self, store: &dyn KeyStore) -> Result<usize, StoreError> {
+        let _writing = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
+        let counts: Vec<UsageCount> = {
+            let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+            counts.drain().flat_map(|(_, hours)| hours).collect()
+        };
+        if !counts.is_empty()
+            && let Err(error) = store.add_usage(&counts)
+        {
+            self.put_back(counts);
+            return Err(error);
+        }
         let batch: Vec<(ApiKeyId, DateTime<Utc>)> = {
             let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
             pending.drain().collect()

@@ -17,7 +17,7 @@ use crate::error::ApiError;
 use crate::guard::Caller;
 use crate::guard::require_key;
 use crate::state::AppState;
-use crate::{forward_auth, keys, metrics, openapi};
+use crate::{forward_auth, keys, metrics, openapi, verify};
 
 /// The largest request body accepted.
 pub const BODY_LIMIT: usize = 1024 * 1024;
@@ -56,6 +56,11 @@ pub fn app(
         .service(
             web::scope("")
                 .wrap(from_fn(require_key))
+                .service(
+                    web::resource("/verify")
+                        .route(web::post().to(verify::verify))
+                        .default_service(web::to(keys::method_not_allowed)),
+                )
                 .configure(keys::routes)
                 .default_service(web::to(keys::not_found)),
         )

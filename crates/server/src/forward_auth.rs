@@ -22,7 +22,8 @@ use keygate_guard::OriginalRequest;
         (status = 400, description = "GEN_MALFORMED_REQUEST: the original request's headers are missing; GEN_VALIDATION_ERROR (details.field names the header): both header families at once, a header twice, or a method override (X-HTTP-Method-Override and the like, or _method), or a path upstreams could read differently (encoded / or \\, a backslash, ; parameters, #, control characters, double encoding, dot segments climbing above the root or changing the first segment, look-alike dots and separators)", body = ErrorBody),
         (status = 401, description = "AUTH_MISSING_API_KEY, AUTH_INVALID_API_KEY or AUTH_EXPIRED_API_KEY", body = ErrorBody),
         (status = 403, description = "AUTH_INSUFFICIENT_PERMISSIONS or AUTH_UNKNOWN_RESOURCE", body = ErrorBody),
-        (status = 429, description = "GEN_RATE_LIMITED", body = ErrorBody),
+        (status = 429, description = "GEN_RATE_LIMITED (this address failed too often), AUTH_RATE_LIMITED (the key's rate limit) or AUTH_USAGE_EXCEEDED (no credits left); with Retry-After where a wait is known, and RateLimit-Limit, RateLimit-Remaining and RateLimit-Reset for a key with a rate limit", body = ErrorBody),
+        (status = 503, description = "GEN_SERVICE_UNAVAILABLE", body = ErrorBody),
     ))]
 pub async fn decide(
     state: web::Data<AppState>,
@@ -33,7 +34,7 @@ pub async fn decide(
     // With the gateway as a trusted proxy, the throttle sees the client it forwards in
     // X-Forwarded-For, not the gateway.
     let peer = request.peer_addr().map(|address| address.ip());
-    let principal = guard::decide(
+    let admitted = guard::decide(
         state.guard(),
         peer,
         headers,
@@ -42,7 +43,12 @@ pub async fn decide(
     )
     .await?;
     let mut response = HttpResponse::NoContent();
-    match &principal {
+    if let Some(rate) = &admitted.metered.rate {
+        for header in guard::rate_headers(rate) {
+            response.insert_header(header);
+        }
+    }
+    match &admitted.principal {
         Principal::Master => {
             response.insert_header(("X-Keygate-Key-Id", "master"));
             response.insert_header(("X-Keygate-Scopes", "*:*"));

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod settings;
 pub mod state;
+pub mod verify;
 
 use std::net::TcpListener;
 use std::sync::Arc;

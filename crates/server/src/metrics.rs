@@ -25,6 +25,8 @@ pub struct Metrics {
     cache_misses: IntCounter,
     pool_connections: IntGauge,
     pool_idle: IntGauge,
+    metering: IntCounterVec,
+    redis_fallback: IntGauge,
 }
 
 impl Metrics {
@@ -70,6 +72,19 @@ impl Metrics {
             "keygate_db_pool_idle_connections",
             "Idle database connections",
         )?;
+        let metering = IntCounterVec::new(
+            Opts::new(
+                "keygate_metering_decisions_total",
+                "Requests of keys with a rate limit or credits, by outcome: allowed, rate_limited or usage_exceeded",
+            ),
+            &["outcome"],
+        )?;
+        let redis_fallback = IntGauge::new(
+            "keygate_metering_redis_fallback",
+            "1 while rate limits are counted in this process because Redis cannot be reached",
+        )?;
+        registry.register(Box::new(metering.clone()))?;
+        registry.register(Box::new(redis_fallback.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(auth.clone()))?;
@@ -86,6 +101,8 @@ impl Metrics {
             cache_misses,
             pool_connections,
             pool_idle,
+            metering,
+            redis_fallback,
         })
     }
 
@@ -131,6 +148,14 @@ impl keygate_guard::Observer for Metrics {
 
     fn cache(&self, hit: bool) {
         Metrics::cache(self, hit);
+    }
+
+    fn metering_decision(&self, outcome: &'static str) {
+        self.metering.with_label_values(&[outcome]).inc();
+    }
+
+    fn redis_fallback(&self, falling_back: bool) {
+        self.redis_fallback.set(i64::from(falling_back));
     }
 }
 

@@ -12,7 +12,10 @@ use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
+use crate::keys::usage::UsageView;
+use crate::keys::views::{CreditsView, RateLimitView, RefillView};
 use crate::keys::{CreateKey, EventView, KeyView, RotateKey, UpdateKey};
+use crate::verify::{VerifyCredits, VerifyRateLimit, VerifyRequest, VerifyResponse};
 
 /// The OpenAPI schema of the error codes, described from the one list of them
 /// ([`keygate_guard::error::ErrorCode::ALL`]); named `ErrorCode` in the document.
@@ -54,7 +57,7 @@ pub struct ErrorDetail {
     code: String,
     message: String,
     /// More about it: the offending `field` of a validation error, the refused `scope`
-    /// of an escalation.
+    /// (or metering `field`) of an escalation.
     #[schema(value_type = Option<Object>)]
     details: Option<serde_json::Value>,
 }
@@ -92,9 +95,14 @@ impl Modify for Security {
     paths(
         crate::keys::create, crate::keys::list, crate::keys::lifecycle::get, crate::keys::lifecycle::update,
         crate::keys::revoke, crate::keys::lifecycle::rotate, crate::keys::lifecycle::events,
+        crate::keys::usage::usage, crate::verify::verify,
         crate::forward_auth::decide, crate::app::health, crate::metrics::serve
     ),
-    components(schemas(CreateKey, UpdateKey, RotateKey, KeyView, EventView, ErrorBody, ErrorDetail, ErrorCodeSchema, Status)),
+    components(schemas(
+        CreateKey, UpdateKey, RotateKey, KeyView, RateLimitView, CreditsView, RefillView, EventView,
+        UsageView, VerifyRequest, VerifyResponse, VerifyRateLimit, VerifyCredits,
+        ErrorBody, ErrorDetail, ErrorCodeSchema, Status
+    )),
     modifiers(&Security),
 )]
 pub struct ApiDoc;

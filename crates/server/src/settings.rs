@@ -37,12 +37,42 @@ pub struct Settings {
     pub auth: AuthSettings,
     /// Brute-force throttling of failed authentications.
     pub throttle: ThrottleSettings,
+    /// Per-key rate limits, credits and usage.
+    pub metering: MeteringSettings,
     /// Resources beyond Blnk's, to guard other APIs.
     #[serde(default)]
     pub resources: ResourceSettings,
     /// How logs are written.
     #[serde(default)]
     pub log: LogSettings,
+}
+
+/// `[metering]`
+#[derive(Debug, Clone, Deserialize)]
+pub struct MeteringSettings {
+    /// Where rate-limit windows are counted: `local` (each instance its own) or `redis`
+    /// (shared by every instance through `redis_url`).
+    pub backend: MeteringBackendName,
+    /// The Redis of the `redis` backend, such as `redis://127.0.0.1:6379`.
+    pub redis_url: Option<SecretString>,
+    /// How long hourly usage is kept, in days.
+    pub usage_retention_days: u32,
+    /// How often due refills are applied to pools no request touched, in milliseconds.
+    pub refill_poll_ms: u64,
+    /// How long an unused lease of credits is held before it is given back, in
+    /// milliseconds.
+    pub lease_idle_ms: u64,
+}
+
+/// `metering.backend`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MeteringBackendName {
+    /// Each instance counts its own windows.
+    #[default]
+    Local,
+    /// Windows are shared through Redis.
+    Redis,
 }
 
 /// `[throttle]`
@@ -223,6 +253,12 @@ failures_per_minute = 20
 burst = 20
 trusted_proxies = ""
 
+[metering]
+backend = "local"
+usage_retention_days = 90
+refill_poll_ms = 10000
+lease_idle_ms = 5000
+
 [auth]
 change_poll_ms = 250
 cache_ttl_ms = 60000
@@ -302,6 +338,19 @@ impl Settings {
                 burst: self.throttle.burst,
                 trusted_proxies: self.throttle.trusted_proxies.clone(),
             },
+            metering: keygate_guard::MeteringSettings {
+                backend: match (&self.metering.backend, &self.metering.redis_url) {
+                    (MeteringBackendName::Redis, Some(url)) => {
+                        keygate_guard::MeteringBackend::Redis(url.clone())
+                    }
+                    _ => keygate_guard::MeteringBackend::Local,
+                },
+                usage_retention: Duration::from_secs(
+                    u64::from(self.metering.usage_retention_days) * 86_400,
+                ),
+                refill_poll: Duration::from_millis(self.metering.refill_poll_ms),
+                lease_idle: Duration::from_millis(self.metering.lease_idle_ms),
+            },
         }
     }
 
@@ -354,6 +403,41 @@ impl Settings {
             0..=1_000_000,
         )?;
         in_range("throttle.burst", throttle.burst, 0..=1_000_000)?;
+        let metering = &self.metering;
+        in_range(
+            "metering.usage_retention_days",
+            metering.usage_retention_days,
+            1..=MAX_KEY_LIFETIME_DAYS,
+        )?;
+        in_range(
+            "metering.refill_poll_ms",
+            metering.refill_poll_ms,
+            100..=3_600_000,
+        )?;
+        in_range(
+            "metering.lease_idle_ms",
+            metering.lease_idle_ms,
+            100..=3_600_000,
+        )?;
+        match (&metering.backend, &metering.redis_url) {
+            (MeteringBackendName::Redis, None) => {
+                return Err(
+                    "metering.backend is \"redis\" but metering.redis_url is not set".into(),
+                );
+            }
+            (_, Some(url)) => {
+                let url = url.expose_secret();
+                let schemes = ["redis://", "rediss://", "redis+unix://", "unix://"];
+                if !schemes.iter().any(|scheme| url.starts_with(scheme)) {
+                    // The URL may hold a password: it is not repeated.
+                    return Err(
+                        "metering.redis_url must start with redis://, rediss://, redis+unix:// or unix://"
+                            .into(),
+                    );
+                }
+            }
+            (MeteringBackendName::Local, None) => {}
+        }
         Ok(())
     }
 

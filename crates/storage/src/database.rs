@@ -11,11 +11,11 @@ use diesel::sql_types::{BigInt, Text, Timestamptz, TimestamptzSqlite};
 use diesel::{PgConnection, SqliteConnection};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use keygate_core::{
-    Actor, ApiKey, ApiKeyId, ChangeCursor, Changes, EventDetails, EventKind, KeyEvent, KeyHash,
-    KeyStore, NewEvent, StoreError,
+    Actor, ApiKey, ApiKeyId, ChangeCursor, Changes, CreditGrant, CreditRequest, EventDetails,
+    EventKind, KeyEvent, KeyHash, KeyStore, NewEvent, RefillInterval, StoreError, UsageCount,
 };
 
-use crate::rows::{EventRow, KeyRow};
+use crate::rows::{EventRow, KeyWithPool, PoolRow};
 use crate::url::{Backend, DatabaseUrl};
 
 const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/postgres");
@@ -59,26 +59,40 @@ pub struct Database {
 }
 
 /// Runs `$body` with a pooled connection `$conn`, the backend's `api_keys` table module
-/// as `$t` and its `key_events` module as `$e`: each query is written once and compiled
-/// for both backends.
+/// as `$t`, its `key_events` module as `$e`, `credit_pools` as `$c` and `key_usage` as
+/// `$u`: each query is written once and compiled for both backends.
 macro_rules! with_connection {
-    ($db:expr, |$conn:ident, $t:ident, $e:ident| $body:expr) => {
+    ($db:expr, |$conn:ident, $t:ident, $e:ident, $c:ident, $u:ident| $body:expr) => {
         match &$db.pools {
             Pools::Sqlite(pool) => {
                 #[allow(unused_imports)]
-                use crate::schema::sqlite::{api_keys as $t, key_events as $e};
+                use crate::schema::sqlite::{
+                    api_keys as $t, credit_pools as $c, key_events as $e, key_usage as $u,
+                };
                 let mut pooled = pool.get().map_err(unavailable)?;
                 let $conn: &mut SqliteConnection = &mut pooled;
                 $body
             }
             Pools::Postgres(pool) => {
                 #[allow(unused_imports)]
-                use crate::schema::postgres::{api_keys as $t, key_events as $e};
+                use crate::schema::postgres::{
+                    api_keys as $t, credit_pools as $c, key_events as $e, key_usage as $u,
+                };
                 let mut pooled = pool.get().map_err(unavailable)?;
                 let $conn: &mut PgConnection = &mut pooled;
                 $body
             }
         }
+    };
+}
+
+/// The keys of the backend's table module `$t`, each with the credit pool (`$c`) it
+/// draws on: rows that read as [`KeyWithPool`].
+macro_rules! keys {
+    ($t:ident, $c:ident) => {
+        $t::table
+            .left_join($c::table)
+            .select(($t::all_columns, $c::all_columns.nullable()))
     };
 }
 
@@ -99,8 +113,29 @@ macro_rules! key_row {
             $t::is_revoked.eq($key.is_revoked()),
             $t::revoked_at.eq($key.revoked_at),
             $t::rotated_from.eq($key.rotated_from.as_ref().map(ApiKeyId::as_str)),
+            $t::ratelimit_limit.eq($key.ratelimit.map(|r| whole_i64(r.limit))),
+            $t::ratelimit_window_ms.eq($key.ratelimit.map(|r| whole_i64(r.window_ms))),
+            $t::credit_pool.eq($key.credits.as_ref().map(|c| c.pool.as_str())),
         )
     };
+}
+
+/// The columns of a new `credit_pools` row for `$account` (a `CreditAccount`).
+macro_rules! pool_row {
+    ($c:ident, $account:expr) => {
+        (
+            $c::pool_id.eq($account.pool.as_str()),
+            $c::remaining.eq($account.credits.remaining),
+            $c::refill_amount.eq($account.credits.refill.map(|r| r.amount)),
+            $c::refill_interval.eq($account.credits.refill.map(|r| r.interval.as_str())),
+            $c::refill_at.eq($account.refill_at),
+        )
+    };
+}
+
+/// A count within the ranges metering allows, as the databases store it.
+fn whole_i64(count: u64) -> i64 {
+    i64::try_from(count).unwrap_or(i64::MAX)
 }
 
 impl Database {
@@ -304,7 +339,7 @@ fn query_error(error: DieselError) -> StoreError {
     }
 }
 
-fn to_keys(rows: Vec<KeyRow>) -> Result<Vec<ApiKey>, StoreError> {
+fn to_keys(rows: Vec<KeyWithPool>) -> Result<Vec<ApiKey>, StoreError> {
     rows.into_iter().map(ApiKey::try_from).collect()
 }
 
@@ -324,8 +359,14 @@ impl KeyStore for Database {
     fn insert(&self, key: &ApiKey, actor: &Actor) -> Result<(), StoreError> {
         let scopes = key.scopes.to_string();
         let actor = actor.to_string();
-        with_connection!(self, |conn, t, e| {
+        with_connection!(self, |conn, t, e, c, u| {
             conn.transaction(|conn| {
+                // A key spending another's pool (its creator's) adds no pool.
+                if let Some(account) = key.credits.as_ref().filter(|a| a.pool == key.id) {
+                    diesel::insert_into(c::table)
+                        .values(pool_row!(c, account))
+                        .execute(conn)?;
+                }
                 diesel::insert_into(t::table)
                     .values(key_row!(t, key, scopes))
                     .execute(conn)?;
@@ -344,10 +385,10 @@ impl KeyStore for Database {
     }
 
     fn find_by_hash(&self, hash: &KeyHash) -> Result<Option<ApiKey>, StoreError> {
-        let row: Option<KeyRow> = with_connection!(self, |conn, t, e| {
+        let row: Option<KeyWithPool> = with_connection!(self, |conn, t, e, c, u| {
             // No `.first()`: its `LIMIT ?` makes SQLite re-prepare the cached statement
             // on every bind, which tripled the lookup's cost. The index is unique anyway.
-            t::table
+            keys!(t, c)
                 .filter(t::key_hash.eq(&hash.as_bytes()[..]))
                 .get_result(conn)
                 .optional()
@@ -357,8 +398,8 @@ impl KeyStore for Database {
     }
 
     fn list_by_owner(&self, owner_id: &str) -> Result<Vec<ApiKey>, StoreError> {
-        let rows: Vec<KeyRow> = with_connection!(self, |conn, t, e| {
-            t::table
+        let rows: Vec<KeyWithPool> = with_connection!(self, |conn, t, e, c, u| {
+            keys!(t, c)
                 .filter(t::owner_id.eq(owner_id))
                 .order((t::created_at.desc(), t::api_key_id.desc()))
                 .load(conn)
@@ -375,7 +416,7 @@ impl KeyStore for Database {
         actor: &Actor,
     ) -> Result<Option<ApiKey>, StoreError> {
         let actor = actor.to_string();
-        let row: Option<KeyRow> = with_connection!(self, |conn, t, e| {
+        let row: Option<KeyWithPool> = with_connection!(self, |conn, t, e, c, u| {
             conn.transaction(|conn| {
                 let key = t::table
                     .filter(t::api_key_id.eq(id.as_str()))
@@ -393,7 +434,11 @@ impl KeyStore for Database {
                         ))
                         .execute(conn)?;
                 }
-                key.first(conn).optional()
+                keys!(t, c)
+                    .filter(t::api_key_id.eq(id.as_str()))
+                    .filter(t::owner_id.eq(owner_id))
+                    .get_result(conn)
+                    .optional()
             })
             .map_err(query_error)?
         });
@@ -486,8 +531,8 @@ impl KeyStore for Database {
     }
 
     fn get(&self, id: &ApiKeyId, owner_id: &str) -> Result<Option<ApiKey>, StoreError> {
-        let row: Option<KeyRow> = with_connection!(self, |conn, t, e| {
-            t::table
+        let row: Option<KeyWithPool> = with_connection!(self, |conn, t, e, c, u| {
+            keys!(t, c)
                 .filter(t::api_key_id.eq(id.as_str()))
                 .filter(t::owner_id.eq(owner_id))
                 .get_result(conn)
@@ -501,7 +546,7 @@ impl KeyStore for Database {
         let (old_scopes, new_scopes) = (old.scopes.to_string(), new.scopes.to_string());
         let actor = event.actor.to_string();
         let details = event.details.as_ref().map(|d| d.to_json().to_string());
-        with_connection!(self, |conn, t, e| {
+        with_connection!(self, |conn, t, e, c, u| {
             let outcome = conn.transaction(|conn| {
                 let unchanged = t::table
                     .filter(t::api_key_id.eq(old.id.as_str()))
@@ -510,17 +555,43 @@ impl KeyStore for Database {
                     .filter(t::name.eq(&old.name))
                     .filter(t::scopes.eq(&old_scopes))
                     .filter(t::expires_at.eq(old.expires_at));
+                // New credits replace the pool's balance and refill, in a new epoch; the pool
+                // exists before the key names it.
+                if let Some(account) = &new.credits
+                    && old.credits.as_ref().map(|a| (&a.pool, a.credits))
+                        != Some((&account.pool, account.credits))
+                {
+                    diesel::insert_into(c::table)
+                        .values(pool_row!(c, account))
+                        .on_conflict(c::pool_id)
+                        .do_update()
+                        .set((
+                            c::remaining.eq(account.credits.remaining),
+                            c::refill_amount.eq(account.credits.refill.map(|r| r.amount)),
+                            c::refill_interval
+                                .eq(account.credits.refill.map(|r| r.interval.as_str())),
+                            c::refill_at.eq(account.refill_at),
+                            c::epoch.eq(c::epoch + 1),
+                        ))
+                        .execute(conn)?;
+                }
                 let replaced = diesel::update(unchanged)
                     .set((
                         t::name.eq(&new.name),
                         t::scopes.eq(&new_scopes),
                         t::expires_at.eq(new.expires_at),
+                        t::ratelimit_limit.eq(new.ratelimit.map(|r| whole_i64(r.limit))),
+                        t::ratelimit_window_ms.eq(new.ratelimit.map(|r| whole_i64(r.window_ms))),
+                        t::credit_pool.eq(new.credits.as_ref().map(|c| c.pool.as_str())),
                     ))
                     .execute(conn)?;
+                if replaced != 1 {
+                    return Err(DieselError::RollbackTransaction);
+                }
                 // A rotated key's expiry is the end of its grace period. Checked after the
                 // update, which waited for any rotation holding the row, so a successor
                 // committed meanwhile is seen.
-                if replaced == 1 && new.expires_at != old.expires_at {
+                if new.expires_at != old.expires_at {
                     let successors: i64 = t::table
                         .filter(t::rotated_from.eq(old.id.as_str()))
                         .count()
@@ -529,18 +600,16 @@ impl KeyStore for Database {
                         return Err(DieselError::RollbackTransaction);
                     }
                 }
-                if replaced == 1 {
-                    diesel::insert_into(e::table)
-                        .values((
-                            e::api_key_id.eq(old.id.as_str()),
-                            e::kind.eq(EventKind::Updated.as_str()),
-                            e::actor.eq(&actor),
-                            e::details.eq(details.as_deref()),
-                            e::at.eq(event.at),
-                        ))
-                        .execute(conn)?;
-                }
-                Ok(replaced == 1)
+                diesel::insert_into(e::table)
+                    .values((
+                        e::api_key_id.eq(old.id.as_str()),
+                        e::kind.eq(EventKind::Updated.as_str()),
+                        e::actor.eq(&actor),
+                        e::details.eq(details.as_deref()),
+                        e::at.eq(event.at),
+                    ))
+                    .execute(conn)?;
+                Ok(true)
             });
             match outcome {
                 Err(DieselError::RollbackTransaction) => Ok(false),
@@ -565,7 +634,7 @@ impl KeyStore for Database {
         .to_json()
         .to_string();
         let details = event.details.as_ref().map(|d| d.to_json().to_string());
-        let rotated = with_connection!(self, |conn, t, e| {
+        let rotated = with_connection!(self, |conn, t, e, c, u| {
             conn.transaction(|conn| {
                 let unchanged = t::table
                     .filter(t::api_key_id.eq(old.id.as_str()))
@@ -613,7 +682,7 @@ impl KeyStore for Database {
     }
 
     fn events(&self, id: &ApiKeyId) -> Result<Vec<KeyEvent>, StoreError> {
-        let rows: Vec<EventRow> = with_connection!(self, |conn, t, e| {
+        let rows: Vec<EventRow> = with_connection!(self, |conn, t, e, c, u| {
             e::table
                 .filter(e::api_key_id.eq(id.as_str()))
                 .order(e::event_id.asc())
@@ -682,6 +751,230 @@ impl KeyStore for Database {
                 .map_err(query_error)
             }
         }
+    }
+
+    fn take_credits(
+        &self,
+        pool: &ApiKeyId,
+        request: CreditRequest,
+        now: DateTime<Utc>,
+    ) -> Result<Option<CreditGrant>, StoreError> {
+        with_connection!(self, |conn, t, e, c, u| {
+            conn.write_transaction(|conn| {
+                let this = || c::table.filter(c::pool_id.eq(pool.as_str()));
+                // Touch the row first: it is then this transaction's (PostgreSQL's row
+                // lock, SQLite's write lock) until it commits, so what is read next cannot
+                // change before the grant is written.
+                if diesel::update(this())
+                    .set(c::epoch.eq(c::epoch))
+                    .execute(conn)?
+                    == 0
+                {
+                    return Ok(None);
+                }
+                let row: PoolRow = this().get_result(conn)?;
+                let mut account = row.into_account().ok_or_else(|| {
+                    DieselError::DeserializationError("a credit pool is unreadable".into())
+                })?;
+                if let (Some(refill), Some(due)) = (account.credits.refill, account.refill_at)
+                    && due <= now
+                {
+                    let next = refill.interval.next_after(now);
+                    diesel::update(this())
+                        .set((
+                            c::remaining.eq(refill.amount),
+                            c::refill_at.eq(Some(next)),
+                            c::epoch.eq(c::epoch + 1),
+                        ))
+                        .execute(conn)?;
+                    account.credits.remaining = refill.amount;
+                    account.refill_at = Some(next);
+                    account.epoch += 1;
+                }
+                let granted = request.grant(account.credits.remaining);
+                if granted > 0 {
+                    diesel::update(this())
+                        .set(c::remaining.eq(c::remaining - granted))
+                        .execute(conn)?;
+                }
+                Ok(Some(CreditGrant {
+                    granted,
+                    remaining: account.credits.remaining - granted,
+                    epoch: account.epoch,
+                    refill_at: account.refill_at,
+                }))
+            })
+            .map_err(query_error)
+        })
+    }
+
+    fn return_credits(&self, pool: &ApiKeyId, amount: i64, epoch: i64) -> Result<bool, StoreError> {
+        if amount <= 0 {
+            return Ok(false);
+        }
+        with_connection!(self, |conn, t, e, c, u| {
+            diesel::update(
+                c::table
+                    .filter(c::pool_id.eq(pool.as_str()))
+                    .filter(c::epoch.eq(epoch)),
+            )
+            .set(c::remaining.eq(c::remaining + amount))
+            .execute(conn)
+            .map(|rows| rows == 1)
+            .map_err(query_error)
+        })
+    }
+
+    fn refill_due(&self, now: DateTime<Utc>) -> Result<usize, StoreError> {
+        const BATCH: i64 = 500;
+        let mut refilled = 0;
+        loop {
+            let (seen, done) = with_connection!(self, |conn, t, e, c, u| {
+                conn.write_transaction(|conn| {
+                    let due: Vec<(String, Option<String>, Option<DateTime<Utc>>)> = c::table
+                        .filter(c::refill_at.le(now))
+                        .select((c::pool_id, c::refill_interval, c::refill_at))
+                        .order(c::refill_at.asc())
+                        .limit(BATCH)
+                        .load(conn)?;
+                    let mut done = 0;
+                    for (pool, interval, at) in &due {
+                        let Some(interval) = interval.as_deref().and_then(RefillInterval::parse)
+                        else {
+                            continue;
+                        };
+                        done += diesel::update(
+                            c::table
+                                .filter(c::pool_id.eq(pool))
+                                .filter(c::refill_at.eq(at)),
+                        )
+                        .set((
+                            c::remaining.eq(c::refill_amount.assume_not_null()),
+                            c::refill_at.eq(Some(interval.next_after(now))),
+                            c::epoch.eq(c::epoch + 1),
+                        ))
+                        .execute(conn)?;
+                    }
+                    Ok((due.len(), done))
+                })
+                .map_err(query_error)?
+            });
+            refilled += done;
+            if i64::try_from(seen).unwrap_or(i64::MAX) < BATCH || done == 0 {
+                return Ok(refilled);
+            }
+        }
+    }
+
+    fn add_usage(&self, counts: &[UsageCount]) -> Result<(), StoreError> {
+        if counts.is_empty() {
+            return Ok(());
+        }
+        // Rows are added to in one order, so instances flushing at once never wait on
+        // each other in a cycle.
+        let mut counts = counts.to_vec();
+        counts.sort_by(|a, b| (&a.key, a.at).cmp(&(&b.key, b.at)));
+        with_connection!(self, |conn, t, e, c, u| {
+            use diesel::upsert::excluded;
+            conn.write_transaction(|conn| {
+                for count in &counts {
+                    diesel::insert_into(u::table)
+                        .values((
+                            u::api_key_id.eq(count.key.as_str()),
+                            u::hour.eq(count.at),
+                            u::allowed.eq(count.allowed),
+                            u::denied.eq(count.denied),
+                            u::rate_limited.eq(count.rate_limited),
+                            u::usage_exceeded.eq(count.usage_exceeded),
+                        ))
+                        .on_conflict((u::api_key_id, u::hour))
+                        .do_update()
+                        .set((
+                            u::allowed.eq(u::allowed + excluded(u::allowed)),
+                            u::denied.eq(u::denied + excluded(u::denied)),
+                            u::rate_limited.eq(u::rate_limited + excluded(u::rate_limited)),
+                            u::usage_exceeded.eq(u::usage_exceeded + excluded(u::usage_exceeded)),
+                        ))
+                        .execute(conn)?;
+                }
+                Ok(())
+            })
+            .map_err(query_error)
+        })
+    }
+
+    fn usage(
+        &self,
+        id: &ApiKeyId,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<UsageCount>, StoreError> {
+        let rows: Vec<(DateTime<Utc>, i64, i64, i64, i64)> =
+            with_connection!(self, |conn, t, e, c, u| {
+                u::table
+                    .filter(u::api_key_id.eq(id.as_str()))
+                    .filter(u::hour.ge(from))
+                    .filter(u::hour.lt(to))
+                    .order(u::hour.asc())
+                    .select((
+                        u::hour,
+                        u::allowed,
+                        u::denied,
+                        u::rate_limited,
+                        u::usage_exceeded,
+                    ))
+                    .load(conn)
+                    .map_err(query_error)?
+            });
+        Ok(rows
+            .into_iter()
+            .map(
+                |(at, allowed, denied, rate_limited, usage_exceeded)| UsageCount {
+                    key: id.clone(),
+                    at,
+                    allowed,
+                    denied,
+                    rate_limited,
+                    usage_exceeded,
+                },
+            )
+            .collect())
+    }
+
+    fn prune_usage(&self, before: DateTime<Utc>) -> Result<usize, StoreError> {
+        with_connection!(self, |conn, t, e, c, u| {
+            diesel::delete(u::table.filter(u::hour.lt(before)))
+                .execute(conn)
+                .map_err(query_error)
+        })
+    }
+}
+
+/// A transaction that writes: SQLite's takes the write lock at once (a transaction that
+/// reads first and writes later fails when another wrote in between), PostgreSQL's is
+/// an ordinary one.
+trait WriteTransaction: Connection {
+    fn write_transaction<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<T, DieselError>,
+    ) -> Result<T, DieselError>;
+}
+
+impl WriteTransaction for SqliteConnection {
+    fn write_transaction<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<T, DieselError>,
+    ) -> Result<T, DieselError> {
+        self.immediate_transaction(f)
+    }
+}
+
+impl WriteTransaction for PgConnection {
+    fn write_transaction<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<T, DieselError>,
+    ) -> Result<T, DieselError> {
+        self.transaction(f)
     }
 }
 

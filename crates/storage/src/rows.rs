@@ -3,7 +3,8 @@
 use chrono::{DateTime, Utc};
 use diesel::Queryable;
 use keygate_core::{
-    Actor, ApiKey, ApiKeyId, EventDetails, EventKind, KeyEvent, KeyHash, ScopeSet, StoreError,
+    Actor, ApiKey, ApiKeyId, CreditAccount, Credits, EventDetails, EventKind, KeyEvent, KeyHash,
+    RateLimit, Refill, RefillInterval, ScopeSet, StoreError,
 };
 
 /// One `api_keys` row, in column order (`api_keys::all_columns`).
@@ -21,13 +22,76 @@ pub struct KeyRow {
     pub is_revoked: bool,
     pub revoked_at: Option<DateTime<Utc>>,
     pub rotated_from: Option<String>,
+    pub ratelimit_limit: Option<i64>,
+    pub ratelimit_window_ms: Option<i64>,
+    pub credit_pool: Option<String>,
 }
 
-impl TryFrom<KeyRow> for ApiKey {
+/// One `credit_pools` row, in column order.
+#[derive(Queryable)]
+pub struct PoolRow {
+    pub pool_id: String,
+    pub remaining: i64,
+    pub refill_amount: Option<i64>,
+    pub refill_interval: Option<String>,
+    pub refill_at: Option<DateTime<Utc>>,
+    pub epoch: i64,
+}
+
+impl PoolRow {
+    /// The pool as the domain sees it, or `None` for a row no version writes.
+    pub fn into_account(self) -> Option<CreditAccount> {
+        let refill = match (self.refill_amount, self.refill_interval.as_deref()) {
+            (Some(amount), Some(interval)) => Some(Refill {
+                amount,
+                interval: RefillInterval::parse(interval)?,
+            }),
+            (None, None) => None,
+            _ => return None,
+        };
+        Some(CreditAccount {
+            pool: ApiKeyId::new(self.pool_id),
+            credits: Credits {
+                remaining: self.remaining,
+                refill,
+            },
+            epoch: self.epoch,
+            refill_at: self.refill_at,
+        })
+    }
+}
+
+/// A key row with the credit pool it draws on, if any.
+#[derive(Queryable)]
+pub struct KeyWithPool {
+    pub key: KeyRow,
+    pub pool: Option<PoolRow>,
+}
+
+impl TryFrom<KeyWithPool> for ApiKey {
     type Error = StoreError;
 
-    fn try_from(row: KeyRow) -> Result<Self, StoreError> {
+    fn try_from(KeyWithPool { key: row, pool }: KeyWithPool) -> Result<Self, StoreError> {
         let corrupt = |what: &str| StoreError::Internal(format!("row {}: {what}", row.api_key_id));
+        let ratelimit = match (row.ratelimit_limit, row.ratelimit_window_ms) {
+            (None, None) => None,
+            (Some(limit), Some(window_ms)) => Some(
+                u64::try_from(limit)
+                    .ok()
+                    .zip(u64::try_from(window_ms).ok())
+                    .and_then(|(limit, window_ms)| RateLimit::new(limit, window_ms).ok())
+                    .ok_or_else(|| corrupt("ratelimit out of range"))?,
+            ),
+            _ => return Err(corrupt("ratelimit half set")),
+        };
+        let credits = match (&row.credit_pool, pool) {
+            (None, _) => None,
+            (Some(_), Some(pool)) => Some(
+                pool.into_account()
+                    .ok_or_else(|| corrupt("credit pool unreadable"))?,
+            ),
+            (Some(_), None) => return Err(corrupt("credit pool missing")),
+        };
         let hash = KeyHash::from_bytes(&row.key_hash)
             .ok_or_else(|| corrupt("key_hash is not 32 bytes"))?;
         let scopes: Vec<&str> = row.scopes.split_whitespace().collect();
@@ -50,6 +114,8 @@ impl TryFrom<KeyRow> for ApiKey {
             last_used_at: row.last_used_at,
             revoked_at,
             rotated_from: row.rotated_from.map(ApiKeyId::new),
+            ratelimit,
+            credits,
         })
     }
 }

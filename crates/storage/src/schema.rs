@@ -16,6 +16,9 @@ pub mod postgres {
             is_revoked -> Bool,
             revoked_at -> Nullable<Timestamptz>,
             rotated_from -> Nullable<Text>,
+            ratelimit_limit -> Nullable<BigInt>,
+            ratelimit_window_ms -> Nullable<BigInt>,
+            credit_pool -> Nullable<Text>,
         }
     }
 
@@ -31,8 +34,31 @@ pub mod postgres {
         }
     }
 
+    diesel::table! {
+        credit_pools (pool_id) {
+            pool_id -> Text,
+            remaining -> BigInt,
+            refill_amount -> Nullable<BigInt>,
+            refill_interval -> Nullable<Text>,
+            refill_at -> Nullable<Timestamptz>,
+            epoch -> BigInt,
+        }
+    }
+
+    diesel::table! {
+        key_usage (api_key_id, hour) {
+            api_key_id -> Text,
+            hour -> Timestamptz,
+            allowed -> BigInt,
+            denied -> BigInt,
+            rate_limited -> BigInt,
+            usage_exceeded -> BigInt,
+        }
+    }
+
     diesel::joinable!(key_events -> api_keys (api_key_id));
-    diesel::allow_tables_to_appear_in_same_query!(api_keys, key_events);
+    diesel::joinable!(api_keys -> credit_pools (credit_pool));
+    diesel::allow_tables_to_appear_in_same_query!(api_keys, key_events, credit_pools);
 }
 
 pub mod sqlite {
@@ -52,6 +78,9 @@ pub mod sqlite {
             is_revoked -> Bool,
             revoked_at -> Nullable<TimestamptzSqlite>,
             rotated_from -> Nullable<Text>,
+            ratelimit_limit -> Nullable<BigInt>,
+            ratelimit_window_ms -> Nullable<BigInt>,
+            credit_pool -> Nullable<Text>,
         }
     }
 
@@ -68,6 +97,33 @@ pub mod sqlite {
         }
     }
 
+    diesel::table! {
+        use diesel::sql_types::*;
+
+        credit_pools (pool_id) {
+            pool_id -> Text,
+            remaining -> BigInt,
+            refill_amount -> Nullable<BigInt>,
+            refill_interval -> Nullable<Text>,
+            refill_at -> Nullable<TimestamptzSqlite>,
+            epoch -> BigInt,
+        }
+    }
+
+    diesel::table! {
+        use diesel::sql_types::*;
+
+        key_usage (api_key_id, hour) {
+            api_key_id -> Text,
+            hour -> TimestamptzSqlite,
+            allowed -> BigInt,
+            denied -> BigInt,
+            rate_limited -> BigInt,
+            usage_exceeded -> BigInt,
+        }
+    }
+
     diesel::joinable!(key_events -> api_keys (api_key_id));
-    diesel::allow_tables_to_appear_in_same_query!(api_keys, key_events);
+    diesel::joinable!(api_keys -> credit_pools (credit_pool));
+    diesel::allow_tables_to_appear_in_same_query!(api_keys, key_events, credit_pools);
 }

@@ -671,3 +671,233 @@ fn raw(test_db: &TestDatabase, sql: &str) {
     }
     .expect("runs");
 }
+
+fn metered_key(credits: keygate_core::Credits, at: DateTime<Utc>) -> ApiKey {
+    let (_, mut key) = new_key("owner_1", &["ledgers:read"], at);
+    key.ratelimit = Some(keygate_core::RateLimit {
+        limit: 10,
+        window_ms: 60_000,
+    });
+    key.credits = Some(keygate_core::CreditAccount::open(
+        key.id.clone(),
+        credits,
+        at,
+    ));
+    key
+}
+
+fn credits(
+    remaining: i64,
+    refill: Option<(i64, keygate_core::RefillInterval)>,
+) -> keygate_core::Credits {
+    keygate_core::Credits {
+        remaining,
+        refill: refill.map(|(amount, interval)| keygate_core::Refill { amount, interval }),
+    }
+}
+
+#[test]
+fn metering_is_stored_with_the_key_and_read_back_exactly() {
+    on_each_backend(|db| {
+        let key = metered_key(
+            credits(500, Some((1_000, keygate_core::RefillInterval::Monthly))),
+            now(),
+        );
+        db.insert(&key, &Actor::Master).expect("insert");
+        let found = db.find_by_hash(&key.hash).expect("lookup");
+        assert_eq!(found.as_ref(), Some(&key), "{}", db.backend());
+        let listed = db.list_by_owner("owner_1").expect("list");
+        assert_eq!(listed, vec![key.clone()]);
+    });
+}
+
+#[test]
+fn concurrent_takers_never_overspend_a_pool() {
+    on_each_backend(|db| {
+        let key = metered_key(credits(300, None), now());
+        db.insert(&key, &Actor::Master).expect("insert");
+        let granted = std::sync::atomic::AtomicI64::new(0);
+        std::thread::scope(|threads| {
+            for _ in 0..8 {
+                threads.spawn(|| {
+                    loop {
+                        let grant = db
+                            .take_credits(&key.id, keygate_core::CreditRequest { need: 1 }, now())
+                            .expect("take")
+                            .expect("the pool exists");
+                        if grant.granted == 0 {
+                            break;
+                        }
+                        assert!(grant.remaining >= 0);
+                        granted.fetch_add(grant.granted, std::sync::atomic::Ordering::SeqCst);
+                    }
+                });
+            }
+        });
+        assert_eq!(
+            granted.load(std::sync::atomic::Ordering::SeqCst),
+            300,
+            "{}",
+            db.backend()
+        );
+        let left = db.find_by_hash(&key.hash).expect("lookup").expect("found");
+        assert_eq!(left.credits.map(|a| a.credits.remaining), Some(0));
+    });
+}
+
+#[test]
+fn a_due_refill_is_applied_by_a_take_or_by_the_sweep_and_voids_old_leases() {
+    on_each_backend(|db| {
+        let created = now();
+        let daily = Some((50, keygate_core::RefillInterval::Daily));
+        let key = metered_key(credits(10, daily), created);
+        let idle = metered_key(credits(0, daily), created);
+        db.insert(&key, &Actor::Master).expect("insert");
+        db.insert(&idle, &Actor::Master).expect("insert");
+        let one = keygate_core::CreditRequest { need: 1 };
+        let before = db
+            .take_credits(&key.id, one, created)
+            .expect("take")
+            .expect("pool");
+        assert_eq!((before.granted, before.remaining), (1, 9));
+
+        let tomorrow = keygate_core::RefillInterval::Daily.next_after(created);
+        let after = db
+            .take_credits(&key.id, one, tomorrow)
+            .expect("take")
+            .expect("pool");
+        assert_eq!(after.epoch, before.epoch + 1, "a refill opens an epoch");
+        assert_eq!(after.granted + after.remaining, 50, "{}", db.backend());
+        assert_eq!(after.refill_at, Some(tomorrow + Duration::days(1)));
+        assert!(
+            !db.return_credits(&key.id, before.granted, before.epoch)
+                .expect("return"),
+            "a lease of the old epoch is not given back into the new balance"
+        );
+        assert!(
+            db.return_credits(&key.id, after.granted, after.epoch)
+                .expect("return")
+        );
+
+        // The idle pool is refilled by the sweep, without any take.
+        assert_eq!(db.refill_due(created).expect("sweep"), 0);
+        assert_eq!(db.refill_due(tomorrow).expect("sweep"), 1);
+        assert_eq!(db.refill_due(tomorrow).expect("sweep"), 0, "once");
+        let refilled = db.find_by_hash(&idle.hash).expect("lookup").expect("found");
+        let account = refilled.credits.expect("credits");
+        assert_eq!(account.credits.remaining, 50);
+        assert_eq!(account.refill_at, Some(tomorrow + Duration::days(1)));
+    });
+}
+
+#[test]
+fn usage_adds_up_by_hour_across_batches_and_is_pruned() {
+    on_each_backend(|db| {
+        let (_, key) = new_key("owner_1", &["ledgers:read"], now());
+        db.insert(&key, &Actor::Master).expect("insert");
+        let hour: DateTime<Utc> = "2026-11-27T10:00:00Z".parse().expect("a time");
+        let count = |at, allowed, denied| keygate_core::UsageCount {
+            key: key.id.clone(),
+            at,
+            allowed,
+            denied,
+            rate_limited: 1,
+            usage_exceeded: 0,
+        };
+        db.add_usage(&[count(hour, 5, 1), count(hour + Duration::hours(1), 2, 0)])
+            .expect("add");
+        db.add_usage(&[count(hour, 3, 0)]).expect("add");
+        let usage = db
+            .usage(&key.id, hour, hour + Duration::days(1))
+            .expect("read");
+        assert_eq!(
+            usage,
+            vec![
+                keygate_core::UsageCount {
+                    rate_limited: 2,
+                    ..count(hour, 8, 1)
+                },
+                count(hour + Duration::hours(1), 2, 0)
+            ],
+            "{}",
+            db.backend()
+        );
+        assert_eq!(
+            db.usage(&key.id, hour + Duration::hours(1), hour + Duration::days(1))
+                .expect("read")
+                .len(),
+            1
+        );
+        assert_eq!(db.prune_usage(hour + Duration::hours(1)).expect("prune"), 1);
+        assert_eq!(
+            db.usage(&key.id, hour, hour + Duration::days(1))
+                .expect("read")
+                .len(),
+            1
+        );
+    });
+}
+
+#[test]
+fn changing_credits_opens_an_epoch_and_a_shared_pool_stays_shared() {
+    on_each_backend(|db| {
+        let at = now();
+        let key = metered_key(credits(100, None), at);
+        db.insert(&key, &Actor::Master).expect("insert");
+        // A key spending its creator's pool adds none of its own.
+        let (_, mut child) = new_key("owner_1", &["ledgers:read"], at);
+        child.credits = key.credits.clone();
+        db.insert(&child, &Actor::Master).expect("insert");
+        let one = keygate_core::CreditRequest { need: 1 };
+        let lease = db
+            .take_credits(&key.id, one, at)
+            .expect("take")
+            .expect("pool");
+        let read = db
+            .find_by_hash(&child.hash)
+            .expect("lookup")
+            .expect("found");
+        assert_eq!(
+            read.credits
+                .as_ref()
+                .map(|a| (a.pool.clone(), a.credits.remaining)),
+            Some((key.id.clone(), 100 - lease.granted)),
+            "{}",
+            db.backend()
+        );
+
+        let patch = keygate_core::KeyPatch::with_metering::<&str>(
+            None,
+            None,
+            None,
+            None,
+            Some(Some(credits(7, None))),
+            at,
+        )
+        .expect("a valid patch");
+        let current = db.find_by_hash(&key.hash).expect("lookup").expect("found");
+        let (updated, changes) = current.patched(&patch);
+        let event = NewEvent {
+            actor: Actor::Master,
+            at,
+            details: Some(EventDetails::Updated(changes)),
+        };
+        assert!(db.replace(&current, &updated, &event).expect("replace"));
+        let read = db.find_by_hash(&key.hash).expect("lookup").expect("found");
+        let account = read.credits.expect("credits");
+        assert_eq!(account.credits.remaining, 7);
+        assert_eq!(account.epoch, lease.epoch + 1);
+        assert!(
+            !db.return_credits(&key.id, lease.granted, lease.epoch)
+                .expect("return"),
+            "the old lease is void"
+        );
+        assert_eq!(
+            db.find_by_hash(&key.hash)
+                .expect("lookup")
+                .and_then(|k| k.credits)
+                .map(|a| a.credits.remaining),
+            Some(7)
+        );
+    });
+}

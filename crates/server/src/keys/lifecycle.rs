@@ -10,6 +10,7 @@ use keygate_core::{
 };
 
 use super::address::KeyAddress;
+use super::view;
 use super::views::{EventView, KeyView, RotateKey, UpdateKey, no_store, parse_timestamp};
 use crate::error::ApiError;
 use crate::guard::Caller;
@@ -59,6 +60,7 @@ async fn lost_race(state: &AppState, key: &ApiKey) -> ApiError {
         (status = 401, description = "AUTH_MISSING_API_KEY, AUTH_INVALID_API_KEY or AUTH_EXPIRED_API_KEY", body = ErrorBody),
         (status = 403, description = "AUTH_INSUFFICIENT_PERMISSIONS or AUTH_CROSS_OWNER_ACCESS", body = ErrorBody),
         (status = 404, description = "APIKEY_NOT_FOUND", body = ErrorBody),
+        (status = 429, description = "GEN_RATE_LIMITED (this address failed too often), AUTH_RATE_LIMITED (the calling key's rate limit) or AUTH_USAGE_EXCEEDED (its credits); Retry-After where a wait is known", body = ErrorBody),
     ))]
 pub async fn get(
     state: web::Data<AppState>,
@@ -67,7 +69,7 @@ pub async fn get(
     let key = owned_key(&state, &address).await?;
     Ok(HttpResponse::Ok()
         .insert_header(no_store())
-        .json(KeyView::new(&key, &key.hint)))
+        .json(view(&state, &key, &key.hint)))
 }
 
 /// `PATCH /api-keys/{id}`
@@ -82,6 +84,7 @@ pub async fn get(
         (status = 403, description = "AUTH_INSUFFICIENT_PERMISSIONS, AUTH_CROSS_OWNER_ACCESS, or AUTH_SCOPE_ESCALATION (the caller's scopes must cover the key's, as they stand and as requested)", body = ErrorBody),
         (status = 404, description = "APIKEY_NOT_FOUND", body = ErrorBody),
         (status = 409, description = "APIKEY_REVOKED, APIKEY_ROTATED (a rotated key's expiry is the end of its grace period) or GEN_CONFLICT", body = ErrorBody),
+        (status = 429, description = "GEN_RATE_LIMITED (this address failed too often), AUTH_RATE_LIMITED (the calling key's rate limit) or AUTH_USAGE_EXCEEDED (its credits); Retry-After where a wait is known", body = ErrorBody),
     ))]
 pub async fn update(
     state: web::Data<AppState>,
@@ -95,10 +98,12 @@ pub async fn update(
         .as_deref()
         .map(|text| parse_timestamp("expires_at", text))
         .transpose()?;
-    let patch = KeyPatch::new(
+    let patch = KeyPatch::with_metering(
         body.name.as_deref(),
         body.scopes.as_deref(),
         expires_at,
+        body.ratelimit()?,
+        body.credits()?,
         now,
     )?;
     if let Some(expires_at) = patch.expires_at {
@@ -109,16 +114,17 @@ pub async fn update(
         return Err(ApiError::KeyRevoked);
     }
     // A key may change only keys it could have created: else a narrow key could extend or
-    // rename a wider sibling, or bring an expired one back to life.
+    // rename a wider sibling, bring an expired one back to life, or lift its limits.
     principal.may_grant(&key.owner_id, &key.scopes)?;
     if let Some(scopes) = &patch.scopes {
         principal.may_grant(&key.owner_id, scopes)?;
     }
+    principal.may_meter(patch.ratelimit, patch.credits)?;
     let (updated, changes) = key.patched(&patch);
     if changes.is_empty() {
         return Ok(HttpResponse::Ok()
             .insert_header(no_store())
-            .json(KeyView::new(&key, &key.hint)));
+            .json(view(&state, &key, &key.hint)));
     }
     let event = NewEvent {
         actor: Actor::from(&principal),
@@ -137,7 +143,7 @@ pub async fn update(
     tracing::info!(api_key_id = %key.id, owner_id = %key.owner_id, "API key updated");
     Ok(HttpResponse::Ok()
         .insert_header(no_store())
-        .json(KeyView::new(&updated, &updated.hint)))
+        .json(view(&state, &updated, &updated.hint)))
 }
 
 /// Whether `key` was replaced by a rotation. Storage refuses a second successor and a
@@ -165,6 +171,7 @@ async fn was_rotated(state: &AppState, key: &ApiKey) -> Result<bool, ApiError> {
         (status = 403, description = "AUTH_INSUFFICIENT_PERMISSIONS, AUTH_CROSS_OWNER_ACCESS or AUTH_SCOPE_ESCALATION", body = ErrorBody),
         (status = 404, description = "APIKEY_NOT_FOUND", body = ErrorBody),
         (status = 409, description = "APIKEY_REVOKED, APIKEY_EXPIRED or GEN_CONFLICT", body = ErrorBody),
+        (status = 429, description = "GEN_RATE_LIMITED (this address failed too often), AUTH_RATE_LIMITED (the calling key's rate limit) or AUTH_USAGE_EXCEEDED (its credits); Retry-After where a wait is known", body = ErrorBody),
     ))]
 pub async fn rotate(
     state: web::Data<AppState>,
@@ -220,9 +227,11 @@ pub async fn rotate(
     }
     state.guard().forget(&key.hash);
     tracing::info!(api_key_id = %key.id, rotated_to = %successor.id, grace, "API key rotated");
-    Ok(HttpResponse::Created()
-        .insert_header(no_store())
-        .json(KeyView::new(&successor, plain.expose())))
+    Ok(HttpResponse::Created().insert_header(no_store()).json(view(
+        &state,
+        &successor,
+        plain.expose(),
+    )))
 }
 
 /// `GET /api-keys/{id}/events`: the key's audit trail, oldest first.
@@ -235,6 +244,7 @@ pub async fn rotate(
         (status = 401, description = "AUTH_MISSING_API_KEY, AUTH_INVALID_API_KEY or AUTH_EXPIRED_API_KEY", body = ErrorBody),
         (status = 403, description = "AUTH_INSUFFICIENT_PERMISSIONS or AUTH_CROSS_OWNER_ACCESS", body = ErrorBody),
         (status = 404, description = "APIKEY_NOT_FOUND", body = ErrorBody),
+        (status = 429, description = "GEN_RATE_LIMITED (this address failed too often), AUTH_RATE_LIMITED (the calling key's rate limit) or AUTH_USAGE_EXCEEDED (its credits); Retry-After where a wait is known", body = ErrorBody),
     ))]
 pub async fn events(
     state: web::Data<AppState>,

@@ -4,6 +4,7 @@
 
 pub mod address;
 pub mod lifecycle;
+pub mod usage;
 pub mod views;
 
 use actix_web::{HttpResponse, web};
@@ -43,6 +44,12 @@ pub fn routes(config: &mut web::ServiceConfig) {
                     .default_service(web::to(method_not_allowed)),
             )
             .service(
+                web::resource("/{id}/usage")
+                    .route(web::get().to(usage::usage))
+                    .route(web::head().to(usage::usage))
+                    .default_service(web::to(method_not_allowed)),
+            )
+            .service(
                 web::resource("/{id}/events")
                     .route(web::get().to(lifecycle::events))
                     .route(web::head().to(lifecycle::events))
@@ -50,6 +57,12 @@ pub fn routes(config: &mut web::ServiceConfig) {
             )
             .default_service(web::to(not_found)),
     );
+}
+
+/// The key object of `key`, showing `shown` as its `key`, with its credits as they
+/// stand now on this instance.
+pub(crate) fn view<'a>(state: &AppState, key: &'a ApiKey, shown: &'a str) -> KeyView<'a> {
+    KeyView::new(key, shown).live(key, state.guard().credits_held(key), state.clock().now())
 }
 
 pub(crate) async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
@@ -88,7 +101,7 @@ pub fn issue_key(
         (status = 401, description = "AUTH_MISSING_API_KEY, AUTH_INVALID_API_KEY or AUTH_EXPIRED_API_KEY", body = ErrorBody),
         (status = 403, description = "AUTH_INSUFFICIENT_PERMISSIONS, AUTH_CROSS_OWNER_ACCESS or AUTH_SCOPE_ESCALATION", body = ErrorBody),
         (status = 413, description = "GEN_PAYLOAD_TOO_LARGE", body = ErrorBody),
-        (status = 429, description = "GEN_RATE_LIMITED", body = ErrorBody),
+        (status = 429, description = "GEN_RATE_LIMITED (this address failed too often), AUTH_RATE_LIMITED (the calling key's rate limit) or AUTH_USAGE_EXCEEDED (its credits); Retry-After where a wait is known", body = ErrorBody),
         (status = 503, description = "GEN_SERVICE_UNAVAILABLE", body = ErrorBody),
     ))]
 pub(crate) async fn create(
@@ -97,8 +110,9 @@ pub(crate) async fn create(
     body: web::Json<CreateKey>,
 ) -> Result<HttpResponse, ApiError> {
     let now = state.clock().now();
-    let spec = body.validate(now, state.max_key_lifetime_days())?;
+    let mut spec = body.validate(now, state.max_key_lifetime_days())?;
     principal.may_grant(&spec.owner_id, &spec.scopes)?;
+    principal.meter_new_key(&mut spec)?;
     let actor = Actor::from(&principal);
     let (key, plain) = state
         .guard()
@@ -107,7 +121,7 @@ pub(crate) async fn create(
     tracing::info!(api_key_id = %key.id, owner_id = %key.owner_id, "API key created");
     Ok(HttpResponse::Created()
         .insert_header(no_store())
-        .json(KeyView::new(&key, plain.expose())))
+        .json(view(&state, &key, plain.expose())))
 }
 
 #[utoipa::path(get, path = "/api-keys", tag = "api-keys",
@@ -118,7 +132,7 @@ pub(crate) async fn create(
         (status = 400, description = "APIKEY_OWNER_REQUIRED or GEN_VALIDATION_ERROR", body = ErrorBody),
         (status = 401, description = "AUTH_MISSING_API_KEY, AUTH_INVALID_API_KEY or AUTH_EXPIRED_API_KEY", body = ErrorBody),
         (status = 403, description = "AUTH_INSUFFICIENT_PERMISSIONS or AUTH_CROSS_OWNER_ACCESS", body = ErrorBody),
-        (status = 429, description = "GEN_RATE_LIMITED", body = ErrorBody),
+        (status = 429, description = "GEN_RATE_LIMITED (this address failed too often), AUTH_RATE_LIMITED (the calling key's rate limit) or AUTH_USAGE_EXCEEDED (its credits); Retry-After where a wait is known", body = ErrorBody),
         (status = 503, description = "GEN_SERVICE_UNAVAILABLE", body = ErrorBody),
     ))]
 pub(crate) async fn list(
@@ -134,7 +148,7 @@ pub(crate) async fn list(
         .await?;
     let views: Vec<KeyView<'_>> = keys
         .iter()
-        .map(|key| KeyView::new(key, &key.hint))
+        .map(|key| view(&state, key, &key.hint))
         .collect();
     Ok(HttpResponse::Ok().insert_header(no_store()).json(views))
 }
@@ -149,6 +163,7 @@ pub(crate) async fn list(
         (status = 401, description = "AUTH_MISSING_API_KEY, AUTH_INVALID_API_KEY or AUTH_EXPIRED_API_KEY", body = ErrorBody),
         (status = 403, description = "AUTH_INSUFFICIENT_PERMISSIONS or AUTH_CROSS_OWNER_ACCESS", body = ErrorBody),
         (status = 404, description = "APIKEY_NOT_FOUND", body = ErrorBody),
+        (status = 429, description = "GEN_RATE_LIMITED (this address failed too often), AUTH_RATE_LIMITED (the calling key's rate limit) or AUTH_USAGE_EXCEEDED (its credits); Retry-After where a wait is known", body = ErrorBody),
     ))]
 pub(crate) async fn revoke(
     state: web::Data<AppState>,

@@ -3,7 +3,9 @@
 use actix_web::http::header::{CacheControl, CacheDirective};
 use chrono::{DateTime, Timelike, Utc};
 use keygate_core::api_key::check_lifetime;
-use keygate_core::{ApiKey, ApiKeyId, KeyEvent, KeySpec, ScopeSet, ValidationError};
+use keygate_core::{
+    ApiKey, ApiKeyId, Credits, KeyEvent, KeySpec, RateLimit, ScopeSet, ValidationError,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -25,21 +27,47 @@ pub struct CreateKey {
     /// When the key stops working (RFC 3339), in the future.
     #[schema(format = DateTime, example = "2030-03-11T00:00:00Z")]
     expires_at: String,
+    /// At most `limit` requests per `window_ms`; absent or null: no limit.
+    #[serde(default)]
+    #[schema(value_type = Option<RateLimitView>)]
+    ratelimit: Option<Value>,
+    /// Credits each admitted request spends one of; absent or null: unlimited.
+    #[serde(default)]
+    #[schema(value_type = Option<CreditsView>)]
+    credits: Option<Value>,
 }
 
 impl CreateKey {
     /// The validated key to create, as of `now`, expiring within `max_days`.
     pub fn validate(&self, now: DateTime<Utc>, max_days: u32) -> Result<KeySpec, ApiError> {
         let expires_at = parse_timestamp("expires_at", &self.expires_at)?;
-        Ok(spec_within(
+        let mut spec = spec_within(
             &self.name,
             &self.owner,
             &self.scopes,
             expires_at,
             now,
             max_days,
-        )?)
+        )?;
+        spec.ratelimit = self
+            .ratelimit
+            .as_ref()
+            .map(RateLimit::from_json)
+            .transpose()?
+            .flatten();
+        spec.credits = self
+            .credits
+            .as_ref()
+            .map(Credits::from_json)
+            .transpose()?
+            .flatten();
+        Ok(spec)
     }
+}
+
+/// A field that is absent stays `None`; one that is present, even `null`, is `Some`.
+fn present<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(deserializer).map(Some)
 }
 
 /// The validated key to create as of `now`, expiring within `max_days`: the rules of
@@ -87,6 +115,46 @@ pub struct KeyView<'a> {
     /// The key this one replaced, for a key made by a rotation.
     #[serde(skip_serializing_if = "Option::is_none")]
     rotated_from: Option<&'a str>,
+    /// Present only on keys with a rate limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ratelimit: Option<RateLimitView>,
+    /// Present only on keys with credits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    credits: Option<CreditsView>,
+}
+
+/// `ratelimit` on the wire: at most `limit` admitted requests per window.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+pub struct RateLimitView {
+    /// 1 to 1,000,000,000.
+    #[schema(example = 100)]
+    limit: u64,
+    /// 1,000 to 86,400,000.
+    #[schema(example = 60000)]
+    window_ms: u64,
+}
+
+/// `credits` on the wire.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+pub struct CreditsView {
+    /// Credits left (0 to 10^12); with several instances it may lag by what the others
+    /// hold in leases.
+    #[schema(example = 1000)]
+    remaining: i64,
+    /// Sets `remaining` back to `amount` daily (00:00 UTC) or monthly (the 1st).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refill: Option<RefillView>,
+}
+
+/// `credits.refill` on the wire.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+pub struct RefillView {
+    /// What `remaining` is set back to (1 to 10^12).
+    #[schema(example = 1000)]
+    amount: i64,
+    /// `daily` or `monthly`.
+    #[schema(example = "daily")]
+    interval: &'static str,
 }
 
 fn last_used<S: serde::Serializer>(
@@ -113,7 +181,30 @@ impl<'a> KeyView<'a> {
             is_revoked: key.is_revoked(),
             revoked_at: key.revoked_at,
             rotated_from: key.rotated_from.as_ref().map(ApiKeyId::as_str),
+            ratelimit: key.ratelimit.map(|rate| RateLimitView {
+                limit: rate.limit,
+                window_ms: rate.window_ms,
+            }),
+            credits: key.credits.as_ref().map(|account| CreditsView {
+                remaining: account.credits.remaining,
+                refill: account.credits.refill.map(|refill| RefillView {
+                    amount: refill.amount,
+                    interval: refill.interval.as_str(),
+                }),
+            }),
         }
+    }
+
+    /// This view with the credits as they stand at `now`, counting `held`, what this
+    /// instance holds of them in a lease: a refill that is due has happened.
+    pub fn live(mut self, key: &ApiKey, held: i64, now: DateTime<Utc>) -> Self {
+        if let (Some(view), Some(account)) = (&mut self.credits, &key.credits) {
+            view.remaining = match (account.credits.refill, account.refill_at) {
+                (Some(refill), Some(at)) if at <= now => refill.amount,
+                _ => account.credits.remaining.saturating_add(held),
+            };
+        }
+        self
     }
 }
 
@@ -141,12 +232,36 @@ pub fn parse_timestamp(field: &'static str, text: &str) -> Result<DateTime<Utc>,
     Ok(at)
 }
 
-/// `PATCH /api-keys/{id}`: any of these; absent (or null) fields stay as they are.
+/// `PATCH /api-keys/{id}`: any of these; absent fields stay as they are (and `null`
+/// ones too, except `ratelimit` and `credits`, which `null` removes).
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct UpdateKey {
     pub(crate) name: Option<String>,
     pub(crate) scopes: Option<Vec<String>>,
     pub(crate) expires_at: Option<String>,
+    /// A new rate limit, or `null` to remove it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<RateLimitView>)]
+    pub(crate) ratelimit: Option<Value>,
+    /// New credits (setting `remaining`, e.g. a top-up), or `null` to remove them.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<CreditsView>)]
+    pub(crate) credits: Option<Value>,
+}
+
+impl UpdateKey {
+    /// The rate limit asked for: `None` if absent, `Some(None)` to remove it.
+    pub(crate) fn ratelimit(&self) -> Result<Option<Option<RateLimit>>, ValidationError> {
+        self.ratelimit
+            .as_ref()
+            .map(RateLimit::from_json)
+            .transpose()
+    }
+
+    /// The credits asked for: `None` if absent, `Some(None)` to remove them.
+    pub(crate) fn credits(&self) -> Result<Option<Option<Credits>>, ValidationError> {
+        self.credits.as_ref().map(Credits::from_json).transpose()
+    }
 }
 
 /// `POST /api-keys/{id}/rotate`, whose body is optional.

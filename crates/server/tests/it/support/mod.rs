@@ -301,6 +301,7 @@ pub struct CountingStore {
     pub writes: std::sync::atomic::AtomicUsize,
     pub usage_batches: std::sync::atomic::AtomicUsize,
     pub usage_rows: std::sync::atomic::AtomicUsize,
+    pub credit_takes: std::sync::atomic::AtomicUsize,
 }
 
 /// Where [`CountingStore::observer`] leaves the counting store once the app has opened
@@ -330,6 +331,7 @@ impl CountingStore {
             writes: Default::default(),
             usage_batches: Default::default(),
             usage_rows: Default::default(),
+            credit_takes: Default::default(),
         })
     }
 
@@ -432,5 +434,54 @@ impl KeyStore for CountingStore {
         bump(&self.usage_batches, 1);
         bump(&self.usage_rows, uses.len());
         self.inner.record_last_used(uses)
+    }
+
+    fn take_credits(
+        &self,
+        pool: &keygate_core::ApiKeyId,
+        request: keygate_core::CreditRequest,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<keygate_core::CreditGrant>, keygate_core::StoreError> {
+        bump(&self.credit_takes, 1);
+        self.inner.take_credits(pool, request, now)
+    }
+
+    fn return_credits(
+        &self,
+        pool: &keygate_core::ApiKeyId,
+        amount: i64,
+        epoch: i64,
+    ) -> Result<bool, keygate_core::StoreError> {
+        self.inner.return_credits(pool, amount, epoch)
+    }
+
+    fn refill_due(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<usize, keygate_core::StoreError> {
+        self.inner.refill_due(now)
+    }
+
+    fn add_usage(
+        &self,
+        counts: &[keygate_core::UsageCount],
+    ) -> Result<(), keygate_core::StoreError> {
+        self.inner.add_usage(counts)
+    }
+
+    fn usage(
+        &self,
+        id: &keygate_core::ApiKeyId,
+        from: chrono::DateTime<chrono::Utc>,
+        to: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<keygate_core::UsageCount>, keygate_core::StoreError> {
+        self.inner.usage(id, from, to)
+    }
+
+    fn prune_usage(
+        &self,
+        before: chrono::DateTime<chrono::Utc>,
+    ) -> Result<usize, keygate_core::StoreError> {
+        self.inner.prune_usage(before)
     }
 }
