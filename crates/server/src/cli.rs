@@ -7,7 +7,10 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 use clap::{Args, Parser, Subcommand};
-use keygate_core::{Actor, ApiKeyId, KeyStore};
+use keygate_core::api_key::check_lifetime;
+use keygate_core::{
+    Actor, ApiKeyId, Credits, EventDetails, KeyPatch, KeyStore, NewEvent, RateLimit,
+};
 use keygate_storage::{Database, PoolOptions};
 
 use crate::keys::views::{parse_timestamp, spec_within};
@@ -33,7 +36,7 @@ enum Command {
     /// Exit 0 if the service on the configured port answers `/health` (for container
     /// health checks).
     Health,
-    /// Create, list and revoke keys directly in the database.
+    /// Create, list, update and revoke keys directly in the database.
     #[command(subcommand)]
     Keys(KeysCommand),
 }
@@ -48,6 +51,9 @@ enum KeysCommand {
         #[arg(long)]
         owner: String,
     },
+    /// Change a key's name, expiry, rate limit or credits, and print it as JSON; running
+    /// services follow within `auth.change_poll_ms`.
+    Update(UpdateArgs),
     /// Revoke a key; running services refuse it within `auth.change_poll_ms`.
     Revoke {
         /// The key's id (`api_key_...`).
@@ -79,6 +85,72 @@ struct CreateArgs {
     /// When the key expires, as an RFC 3339 time.
     #[arg(long)]
     expires_at: Option<String>,
+    #[command(flatten)]
+    metering: MeteringArgs,
+}
+
+#[derive(Debug, Args)]
+struct UpdateArgs {
+    /// The key's id (`api_key_...`).
+    id: String,
+    /// The key's owner.
+    #[arg(long)]
+    owner: String,
+    /// A new name.
+    #[arg(long)]
+    name: Option<String>,
+    /// A new expiry, as an RFC 3339 time.
+    #[arg(long)]
+    expires_at: Option<String>,
+    #[command(flatten)]
+    metering: MeteringArgs,
+}
+
+/// A key's rate limit and credits on the command line.
+#[derive(Debug, Args)]
+struct MeteringArgs {
+    /// At most LIMIT requests per WINDOW, such as `100/1m`, `10/s` or `5000/1h`
+    /// (`none` removes a rate limit).
+    #[arg(long, value_name = "LIMIT/WINDOW")]
+    rate_limit: Option<String>,
+    /// Credits, one spent by each admitted request (`none` removes them).
+    #[arg(long, value_name = "N")]
+    credits: Option<String>,
+    /// Sets the credits back every day or month: `1000/daily` or `1000/monthly`.
+    #[arg(long, value_name = "AMOUNT/INTERVAL", requires = "credits")]
+    refill: Option<String>,
+}
+
+impl MeteringArgs {
+    /// The rate limit given: `None` if absent, `Some(None)` for `none`.
+    fn ratelimit(&self) -> Result<Option<Option<RateLimit>>, String> {
+        self.rate_limit
+            .as_deref()
+            .map(|text| {
+                RateLimit::parse_short(text).map_err(|e| format!("--rate-limit: {}", e.message))
+            })
+            .transpose()
+    }
+
+    /// The credits given: `None` if absent, `Some(None)` for `none`.
+    fn credits(&self) -> Result<Option<Option<Credits>>, String> {
+        let Some(text) = self.credits.as_deref() else {
+            return Ok(None);
+        };
+        if text.trim().eq_ignore_ascii_case("none") {
+            if self.refill.is_some() {
+                return Err("--refill needs credits, not none".into());
+            }
+            return Ok(Some(None));
+        }
+        let remaining: i64 = text
+            .trim()
+            .parse()
+            .map_err(|_| format!("--credits {text:?} is not a whole number (or none)"))?;
+        Credits::from_short(remaining, self.refill.as_deref())
+            .map(|credits| Some(Some(credits)))
+            .map_err(|e| format!("--{}: {}", e.field.replace('.', "-"), e.message))
+    }
 }
 
 /// Runs the command line and returns the process's exit code.
@@ -146,7 +218,7 @@ fn keys(settings: &Settings, command: KeysCommand) -> Result<(), String> {
             let now = Utc::now();
             let expires_at = expiry(&args, now)?;
             let max_days = settings.auth.max_key_lifetime_days;
-            let spec = spec_within(
+            let mut spec = spec_within(
                 &args.name,
                 &args.owner,
                 &args.scopes,
@@ -155,6 +227,8 @@ fn keys(settings: &Settings, command: KeysCommand) -> Result<(), String> {
                 max_days,
             )
             .map_err(|e| e.to_string())?;
+            spec.ratelimit = args.metering.ratelimit()?.flatten();
+            spec.credits = args.metering.credits()?.flatten();
             let (key, plain) =
                 issue_key(&*database, spec, &Actor::Cli, now).map_err(|e| e.to_string())?;
             print_json(&KeyView::new(&key, plain.expose()))
@@ -167,6 +241,7 @@ fn keys(settings: &Settings, command: KeysCommand) -> Result<(), String> {
                 .collect();
             print_json(&views)
         }
+        KeysCommand::Update(args) => update(settings, &database, &args),
         KeysCommand::Revoke { id, owner } => {
             let revoked = database
                 .revoke(&ApiKeyId::new(id.clone()), &owner, Utc::now(), &Actor::Cli)
@@ -177,6 +252,57 @@ fn keys(settings: &Settings, command: KeysCommand) -> Result<(), String> {
             }
         }
     }
+}
+
+fn update(settings: &Settings, database: &Database, args: &UpdateArgs) -> Result<(), String> {
+    let now = Utc::now();
+    let expires_at = args
+        .expires_at
+        .as_deref()
+        .map(|at| parse_timestamp("--expires-at", at))
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    let patch = KeyPatch::with_metering::<&str>(
+        args.name.as_deref(),
+        None,
+        expires_at,
+        args.metering.ratelimit()?,
+        args.metering.credits()?,
+        now,
+    )
+    .map_err(|e| {
+        if e.field == "body" {
+            "give at least one of --name, --expires-at, --rate-limit and --credits".to_owned()
+        } else {
+            e.to_string()
+        }
+    })?;
+    if let Some(at) = patch.expires_at {
+        check_lifetime(at, now, settings.auth.max_key_lifetime_days).map_err(|e| e.to_string())?;
+    }
+    let id = ApiKeyId::new(args.id.clone());
+    let key = database
+        .get(&id, &args.owner)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("owner {:?} has no key {:?}", args.owner, args.id))?;
+    if key.is_revoked() {
+        return Err(format!("key {:?} is revoked", args.id));
+    }
+    let (updated, changes) = key.patched(&patch);
+    if !changes.is_empty() {
+        let event = NewEvent {
+            actor: Actor::Cli,
+            at: now,
+            details: Some(EventDetails::Updated(changes)),
+        };
+        if !database
+            .replace(&key, &updated, &event)
+            .map_err(|e| e.to_string())?
+        {
+            return Err("the key changed meanwhile (or was rotated); try again".into());
+        }
+    }
+    print_json(&KeyView::new(&updated, &updated.hint))
 }
 
 fn expiry(args: &CreateArgs, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {

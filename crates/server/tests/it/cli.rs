@@ -293,3 +293,133 @@ fn the_cli_explains_what_is_wrong() {
         assert!(output.stdout.is_empty(), "{args:?}: nothing on stdout");
     }
 }
+
+#[test]
+fn the_cli_sets_and_changes_metering_and_a_running_server_follows() {
+    for db in TestDatabase::all() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cli = |args: &[&str]| keygate(dir.path(), &db.url_string, args);
+        let created = json(&cli(&[
+            "keys",
+            "create",
+            "--owner",
+            "alice",
+            "--name",
+            "metered",
+            "--scope",
+            "ledgers:read",
+            "--expires-in",
+            "30d",
+            "--rate-limit",
+            "100/1m",
+            "--credits",
+            "2",
+            "--refill",
+            "500/monthly",
+        ]));
+        assert_eq!(
+            created["ratelimit"],
+            serde_json::json!({"limit": 100, "window_ms": 60000})
+        );
+        assert_eq!(
+            created["credits"],
+            serde_json::json!({"remaining": 2, "refill": {"amount": 500, "interval": "monthly"}})
+        );
+        let key = created["key"].as_str().expect("a key").to_owned();
+        let id = created["api_key_id"].as_str().expect("an id").to_owned();
+
+        let server = serve(dir.path(), &db.url_string);
+        let ask = || {
+            let headers = [
+                ("X-Blnk-Key", key.as_str()),
+                ("X-Original-Method", "GET"),
+                ("X-Original-URI", "/ledgers"),
+            ];
+            support::process::http_from(None, server.port, "GET", "/forward-auth", &headers, None)
+                .expect("keygate answers")
+                .0
+        };
+        assert_eq!((ask(), ask(), ask()), (204, 204, 429), "two credits");
+
+        let updated = json(&cli(&[
+            "keys",
+            "update",
+            &id,
+            "--owner",
+            "alice",
+            "--credits",
+            "none",
+            "--rate-limit",
+            "1/1h",
+        ]));
+        assert!(updated.get("credits").is_none(), "{updated}");
+        assert_eq!(
+            updated["ratelimit"],
+            serde_json::json!({"limit": 1, "window_ms": 3600000})
+        );
+        // The server hears of the change through the feed and meters by the new rules.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let statuses = (ask(), ask());
+            if statuses == (204, 429) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "still {statuses:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+
+        for (args, says) in [
+            (
+                &["keys", "update", &id, "--owner", "alice"][..],
+                "give at least one",
+            ),
+            (
+                &[
+                    "keys",
+                    "update",
+                    &id,
+                    "--owner",
+                    "alice",
+                    "--rate-limit",
+                    "100/1y",
+                ][..],
+                "--rate-limit",
+            ),
+            (
+                &["keys", "update", &id, "--owner", "alice", "--credits=-5"][..],
+                "--credits",
+            ),
+            (
+                &[
+                    "keys",
+                    "update",
+                    &id,
+                    "--owner",
+                    "alice",
+                    "--credits",
+                    "5",
+                    "--refill",
+                    "5/weekly",
+                ][..],
+                "--credits-refill",
+            ),
+            (
+                &[
+                    "keys",
+                    "update",
+                    "api_key_nope",
+                    "--owner",
+                    "alice",
+                    "--name",
+                    "x",
+                ][..],
+                "has no key",
+            ),
+        ] {
+            let output = cli(args);
+            assert!(!output.status.success(), "{args:?}");
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(stderr.contains(says), "{args:?}: {stderr}");
+        }
+    }
+}
