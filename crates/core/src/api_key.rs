@@ -87,6 +87,10 @@ pub struct ApiKey {
     pub rotated_from: Option<ApiKeyId>,
     /// At most this many requests per window, if limited.
     pub ratelimit: Option<RateLimit>,
+    /// The key whose rate-limit window this key's requests count in, when it is not the
+    /// key's own: its creator's (a key cannot multiply its rate by minting keys) or its
+    /// predecessor's (nor by rotating).
+    pub ratelimit_bucket: Option<ApiKeyId>,
     /// The credits its requests spend, if metered by credits.
     pub credits: Option<CreditAccount>,
 }
@@ -102,6 +106,7 @@ impl ApiKey {
                     .map(|credits| CreditAccount::open(id.clone(), credits, now))
             }),
             ratelimit: spec.ratelimit,
+            ratelimit_bucket: spec.ratelimit.and(spec.ratelimit_bucket),
             id,
             hash: plain.hash(),
             hint: plain.hint(),
@@ -133,6 +138,7 @@ impl ApiKey {
             revoked_at: None,
             rotated_from: Some(self.id.clone()),
             ratelimit: self.ratelimit,
+            ratelimit_bucket: self.ratelimit.map(|_| self.rate_bucket().clone()),
             credits: self.credits.clone(),
         }
     }
@@ -176,10 +182,17 @@ impl ApiKey {
                 to: ratelimit,
             });
             key.ratelimit = ratelimit;
+            // A limit set on a key keeps the window it counts in: a key limited in its
+            // creator's window stays there, so changing its limit cannot start it afresh.
+            if ratelimit.is_none() {
+                key.ratelimit_bucket = None;
+            }
         }
         if let Some(credits) = patch.credits {
             let from = key.credits.as_ref().map(|account| account.credits);
-            if credits != from {
+            // Credits given are always a new balance (a new epoch), even when they equal
+            // what the database shows: leases held elsewhere are void from then on.
+            if credits.is_some() || from.is_some() {
                 changes.push(Change::Credits { from, to: credits });
                 // Credits set on a key become its own pool's, even if it spent another's
                 // (its creator's, or its predecessor's): setting them never changes
@@ -191,6 +204,11 @@ impl ApiKey {
             }
         }
         (key, changes)
+    }
+
+    /// The key whose rate-limit window this key's requests count in.
+    pub fn rate_bucket(&self) -> &ApiKeyId {
+        self.ratelimit_bucket.as_ref().unwrap_or(&self.id)
     }
 
     /// Whether the key has been revoked.
@@ -353,6 +371,8 @@ pub struct KeySpec {
     pub credits: Option<Credits>,
     /// An existing pool the key spends instead (its creator's).
     pub credit_pool: Option<CreditAccount>,
+    /// The rate-limit window the key counts in, when not its own (its creator's).
+    pub ratelimit_bucket: Option<ApiKeyId>,
 }
 
 impl KeySpec {
@@ -378,6 +398,7 @@ impl KeySpec {
             ratelimit: None,
             credits: None,
             credit_pool: None,
+            ratelimit_bucket: None,
         })
     }
 }

@@ -109,6 +109,8 @@ impl Principal {
                 Some(asked) if own.covers(&asked) => {}
                 Some(_) => return Err(RuleError::MeteringEscalation("ratelimit")),
             }
+            // In the creator's window: a key cannot multiply its rate by minting keys.
+            spec.ratelimit_bucket = Some(key.rate_bucket().clone());
         }
         if let Some(account) = &key.credits {
             if spec.credits.is_some() {
@@ -136,6 +138,26 @@ impl Principal {
             return Err(RuleError::MeteringEscalation("ratelimit"));
         }
         if key.credits.is_some() && credits.is_some() {
+            return Err(RuleError::MeteringEscalation("credits"));
+        }
+        Ok(())
+    }
+
+    /// Checks that this principal's metering covers `target`'s, before it hands out a
+    /// key like `target` (a rotation): a key with a rate limit may rotate only keys
+    /// limited at least as tightly, and a key with credits only keys spending its own.
+    pub fn may_rotate(&self, target: &ApiKey) -> Result<(), RuleError> {
+        let Principal::Key(key) = self else {
+            return Ok(());
+        };
+        if let Some(own) = key.ratelimit
+            && !target.ratelimit.is_some_and(|theirs| own.covers(&theirs))
+        {
+            return Err(RuleError::MeteringEscalation("ratelimit"));
+        }
+        if let Some(own) = &key.credits
+            && target.credits.as_ref().map(|theirs| &theirs.pool) != Some(&own.pool)
+        {
             return Err(RuleError::MeteringEscalation("credits"));
         }
         Ok(())

@@ -120,13 +120,7 @@ impl Guard {
         // stranded until the next refill.
         let unspent = self.meter_state().leases.release_idle(Duration::ZERO);
         let store = self.store();
-        let give_back = move || {
-            unspent.iter().try_for_each(|lease| {
-                store
-                    .return_credits(&lease.pool, lease.amount, lease.epoch)
-                    .map(drop)
-            })
-        };
+        let give_back = move || crate::metering::give_back(&*store, unspent);
         match tokio::time::timeout_at(deadline, web::block(give_back)).await {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(error))) => {

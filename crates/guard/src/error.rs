@@ -134,6 +134,8 @@ pub enum GuardError {
     UsageExceeded {
         /// The key's rate-limit window, if it has a rate limit.
         rate: Option<RateState>,
+        /// The credits left (fewer than the request costs).
+        remaining: i64,
         /// How long until the next refill, if the credits are refilled.
         retry_after: Option<Duration>,
     },

@@ -208,8 +208,8 @@ fn verdict(refusal: GuardError, known: Option<&Principal>) -> Result<VerifyRespo
     }
     let mut verdict = VerifyResponse::of(known, false, refusal.code().as_str());
     verdict.ratelimit = refusal.rate().map(VerifyRateLimit::from);
-    if matches!(refusal, GuardError::UsageExceeded { .. }) {
-        verdict.credits = Some(VerifyCredits { remaining: 0 });
+    if let GuardError::UsageExceeded { remaining, .. } = refusal {
+        verdict.credits = Some(VerifyCredits { remaining });
     }
     Ok(verdict)
 }

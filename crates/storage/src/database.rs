@@ -116,7 +116,28 @@ macro_rules! key_row {
             $t::ratelimit_limit.eq($key.ratelimit.map(|r| whole_i64(r.limit))),
             $t::ratelimit_window_ms.eq($key.ratelimit.map(|r| whole_i64(r.window_ms))),
             $t::credit_pool.eq($key.credits.as_ref().map(|c| c.pool.as_str())),
+            $t::ratelimit_bucket.eq($key.ratelimit_bucket.as_ref().map(ApiKeyId::as_str)),
         )
+    };
+}
+
+/// Filters of a conditional write: the key's metering is still what was read (`$key`, an
+/// [`ApiKey`]), NULLs included, so a write from an older read cannot undo a change of it.
+macro_rules! metering_unchanged {
+    ($query:expr, $key:expr) => {
+        $query
+            .filter(
+                diesel::dsl::sql::<diesel::sql_types::Bool>("COALESCE(ratelimit_limit, -1) = ")
+                    .bind::<BigInt, _>($key.ratelimit.map_or(-1, |r| whole_i64(r.limit))),
+            )
+            .filter(
+                diesel::dsl::sql::<diesel::sql_types::Bool>("COALESCE(ratelimit_window_ms, -1) = ")
+                    .bind::<BigInt, _>($key.ratelimit.map_or(-1, |r| whole_i64(r.window_ms))),
+            )
+            .filter(
+                diesel::dsl::sql::<diesel::sql_types::Bool>("COALESCE(credit_pool, '') = ")
+                    .bind::<Text, _>($key.credits.as_ref().map_or("", |c| c.pool.as_str())),
+            )
     };
 }
 
@@ -548,18 +569,20 @@ impl KeyStore for Database {
         let details = event.details.as_ref().map(|d| d.to_json().to_string());
         with_connection!(self, |conn, t, e, c, u| {
             let outcome = conn.transaction(|conn| {
-                let unchanged = t::table
-                    .filter(t::api_key_id.eq(old.id.as_str()))
-                    .filter(t::owner_id.eq(&old.owner_id))
-                    .filter(t::is_revoked.eq(false))
-                    .filter(t::name.eq(&old.name))
-                    .filter(t::scopes.eq(&old_scopes))
-                    .filter(t::expires_at.eq(old.expires_at));
+                let unchanged = metering_unchanged!(
+                    t::table
+                        .filter(t::api_key_id.eq(old.id.as_str()))
+                        .filter(t::owner_id.eq(&old.owner_id))
+                        .filter(t::is_revoked.eq(false))
+                        .filter(t::name.eq(&old.name))
+                        .filter(t::scopes.eq(&old_scopes))
+                        .filter(t::expires_at.eq(old.expires_at)),
+                    old
+                );
                 // New credits replace the pool's balance and refill, in a new epoch; the pool
                 // exists before the key names it.
                 if let Some(account) = &new.credits
-                    && old.credits.as_ref().map(|a| (&a.pool, a.credits))
-                        != Some((&account.pool, account.credits))
+                    && old.credits.as_ref() != Some(account)
                 {
                     diesel::insert_into(c::table)
                         .values(pool_row!(c, account))
@@ -583,15 +606,20 @@ impl KeyStore for Database {
                         t::ratelimit_limit.eq(new.ratelimit.map(|r| whole_i64(r.limit))),
                         t::ratelimit_window_ms.eq(new.ratelimit.map(|r| whole_i64(r.window_ms))),
                         t::credit_pool.eq(new.credits.as_ref().map(|c| c.pool.as_str())),
+                        t::ratelimit_bucket.eq(new.ratelimit_bucket.as_ref().map(ApiKeyId::as_str)),
                     ))
                     .execute(conn)?;
                 if replaced != 1 {
                     return Err(DieselError::RollbackTransaction);
                 }
-                // A rotated key's expiry is the end of its grace period. Checked after the
-                // update, which waited for any rotation holding the row, so a successor
-                // committed meanwhile is seen.
-                if new.expires_at != old.expires_at {
+                // A rotated key's expiry is the end of its grace period, and its metering is
+                // its successor's (their credits are one pool). Checked after the update,
+                // which waited for any rotation holding the row, so a successor committed
+                // meanwhile is seen.
+                if new.expires_at != old.expires_at
+                    || new.ratelimit != old.ratelimit
+                    || new.credits != old.credits
+                {
                     let successors: i64 = t::table
                         .filter(t::rotated_from.eq(old.id.as_str()))
                         .count()
@@ -636,12 +664,15 @@ impl KeyStore for Database {
         let details = event.details.as_ref().map(|d| d.to_json().to_string());
         let rotated = with_connection!(self, |conn, t, e, c, u| {
             conn.transaction(|conn| {
-                let unchanged = t::table
-                    .filter(t::api_key_id.eq(old.id.as_str()))
-                    .filter(t::owner_id.eq(&old.owner_id))
-                    .filter(t::is_revoked.eq(false))
-                    .filter(t::scopes.eq(&old_scopes))
-                    .filter(t::expires_at.eq(old.expires_at));
+                let unchanged = metering_unchanged!(
+                    t::table
+                        .filter(t::api_key_id.eq(old.id.as_str()))
+                        .filter(t::owner_id.eq(&old.owner_id))
+                        .filter(t::is_revoked.eq(false))
+                        .filter(t::scopes.eq(&old_scopes))
+                        .filter(t::expires_at.eq(old.expires_at)),
+                    old
+                );
                 let cut = diesel::update(unchanged)
                     .set(t::expires_at.eq(old_expires_at))
                     .execute(conn)?;

@@ -25,6 +25,7 @@ pub struct KeyRow {
     pub ratelimit_limit: Option<i64>,
     pub ratelimit_window_ms: Option<i64>,
     pub credit_pool: Option<String>,
+    pub ratelimit_bucket: Option<String>,
 }
 
 /// One `credit_pools` row, in column order.
@@ -114,6 +115,7 @@ impl TryFrom<KeyWithPool> for ApiKey {
             last_used_at: row.last_used_at,
             revoked_at,
             rotated_from: row.rotated_from.map(ApiKeyId::new),
+            ratelimit_bucket: ratelimit.and(row.ratelimit_bucket.map(ApiKeyId::new)),
             ratelimit,
             credits,
         })

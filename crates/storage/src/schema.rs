@@ -19,6 +19,7 @@ pub mod postgres {
             ratelimit_limit -> Nullable<BigInt>,
             ratelimit_window_ms -> Nullable<BigInt>,
             credit_pool -> Nullable<Text>,
+            ratelimit_bucket -> Nullable<Text>,
         }
     }
 
@@ -81,6 +82,7 @@ pub mod sqlite {
             ratelimit_limit -> Nullable<BigInt>,
             ratelimit_window_ms -> Nullable<BigInt>,
             credit_pool -> Nullable<Text>,
+            ratelimit_bucket -> Nullable<Text>,
         }
     }
 

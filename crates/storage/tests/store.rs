@@ -899,5 +899,71 @@ fn changing_credits_opens_an_epoch_and_a_shared_pool_stays_shared() {
                 .map(|a| a.credits.remaining),
             Some(7)
         );
+
+        // A write from a read older than a change of metering loses: it would undo it.
+        let (_, plain_key) = new_key("owner_1", &["ledgers:read"], at);
+        db.insert(&plain_key, &Actor::Master).expect("insert");
+        let limit = keygate_core::KeyPatch::with_metering::<&str>(
+            None,
+            None,
+            None,
+            Some(Some(keygate_core::RateLimit {
+                limit: 5,
+                window_ms: 1_000,
+            })),
+            None,
+            at,
+        )
+        .expect("a valid patch");
+        let (limited, changes) = plain_key.patched(&limit);
+        let event = |changes| NewEvent {
+            actor: Actor::Master,
+            at,
+            details: Some(EventDetails::Updated(changes)),
+        };
+        assert!(db.replace(&plain_key, &limited, &event(changes)).expect("replace"));
+        let (renamed, changes) = plain_key.patched(
+            &keygate_core::KeyPatch::new::<&str>(Some("renamed"), None, None, at)
+                .expect("a valid patch"),
+        );
+        assert!(
+            !db.replace(&plain_key, &renamed, &event(changes)).expect("replace"),
+            "{}",
+            db.backend()
+        );
+        assert_eq!(
+            db.find_by_hash(&plain_key.hash)
+                .expect("lookup")
+                .and_then(|k| k.ratelimit),
+            limited.ratelimit,
+            "the limit set stays"
+        );
+
+        // Credits given equal to what the pool shows still start a new balance.
+        let now_read = db.find_by_hash(&key.hash).expect("lookup").expect("found");
+        let same = keygate_core::KeyPatch::with_metering::<&str>(
+            None,
+            None,
+            None,
+            None,
+            Some(Some(credits(7, None))),
+            at,
+        )
+        .expect("a valid patch");
+        let (reset, changes) = now_read.patched(&same);
+        assert_eq!(changes.len(), 1);
+        let event = NewEvent {
+            actor: Actor::Master,
+            at,
+            details: Some(EventDetails::Updated(changes)),
+        };
+        assert!(db.replace(&now_read, &reset, &event).expect("replace"));
+        let epoch = |db: &Database| {
+            db.find_by_hash(&key.hash)
+                .expect("lookup")
+                .and_then(|k| k.credits)
+                .map(|a| a.epoch)
+        };
+        assert_eq!(epoch(db), Some(account.epoch + 1));
     });
 }

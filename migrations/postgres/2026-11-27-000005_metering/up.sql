@@ -17,6 +17,9 @@ CREATE INDEX credit_pools_refill_at ON credit_pools (refill_at) WHERE refill_at 
 
 ALTER TABLE api_keys ADD COLUMN ratelimit_limit BIGINT;
 ALTER TABLE api_keys ADD COLUMN ratelimit_window_ms BIGINT;
+-- The key whose rate-limit window this key counts in, when not its own (its creator's or
+-- its predecessor's).
+ALTER TABLE api_keys ADD COLUMN ratelimit_bucket TEXT;
 ALTER TABLE api_keys ADD COLUMN credit_pool TEXT REFERENCES credit_pools (pool_id);
 
 -- Usage per key and hour, added to in batches.

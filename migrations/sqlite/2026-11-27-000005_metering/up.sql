@@ -17,7 +17,12 @@ CREATE INDEX credit_pools_refill_at ON credit_pools (refill_at) WHERE refill_at 
 
 ALTER TABLE api_keys ADD COLUMN ratelimit_limit BIGINT;
 ALTER TABLE api_keys ADD COLUMN ratelimit_window_ms BIGINT;
-ALTER TABLE api_keys ADD COLUMN credit_pool TEXT REFERENCES credit_pools (pool_id);
+-- The key whose rate-limit window this key counts in, when not its own (its creator's or
+-- its predecessor's).
+ALTER TABLE api_keys ADD COLUMN ratelimit_bucket TEXT;
+-- (No REFERENCES here: SQLite could then never drop the column. Every write of a key
+-- names a pool it wrote first, in the same transaction.)
+ALTER TABLE api_keys ADD COLUMN credit_pool TEXT;
 
 -- Usage per key and hour, added to in batches.
 CREATE TABLE key_usage (

@@ -45,7 +45,15 @@ struct LeaseState {
     pool_remaining: i64,
     /// When the lease was last used.
     used: Instant,
+    /// Until when the pool is known to hold less than a request needs, so that requests
+    /// beyond it are refused without asking the database again (a key hammered after its
+    /// credits ran out costs no write per request).
+    short_until: Option<Instant>,
 }
+
+/// How long a pool found short is believed short, unless its epoch changes first (a
+/// top-up or a refill): credits given back by other instances are seen after this.
+const SHORT_FOR: Duration = Duration::from_secs(1);
 
 impl LeaseState {
     /// Voids what is held if the pool was refilled or changed since it was taken: the
@@ -55,6 +63,21 @@ impl LeaseState {
         if account.epoch > self.epoch || refilled {
             self.left = 0;
             self.pool_remaining = account.credits.remaining;
+            self.short_until = None;
+        }
+    }
+
+    /// Whether the pool was found too short for `cost` a moment ago.
+    fn known_short(&self, cost: i64) -> bool {
+        self.short_until.is_some_and(|until| Instant::now() < until)
+            && cost > self.left.saturating_add(self.pool_remaining)
+    }
+
+    fn refusal(&self) -> Spent {
+        Spent {
+            admitted: false,
+            remaining: self.pool_remaining.saturating_add(self.left),
+            refill_at: self.refill_at,
         }
     }
 
@@ -64,7 +87,7 @@ impl LeaseState {
             self.used = Instant::now();
             Spent {
                 admitted: true,
-                remaining: self.pool_remaining + self.left,
+                remaining: self.pool_remaining.saturating_add(self.left),
                 refill_at: self.refill_at,
             }
         })
@@ -76,9 +99,10 @@ impl LeaseState {
             self.left = 0;
             self.epoch = grant.epoch;
         }
-        self.left += grant.granted;
+        self.left = self.left.saturating_add(grant.granted);
         self.refill_at = grant.refill_at;
         self.pool_remaining = grant.remaining;
+        self.short_until = None;
     }
 }
 
@@ -119,6 +143,7 @@ impl Leases {
                 refill_at: account.refill_at,
                 pool_remaining: account.credits.remaining,
                 used: Instant::now(),
+                short_until: None,
             }),
             taking: tokio::sync::Mutex::new(()),
         });
@@ -157,6 +182,9 @@ impl Leases {
                 if let Some(spent) = state.try_spend(cost) {
                     return Ok(spent);
                 }
+                if state.known_short(cost) {
+                    return Ok(state.refusal());
+                }
             }
             let _taking = lease.taking.lock().await;
             if !self.is_current(&account.pool, &lease) {
@@ -168,13 +196,17 @@ impl Leases {
                 if let Some(spent) = state.try_spend(cost) {
                     return Ok(spent);
                 }
+                if state.known_short(cost) {
+                    return Ok(state.refusal());
+                }
+                // In use: not to be released as idle while its next lease is taken.
+                state.used = Instant::now();
                 cost - state.left
             };
             let Some(grant) = take(CreditRequest { need }).await? else {
-                // The pool is gone (the key's credits were removed meanwhile): nothing
-                // to spend, nothing to count.
+                // The pool is gone: nothing to spend.
                 return Ok(Spent {
-                    admitted: true,
+                    admitted: false,
                     remaining: 0,
                     refill_at: None,
                 });
@@ -182,16 +214,22 @@ impl Leases {
             let mut state = lock(&lease.state);
             let epoch_before = state.epoch;
             state.absorb(&grant);
-            if let Some(spent) = state.try_spend(cost) {
+            let spent = state.try_spend(cost);
+            if !self.is_current(&account.pool, &lease) && state.left > 0 {
+                // Released as idle meanwhile: what it holds goes back with the next release.
+                self.defer(vec![Unspent {
+                    pool: account.pool.clone(),
+                    amount: std::mem::take(&mut state.left),
+                    epoch: state.epoch,
+                }]);
+            }
+            if let Some(spent) = spent {
                 return Ok(spent);
             }
             rounds += 1;
             if grant.granted == 0 || grant.epoch == epoch_before || rounds >= 2 {
-                return Ok(Spent {
-                    admitted: false,
-                    remaining: state.pool_remaining + state.left,
-                    refill_at: state.refill_at,
-                });
+                state.short_until = Some(Instant::now() + SHORT_FOR);
+                return Ok(state.refusal());
             }
         }
     }

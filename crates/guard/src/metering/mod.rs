@@ -151,7 +151,7 @@ impl Guard {
                 // A rate limit counts requests, whatever credits they cost.
                 let state = meter
                     .rate
-                    .check(key.id.as_str(), limit.limit, limit.window(), 1)
+                    .check(key.rate_bucket().as_str(), limit.limit, limit.window(), 1)
                     .await;
                 if !state.admitted() {
                     return Err(GuardError::KeyRateLimited(state));
@@ -181,6 +181,7 @@ impl Guard {
         if !spent.admitted {
             return Err(GuardError::UsageExceeded {
                 rate,
+                remaining: spent.remaining,
                 retry_after: spent.refill_at.map(|at| until(at, now)),
             });
         }
@@ -206,16 +207,23 @@ impl Guard {
 
     /// Gives back the credits of leases unused for `idle` (all, with `Duration::ZERO`).
     pub(crate) fn release_leases(&self, idle: Duration) -> Result<(), keygate_core::StoreError> {
-        let leases = &self.meter_state().leases;
-        let mut unspent = leases.release_idle(idle).into_iter();
-        let store = self.store();
-        while let Some(lease) = unspent.next() {
-            if let Err(error) = store.return_credits(&lease.pool, lease.amount, lease.epoch) {
-                // Kept, to be given back by a later call.
-                leases.defer(std::iter::once(lease).chain(unspent).collect());
-                return Err(error);
-            }
-        }
-        Ok(())
+        give_back(&*self.store(), self.meter_state().leases.release_idle(idle))
     }
+}
+
+/// Gives `unspent` credits back to their pools. What cannot be given back is stranded,
+/// not retried: a return whose answer was lost may have been applied, and applying it
+/// twice would add credits.
+pub(crate) fn give_back(
+    store: &dyn keygate_core::KeyStore,
+    unspent: Vec<Unspent>,
+) -> Result<(), keygate_core::StoreError> {
+    let mut failure = None;
+    for lease in unspent {
+        if let Err(error) = store.return_credits(&lease.pool, lease.amount, lease.epoch) {
+            tracing::warn!(%error, pool = %lease.pool, credits = lease.amount, "could not give back unspent credits; they stay unspent until the next refill");
+            failure = Some(error);
+        }
+    }
+    failure.map_or(Ok(()), Err)
 }

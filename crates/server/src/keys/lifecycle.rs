@@ -200,9 +200,10 @@ pub async fn rotate(
         KeyStatus::Expired => return Err(ApiError::KeyExpired),
         KeyStatus::Active => {}
     }
-    // A rotation hands out a key with the old key's scopes: only to a caller who could
-    // have granted them.
+    // A rotation hands out a key with the old key's scopes and metering: only to a
+    // caller who could have granted them.
     principal.may_grant(&key.owner_id, &key.scopes)?;
+    principal.may_rotate(&key)?;
     let plain = PlainKey::generate().map_err(|error| {
         tracing::error!(%error, "the operating system's random source failed");
         ApiError::INTERNAL

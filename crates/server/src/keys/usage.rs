@@ -130,12 +130,14 @@ fn range(
         (Duration::hours(1), MAX_HOURS)
     };
     let align = |at| if by_day { day_of(at) } else { hour_of(at) };
+    // An offset's `+` arrives as a space when the client did not percent-encode it.
+    let timestamp = |field, text: &str| parse_timestamp(field, &text.replace(' ', "+"));
     let to = match &query.to {
-        Some(text) => parse_timestamp("to", text)?,
+        Some(text) => timestamp("to", text)?,
         None => align(now) + unit,
     };
     let from = match &query.from {
-        Some(text) => align(parse_timestamp("from", text)?),
+        Some(text) => align(timestamp("from", text)?),
         None => {
             align(now) + unit
                 - if by_day {

@@ -23,6 +23,8 @@ on_both_backends!(
     verify_answers_as_the_guard_would,
     usage_is_counted_by_outcome_and_survives_a_restart,
     a_rotation_shares_credits_and_keeps_the_rate_limit,
+    keys_a_metered_key_mints_share_its_window,
+    a_key_out_of_credits_costs_no_write_per_request,
 );
 
 /// A creation body for `owner` with `scopes` and the metering fields of `extra`.
@@ -454,10 +456,10 @@ async fn the_master_key_is_never_metered(db: TestDatabase) {
         assert_eq!(reply.status, 204, "{}", reply.json);
         assert!(header(&reply, "ratelimit-limit").is_none());
     }
+    let metrics = app.scrape().await;
     assert!(
-        !app.scrape()
-            .await
-            .contains("keygate_metering_decisions_total{")
+        metrics.contains("keygate_metering_decisions_total{outcome=\"allowed\"} 0"),
+        "{metrics}"
     );
 }
 
@@ -713,4 +715,96 @@ async fn a_rotation_shares_credits_and_keeps_the_rate_limit(db: TestDatabase) {
         admitted, 5,
         "old and new together spend what the old key had"
     );
+
+    // The rotated-out key's metering is its successor's: it is not changed alone.
+    app.call(
+        Method::PATCH,
+        &format!("/api-keys/{id}?owner=alice"),
+        Some(MASTER),
+        Some(json!({"credits": {"remaining": 1000}})),
+    )
+    .await
+    .assert_error(409, "APIKEY_ROTATED");
+}
+
+async fn keys_a_metered_key_mints_share_its_window(db: TestDatabase) {
+    let app = start(db).await;
+    let (parent, _, _) = create!(
+        app,
+        MASTER,
+        metered(
+            "alice",
+            &["api-keys:*", "ledgers:read"],
+            json!({"ratelimit": {"limit": 4, "window_ms": 60000}})
+        )
+    );
+    // Creating the child is one of the parent's four requests.
+    let (child, child_id, _) = create!(app, &parent, key_request("alice", &["ledgers:read"]));
+    let mut admitted = 0;
+    for _ in 0..6 {
+        if ask!(app, "GET", "/ledgers", &child).status == 204 {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 3, "the child counts in its creator's window");
+    ask!(app, "GET", "/ledgers", &parent).assert_error(429, "AUTH_RATE_LIMITED");
+
+    // Nor can a metered key hand out a key metered less than itself by rotating one.
+    let (_, unmetered_id, _) = create!(app, MASTER, key_request("alice", &["ledgers:read"]));
+    let (rotator, _, _) = create!(
+        app,
+        MASTER,
+        metered(
+            "alice",
+            &["api-keys:*", "ledgers:read"],
+            json!({"ratelimit": {"limit": 100, "window_ms": 60000}})
+        )
+    );
+    let refused = app
+        .call(
+            Method::POST,
+            &format!("/api-keys/{unmetered_id}/rotate"),
+            Some(&rotator),
+            None,
+        )
+        .await;
+    refused.assert_error(403, "AUTH_SCOPE_ESCALATION");
+    assert_eq!(
+        refused.json["error_detail"]["details"]["field"],
+        "ratelimit"
+    );
+
+    // The master key may free a minted key from its creator's window.
+    let freed = app
+        .call(
+            Method::PATCH,
+            &format!("/api-keys/{child_id}?owner=alice"),
+            Some(MASTER),
+            Some(json!({"ratelimit": null})),
+        )
+        .await;
+    assert_eq!(freed.status, 200, "{}", freed.json);
+    assert_eq!(ask!(app, "GET", "/ledgers", &child).status, 204);
+}
+
+async fn a_key_out_of_credits_costs_no_write_per_request(db: TestDatabase) {
+    let (wrap, counted) = support::CountingStore::observer();
+    let app = support::start_observed(db, |_| {}, wrap).await;
+    let store = counted.get().expect("the store is wrapped").clone();
+    let (key, _, _) = create!(
+        app,
+        MASTER,
+        metered(
+            "alice",
+            &["ledgers:read"],
+            json!({"credits": {"remaining": 2}})
+        )
+    );
+    assert_eq!(ask!(app, "GET", "/ledgers", &key).status, 204);
+    assert_eq!(ask!(app, "GET", "/ledgers", &key).status, 204);
+    for _ in 0..50 {
+        ask!(app, "GET", "/ledgers", &key).assert_error(429, "AUTH_USAGE_EXCEEDED");
+    }
+    let takes = support::CountingStore::count(&store.credit_takes);
+    assert!(takes <= 3, "{takes} takes for 52 requests");
 }
