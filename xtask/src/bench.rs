@@ -1,6 +1,8 @@
 //! `cargo xtask bench`: the release server on SQLite and on PostgreSQL, 10,000 keys, and
 //! HTTP load from `wrk` with 64 connections: (a) `GET /api-keys` with API keys drawn
-//! uniformly, (b) the same with the master key, (c) a flood of unknown keys beside (a).
+//! uniformly, (b) the same with the master key, (c) a flood of unknown keys beside (a),
+//! (d) `/forward-auth` with 1,000 metered keys (rate limit and credits) against 1,000
+//! unmetered ones, in the same run, and on SQLite once more with the Redis backend.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -17,6 +19,8 @@ const OWNERS: usize = 1_000;
 const CONNECTIONS: u32 = 64;
 const LOCAL_POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/test";
 const SCHEMA: &str = "keygate_bench";
+const METERED_KEYS: usize = 1_000;
+const LOCAL_REDIS: &str = "redis://127.0.0.1:6379";
 
 const SCRIPT: &str = r#"
 local keys = {}
@@ -27,6 +31,10 @@ math.randomseed(os.time() + #keys)
 
 request = function()
   local pick = keys[math.random(#keys)]
+  if mode == "forward" then
+    return wrk.format("GET", "/forward-auth", {
+      ["X-Blnk-Key"] = pick, ["X-Original-Method"] = "GET", ["X-Original-URI"] = "/ledgers/l1" })
+  end
   if mode == "master" then
     return wrk.format("GET", "/api-keys?owner=" .. pick, { ["X-Blnk-Key"] = master })
   end
@@ -76,13 +84,48 @@ impl Load {
     }
 }
 
-/// The three scenarios on one backend.
+/// The scenarios on one backend.
 struct Report {
     backend: &'static str,
     keys: Load,
     master: Load,
     keys_under_flood: Load,
     flood: Load,
+    metering: Metering,
+    /// The metered scenario again with rate limits in Redis (SQLite only).
+    metering_redis: Option<Metering>,
+}
+
+/// Rounds of (d): each measured this many times, alternately, to even out the machine's
+/// drift between runs.
+const METERING_ROUNDS: usize = 3;
+
+/// (d): forward-auth with unmetered and metered keys, measured alternately.
+#[derive(Debug, Clone, Copy, Default)]
+struct Metering {
+    unmetered: [Load; METERING_ROUNDS],
+    metered: [Load; METERING_ROUNDS],
+}
+
+impl Metering {
+    fn rate(loads: &[Load; METERING_ROUNDS]) -> f64 {
+        loads.iter().map(Load::per_second).sum::<f64>() / METERING_ROUNDS as f64
+    }
+
+    /// Metered throughput over unmetered.
+    fn ratio(&self) -> f64 {
+        Self::rate(&self.metered) / Self::rate(&self.unmetered).max(1.0)
+    }
+
+    fn json(&self) -> String {
+        let list = |loads: &[Load]| loads.iter().map(Load::json).collect::<Vec<_>>().join(", ");
+        format!(
+            "{{\"unmetered\": [{}], \"metered\": [{}], \"metered_over_unmetered\": {:.3}}}",
+            list(&self.unmetered),
+            list(&self.metered),
+            self.ratio()
+        )
+    }
 }
 
 /// Options of `cargo xtask bench`.
@@ -190,14 +233,83 @@ fn bench_backend(
                 .unwrap_or_else(|_| Err("the flood's wrk panicked".into())),
         )
     });
+    eprintln!("bench: {backend}: (d) forward-auth, metered keys against unmetered ones");
+    let (plain_file, metered_file) = (dir.join("plain.txt"), dir.join("metered.txt"));
+    fs::write(
+        &plain_file,
+        create_many(port, METERED_KEYS, |i| forward_key(i, ""))?.join("\n"),
+    )
+    .map_err(|e| e.to_string())?;
+    let metering = r#","ratelimit":{"limit":1000000000,"window_ms":60000},"credits":{"remaining":1000000000000}"#;
+    fs::write(
+        &metered_file,
+        create_many(port, METERED_KEYS, |i| forward_key(i, metering))?.join("\n"),
+    )
+    .map_err(|e| e.to_string())?;
+    let metering = measure_metering(port, &script, &plain_file, &metered_file, seconds)?;
     drop(server);
+    let metering_redis = if backend == "sqlite" {
+        let redis =
+            std::env::var("KEYGATE_BENCH_REDIS_URL").unwrap_or_else(|_| LOCAL_REDIS.to_owned());
+        let port = free_port()?;
+        eprintln!("bench: {backend}: (d) again with rate limits in Redis ({redis})");
+        let _server = Server::start_with(
+            binary,
+            &dir,
+            port,
+            &url,
+            &[
+                ("KEYGATE_METERING__BACKEND", "redis"),
+                ("KEYGATE_METERING__REDIS_URL", &redis),
+            ],
+        )?;
+        Some(measure_metering(
+            port,
+            &script,
+            &plain_file,
+            &metered_file,
+            seconds,
+        )?)
+    } else {
+        None
+    };
     Ok(Report {
         backend,
         keys: keys_load,
         master: master_load,
         keys_under_flood: keys_under_flood?,
         flood: flood?,
+        metering,
+        metering_redis,
     })
+}
+
+/// A key that may read ledgers, with `metering` (JSON fields, each with a leading comma).
+fn forward_key(i: usize, metering: &str) -> String {
+    format!(
+        r#"{{"name":"forward {i}","owner":"forward_{}","scopes":["ledgers:read"],"expires_at":"{}"{metering}}}"#,
+        i % OWNERS,
+        next_year()
+    )
+}
+
+/// (d) on the server at `port`: unmetered and metered in turn, [`METERING_ROUNDS`] times
+/// each, after a warm-up of each (every key verified, every lease taken).
+fn measure_metering(
+    port: u16,
+    script: &Path,
+    plain: &Path,
+    metered: &Path,
+    seconds: u32,
+) -> Result<Metering, String> {
+    wrk(port, script, plain, "forward", 3)?;
+    wrk(port, script, metered, "forward", 3)?;
+    let mut result = Metering::default();
+    for round in 0..METERING_ROUNDS {
+        result.unmetered[round] = wrk(port, script, plain, "forward", seconds)?;
+        result.metered[round] = wrk(port, script, metered, "forward", seconds)?;
+    }
+    Ok(result)
 }
 
 fn fresh_postgres_schema() -> Result<String, String> {
@@ -224,8 +336,19 @@ struct Server(Child);
 
 impl Server {
     fn start(binary: &Path, dir: &Path, port: u16, url: &str) -> Result<Self, String> {
+        Self::start_with(binary, dir, port, url, &[])
+    }
+
+    fn start_with(
+        binary: &Path,
+        dir: &Path,
+        port: u16,
+        url: &str,
+        env: &[(&str, &str)],
+    ) -> Result<Self, String> {
         let log = fs::File::create(dir.join("server.log")).map_err(|e| e.to_string())?;
         let child = Command::new(binary)
+            .envs(env.iter().copied())
             .current_dir(dir)
             .env("KEYGATE_SERVER__PORT", port.to_string())
             .env("KEYGATE_SERVER__SECRET_KEY", MASTER)
@@ -331,20 +454,35 @@ impl Client {
 
 /// Creates the keys over 8 connections; returns each key and, in the same order, owners.
 fn create_keys(port: u16) -> Result<(Vec<String>, Vec<String>), String> {
+    let keys = create_many(port, KEYS, |i| {
+        format!(
+            r#"{{"name":"bench {i}","owner":"owner_{}","scopes":["api-keys:read"],"expires_at":"{}"}}"#,
+            i % OWNERS,
+            next_year()
+        )
+    })?;
+    let owners = (0..OWNERS).map(|i| format!("owner_{i}")).collect();
+    Ok((keys, owners))
+}
+
+/// Creates `count` keys over 8 connections, the `i`th from `body(i)`; returns each key.
+fn create_many(
+    port: u16,
+    count: usize,
+    body: impl Fn(usize) -> String + Sync,
+) -> Result<Vec<String>, String> {
     let workers = 8;
+    let body = &body;
     let results: Vec<Result<Vec<String>, String>> = thread::scope(|scope| {
         let handles: Vec<_> = (0..workers)
             .map(|worker| {
                 scope.spawn(move || {
                     let mut client = Client::connect(port).map_err(|e| e.to_string())?;
                     let mut keys = Vec::new();
-                    for i in (worker..KEYS).step_by(workers) {
-                        let body = format!(
-                            r#"{{"name":"bench {i}","owner":"owner_{}","scopes":["api-keys:read"],"expires_at":"{}"}}"#,
-                            i % OWNERS,
-                            next_year()
-                        );
-                        let (status, reply) = client.request("POST", "/api-keys", Some(MASTER), Some(&body))?;
+                    for i in (worker..count).step_by(workers) {
+                        let body = body(i);
+                        let (status, reply) =
+                            client.request("POST", "/api-keys", Some(MASTER), Some(&body))?;
                         if status != 201 {
                             return Err(format!("creating a key answered {status}: {reply}"));
                         }
@@ -364,12 +502,11 @@ fn create_keys(port: u16) -> Result<(Vec<String>, Vec<String>), String> {
             .map(|h| h.join().unwrap_or_else(|_| Err("a worker panicked".into())))
             .collect()
     });
-    let mut keys = Vec::with_capacity(KEYS);
+    let mut keys = Vec::with_capacity(count);
     for result in results {
         keys.extend(result?);
     }
-    let owners = (0..OWNERS).map(|i| format!("owner_{i}")).collect();
-    Ok((keys, owners))
+    Ok(keys)
 }
 
 /// An expiry about a year away: within the default ten-year limit whenever this runs.
@@ -503,7 +640,7 @@ fn write_results(root: &Path, reports: &[Report], seconds: u32) -> Result<PathBu
     for (i, report) in reports.iter().enumerate() {
         let _ = write!(
             json,
-            "{}\n    \"{}\": {{\n      \"a_api_keys\": {},\n      \"b_master_key\": {},\n      \"c_api_keys_under_flood\": {},\n      \"c_flood_of_unknown_keys\": {},\n      \"auth_tax_a_over_b\": {:.3},\n      \"kept_under_flood\": {:.3}\n    }}",
+            "{}\n    \"{}\": {{\n      \"a_api_keys\": {},\n      \"b_master_key\": {},\n      \"c_api_keys_under_flood\": {},\n      \"c_flood_of_unknown_keys\": {},\n      \"auth_tax_a_over_b\": {:.3},\n      \"kept_under_flood\": {:.3},\n      \"d_forward_auth_metering\": {},\n      \"d_forward_auth_metering_redis\": {}\n    }}",
             if i == 0 { "" } else { "," },
             report.backend,
             report.keys.json(),
@@ -512,6 +649,10 @@ fn write_results(root: &Path, reports: &[Report], seconds: u32) -> Result<PathBu
             report.flood.json(),
             report.keys.per_second() / report.master.per_second().max(1.0),
             report.keys_under_flood.per_second() / report.keys.per_second().max(1.0),
+            report.metering.json(),
+            report
+                .metering_redis
+                .map_or_else(|| "null".to_owned(), |m| m.json()),
         );
     }
     json.push_str("\n  }\n}\n");
@@ -559,5 +700,21 @@ fn print_reports(reports: &[Report]) {
             report.keys.per_second() / report.master.per_second().max(1.0),
             100.0 * report.keys_under_flood.per_second() / report.keys.per_second().max(1.0)
         );
+        let metering = [
+            ("local", Some(report.metering)),
+            ("redis", report.metering_redis),
+        ];
+        for (mode, metering) in metering {
+            let Some(metering) = metering else { continue };
+            println!(
+                "{:<10} (d) forward-auth {mode}: unmetered {:.0} req/s (p99 {:.2} ms), metered {:.0} req/s (p99 {:.2} ms): metered/unmetered = {:.3}",
+                report.backend,
+                Metering::rate(&metering.unmetered),
+                metering.unmetered[1].p99_us as f64 / 1000.0,
+                Metering::rate(&metering.metered),
+                metering.metered[1].p99_us as f64 / 1000.0,
+                metering.ratio()
+            );
+        }
     }
 }

@@ -25,9 +25,14 @@ pub struct Metrics {
     cache_misses: IntCounter,
     pool_connections: IntGauge,
     pool_idle: IntGauge,
-    metering: IntCounterVec,
+    /// `keygate_metering_decisions_total` by outcome, resolved once: this is counted on
+    /// every request of a metered key.
+    metering: [IntCounter; 3],
     redis_fallback: IntGauge,
 }
+
+/// The outcomes of `keygate_metering_decisions_total`, in the order of `Metrics::metering`.
+const METERING_OUTCOMES: [&str; 3] = ["allowed", "rate_limited", "usage_exceeded"];
 
 impl Metrics {
     /// Fresh metrics in their own registry.
@@ -101,7 +106,7 @@ impl Metrics {
             cache_misses,
             pool_connections,
             pool_idle,
-            metering,
+            metering: METERING_OUTCOMES.map(|outcome| metering.with_label_values(&[outcome])),
             redis_fallback,
         })
     }
@@ -151,7 +156,9 @@ impl keygate_guard::Observer for Metrics {
     }
 
     fn metering_decision(&self, outcome: &'static str) {
-        self.metering.with_label_values(&[outcome]).inc();
+        if let Some(at) = METERING_OUTCOMES.iter().position(|known| *known == outcome) {
+            self.metering[at].inc();
+        }
     }
 
     fn redis_fallback(&self, falling_back: bool) {
