@@ -72,13 +72,26 @@ impl OriginalRequest {
             }
         };
         let method = single(headers, family.method, family.gateway)?;
-        if method.is_empty() || method.len() > MAX_METHOD || !method.bytes().all(is_token_byte) {
-            return Err(ValidationError::new(family.method, "is not an HTTP method").into());
-        }
         let uri = single(headers, family.uri, family.gateway)?;
-        let path = canonical(uri, family.uri)?;
-        if let Some((_, query)) = uri.split_once('?') {
-            crate::middleware::refuse_method_parameter(query, family.uri)?;
+        Self::new(method, uri, family.method, family.uri)
+    }
+
+    /// The original request from its `method` and request `target` (path and query), as
+    /// every gateway entry point reads it: the method must be an HTTP token, the path is
+    /// judged as the upstream will read it, and a `_method` query parameter is refused.
+    /// Errors name `method_field` or `target_field`.
+    pub fn new(
+        method: &str,
+        target: &str,
+        method_field: &'static str,
+        target_field: &'static str,
+    ) -> Result<Self, GuardError> {
+        if method.is_empty() || method.len() > MAX_METHOD || !method.bytes().all(is_token_byte) {
+            return Err(ValidationError::new(method_field, "is not an HTTP method").into());
+        }
+        let path = canonical(target, target_field)?;
+        if let Some((_, query)) = target.split_once('?') {
+            crate::middleware::refuse_method_parameter(query, target_field)?;
         }
         Ok(OriginalRequest {
             method: method.to_owned(),

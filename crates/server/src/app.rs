@@ -17,7 +17,7 @@ use crate::error::ApiError;
 use crate::guard::Caller;
 use crate::guard::require_key;
 use crate::state::AppState;
-use crate::{forward_auth, keys, metrics, openapi, verify};
+use crate::{gateway, keys, metrics, openapi, verify};
 
 /// The largest request body accepted.
 pub const BODY_LIMIT: usize = 1024 * 1024;
@@ -50,7 +50,12 @@ pub fn app(
         .wrap(from_fn(observe))
         .service(read("/", root))
         .service(read("/health", health))
-        .route("/forward-auth", web::route().to(forward_auth::decide))
+        .route("/forward-auth", web::route().to(gateway::forward_auth))
+        .route(
+            gateway::EXT_AUTHZ_PREFIX,
+            web::route().to(gateway::ext_authz),
+        )
+        .service(web::scope(gateway::EXT_AUTHZ_PREFIX).default_service(web::to(gateway::ext_authz)))
         .service(read("/metrics", metrics::serve))
         .service(read("/openapi.json", openapi::serve))
         .service(

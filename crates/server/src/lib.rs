@@ -9,7 +9,7 @@
 pub mod app;
 pub mod cli;
 pub mod error;
-pub mod forward_auth;
+pub mod gateway;
 pub mod keys;
 pub mod logging;
 pub mod master_key;
@@ -176,11 +176,90 @@ impl Application {
         if let Some(workers) = settings.server.workers {
             server = server.workers(workers);
         }
+        let grpc = match settings.server.grpc_port {
+            Some(port) => Some(serve_grpc(&state, host, port)?),
+            None => None,
+        };
         let result = server.run().await;
+        if let Some((stop, serving)) = grpc {
+            // Stops accepting, lets checks in flight finish.
+            let _ = stop.send(());
+            match tokio::time::timeout(std::time::Duration::from_secs(5), serving).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(error))) => {
+                    tracing::warn!(%error, "the gRPC server stopped with an error")
+                }
+                Ok(Err(error)) => tracing::warn!(%error, "the gRPC server task failed"),
+                Err(_) => tracing::warn!("gRPC connections still open after 5 s were closed"),
+            }
+        }
         drop(background);
         state.guard().final_flush().await;
         result.map_err(serving)
     }
+}
+
+/// The gRPC server's stop signal and its task.
+type GrpcServer = (
+    tokio::sync::oneshot::Sender<()>,
+    actix_web::rt::task::JoinHandle<Result<(), tonic::transport::Error>>,
+);
+
+/// Starts Envoy's gRPC ext_authz on `host`:`port` (0: any free port).
+fn serve_grpc(
+    state: &web::Data<AppState>,
+    host: &str,
+    port: u16,
+) -> Result<GrpcServer, StartError> {
+    use envoy_types::ext_authz::v3::pb::AuthorizationServer;
+    let listener = TcpListener::bind((host, port))
+        .and_then(|listener| listener.set_nonblocking(true).map(|()| listener))
+        .and_then(tokio::net::TcpListener::from_std)
+        .map_err(|e| {
+            StartError::Config(format!(
+                "cannot listen on {host}:{port} (server.grpc_port): {e}"
+            ))
+        })?;
+    let address = listener.local_addr().map_err(StartError::Serve)?;
+    tracing::info!(%address, "keygate gRPC ext_authz listening");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let service = AuthorizationServer::new(gateway::grpc::Checker::new(state.clone()));
+    let serving = actix_web::rt::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, async {
+                // The signal that stops the HTTP server stops this one too, at once, so
+                // both drain together; or the HTTP server's end.
+                tokio::select! {
+                    _ = stopped => {}
+                    () = stop_signal() => {}
+                }
+            }),
+    );
+    Ok((stop, serving))
+}
+
+/// SIGTERM or SIGINT (never, where they cannot be listened for).
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut terminate), Ok(mut interrupt)) => {
+                tokio::select! {
+                    _ = terminate.recv() => {}
+                    _ = interrupt.recv() => {}
+                }
+            }
+            _ => std::future::pending::<()>().await,
+        }
+    }
+    #[cfg(not(unix))]
+    std::future::pending::<()>().await;
 }
 
 /// Runs the service until it is stopped (SIGINT or SIGTERM).

@@ -96,7 +96,7 @@ impl Modify for Security {
         crate::keys::create, crate::keys::list, crate::keys::lifecycle::get, crate::keys::lifecycle::update,
         crate::keys::revoke, crate::keys::lifecycle::rotate, crate::keys::lifecycle::events,
         crate::keys::usage::usage, crate::verify::verify,
-        crate::forward_auth::decide, crate::app::health, crate::metrics::serve
+        crate::gateway::forward_auth, crate::gateway::ext_authz, crate::app::health, crate::metrics::serve
     ),
     components(schemas(
         CreateKey, UpdateKey, RotateKey, KeyView, RateLimitView, CreditsView, RefillView, EventView,

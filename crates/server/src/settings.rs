@@ -142,6 +142,9 @@ pub struct ServerSettings {
     pub workers: Option<usize>,
     /// A bearer token that may read `/metrics` (besides the master key).
     pub metrics_token: Option<SecretString>,
+    /// Where Envoy's gRPC ext_authz (`envoy.service.auth.v3.Authorization/Check`) is
+    /// served, on `host`; off unless set.
+    pub grpc_port: Option<u16>,
 }
 
 /// `[database]`
@@ -367,6 +370,14 @@ impl Settings {
         }
         if let Some(token) = &server.metrics_token {
             check_secret("server.metrics_token", token)?;
+        }
+        if let Some(grpc_port) = server.grpc_port
+            && grpc_port != 0
+            && grpc_port == server.port
+        {
+            return Err(format!(
+                "server.grpc_port = {grpc_port} is server.port too: gRPC needs a port of its own"
+            ));
         }
         if let Some(workers) = server.workers {
             in_range("server.workers", workers, 1..=1024)?;

@@ -62,7 +62,7 @@ fn hammer(ports: &[u16], key: &str, per_thread: usize) -> (usize, Vec<u16>) {
                 for round in 0..per_thread {
                     let port = ports[(thread + round) % ports.len()];
                     match ask(port, key) {
-                        Some(204) => {
+                        Some(200) => {
                             allowed.fetch_add(1, Ordering::SeqCst);
                         }
                         Some(status) => others.lock().expect("lock").push(status),
@@ -100,7 +100,7 @@ fn two_instances_on_one_postgres_never_overspend_credits() {
     eprintln!("two instances admitted {allowed} of 640 against 300 credits");
     assert!(
         others.iter().all(|status| *status == 429),
-        "only 204 and 429: {others:?}"
+        "only 200 and 429: {others:?}"
     );
     assert!((270..=300).contains(&allowed), "{allowed} admitted");
 
@@ -244,7 +244,7 @@ fn redis_stopped_under_load_falls_back_and_recovers() {
             "no recovery: {}",
             log(dir.path())
         );
-        assert_eq!(ask(server.port, &key), Some(204));
+        assert_eq!(ask(server.port, &key), Some(200));
         std::thread::sleep(Duration::from_millis(100));
     }
     let (allowed, others) = hammer(&[server.port], &key, 2);

@@ -511,7 +511,7 @@ async fn forward_auth_decides_like_the_guard(db: TestDatabase) {
                 traefik,
             ))
             .await;
-        assert_eq!(allowed.status, 204, "{}", allowed.json);
+        assert_eq!(allowed.status, 200, "{}", allowed.json);
         let header = |name: &str| {
             allowed
                 .headers
@@ -541,7 +541,7 @@ async fn forward_auth_decides_like_the_guard(db: TestDatabase) {
         let master = app
             .send(forward("DELETE", "/anything/at/all", Some(MASTER), traefik))
             .await;
-        assert_eq!(master.status, 204);
+        assert_eq!(master.status, 200);
     }
     let bearer = app
         .send(
@@ -553,7 +553,7 @@ async fn forward_auth_decides_like_the_guard(db: TestDatabase) {
         )
         .await;
     assert_eq!(
-        bearer.status, 204,
+        bearer.status, 200,
         "any method reaches forward-auth; a bearer key works"
     );
 
@@ -705,7 +705,7 @@ async fn a_rotated_out_key_keeps_the_end_of_its_grace_period(db: TestDatabase) {
         app.send(forward("GET", "/ledgers", Some(&old_key), false))
             .await
             .status,
-        204,
+        200,
         "still inside its grace period"
     );
 }
@@ -748,9 +748,9 @@ async fn forward_auth_judges_the_path_the_upstream_will_see(db: TestDatabase) {
             );
         }
         for (uri, status) in [
-            ("/ledgers/x/../ldg_1", 204),
-            ("/%6Cedgers/ldg_1", 204),
-            ("/ledgers/./ldg_1?next=/../balances", 204),
+            ("/ledgers/x/../ldg_1", 200),
+            ("/%6Cedgers/ldg_1", 200),
+            ("/ledgers/./ldg_1?next=/../balances", 200),
             ("/%62alances/b1", 403),
             ("/ledgers/a%00b", 400),
             ("ledgers", 400),

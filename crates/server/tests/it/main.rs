@@ -10,6 +10,7 @@ mod api;
 mod binary;
 mod cli;
 mod deployment;
+mod envoy;
 mod fleet;
 mod gateway;
 mod hardening;

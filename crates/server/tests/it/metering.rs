@@ -95,7 +95,7 @@ async fn a_rate_limit_admits_exactly_its_limit_and_says_so(db: TestDatabase) {
     );
     for remaining in (0..5).rev() {
         let reply = ask!(app, "GET", "/ledgers", &key);
-        assert_eq!(reply.status, 204, "{}", reply.json);
+        assert_eq!(reply.status, 200, "{}", reply.json);
         assert_eq!(header(&reply, "ratelimit-limit").as_deref(), Some("5"));
         assert_eq!(
             header(&reply, "ratelimit-remaining"),
@@ -167,7 +167,7 @@ async fn credits_are_spent_exactly_and_refusals_by_scope_are_free(db: TestDataba
     }
     for left in [2, 1, 0] {
         let reply = ask!(app, "GET", "/ledgers/l1", &key);
-        assert_eq!(reply.status, 204, "{}", reply.json);
+        assert_eq!(reply.status, 200, "{}", reply.json);
         assert!(header(&reply, "ratelimit-limit").is_none(), "no rate limit");
         assert_eq!(read_key!(app, id)["credits"]["remaining"], left, "exact");
     }
@@ -194,7 +194,7 @@ async fn a_refill_arrives_without_any_request(db: TestDatabase) {
             json!({"credits": {"remaining": 1, "refill": {"amount": 5, "interval": "daily"}}})
         )
     );
-    assert_eq!(ask!(app, "GET", "/ledgers", &key).status, 204);
+    assert_eq!(ask!(app, "GET", "/ledgers", &key).status, 200);
     let refused = ask!(app, "GET", "/ledgers", &key);
     refused.assert_error(429, "AUTH_USAGE_EXCEEDED");
     let now = app.state.clock().now();
@@ -232,7 +232,7 @@ async fn a_refill_arrives_without_any_request(db: TestDatabase) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(read_key!(app, id)["credits"]["remaining"], 5);
-    assert_eq!(ask!(app, "GET", "/ledgers", &key).status, 204);
+    assert_eq!(ask!(app, "GET", "/ledgers", &key).status, 200);
     assert_eq!(read_key!(app, id)["credits"]["remaining"], 4);
 }
 
@@ -254,21 +254,21 @@ async fn an_update_tops_up_changes_and_removes_metering(db: TestDatabase) {
                 .await
         };
     }
-    assert_eq!(ask!(app, "GET", "/ledgers", &key).status, 204);
+    assert_eq!(ask!(app, "GET", "/ledgers", &key).status, 200);
     ask!(app, "GET", "/ledgers", &key).assert_error(429, "AUTH_USAGE_EXCEEDED");
 
     let topped = patch!(json!({"credits": {"remaining": 2}}));
     assert_eq!(topped.status, 200, "{}", topped.json);
     assert_eq!(topped.json["credits"], json!({"remaining": 2}));
     for _ in 0..2 {
-        assert_eq!(ask!(app, "GET", "/ledgers", &key).status, 204);
+        assert_eq!(ask!(app, "GET", "/ledgers", &key).status, 200);
     }
     ask!(app, "GET", "/ledgers", &key).assert_error(429, "AUTH_USAGE_EXCEEDED");
 
     let limited = patch!(json!({"credits": null, "ratelimit": {"limit": 1, "window_ms": 60000}}));
     assert_eq!(limited.status, 200, "{}", limited.json);
     assert!(limited.json.get("credits").is_none(), "{}", limited.json);
-    assert_eq!(ask!(app, "GET", "/ledgers", &key).status, 204);
+    assert_eq!(ask!(app, "GET", "/ledgers", &key).status, 200);
     ask!(app, "GET", "/ledgers", &key).assert_error(429, "AUTH_RATE_LIMITED");
 
     let unlimited = patch!(json!({"ratelimit": null}));
@@ -279,7 +279,7 @@ async fn an_update_tops_up_changes_and_removes_metering(db: TestDatabase) {
         unlimited.json
     );
     for _ in 0..5 {
-        assert_eq!(ask!(app, "GET", "/ledgers", &key).status, 204);
+        assert_eq!(ask!(app, "GET", "/ledgers", &key).status, 200);
     }
     // A name-only update leaves metering alone.
     let renamed = patch!(json!({"name": "renamed"}));
@@ -430,7 +430,7 @@ async fn a_metered_key_cannot_loosen_metering(db: TestDatabase) {
         created["ratelimit"],
         json!({"limit": 20, "window_ms": 60000})
     );
-    assert_eq!(ask!(app, "GET", "/ledgers", &child).status, 204);
+    assert_eq!(ask!(app, "GET", "/ledgers", &child).status, 200);
     let parent_left = read_key!(app, manager_id)["credits"]["remaining"].clone();
     assert_eq!(
         read_key!(app, child_id)["credits"]["remaining"],
@@ -453,7 +453,7 @@ async fn the_master_key_is_never_metered(db: TestDatabase) {
     let app = start(db).await;
     for _ in 0..30 {
         let reply = ask!(app, "DELETE", "/ledgers/x", MASTER);
-        assert_eq!(reply.status, 204, "{}", reply.json);
+        assert_eq!(reply.status, 200, "{}", reply.json);
         assert!(header(&reply, "ratelimit-limit").is_none());
     }
     let metrics = app.scrape().await;
@@ -601,7 +601,7 @@ async fn usage_is_counted_by_outcome_and_survives_a_restart(db: TestDatabase) {
     );
     ask!(app, "POST", "/ledgers", &key).assert_error(403, "AUTH_INSUFFICIENT_PERMISSIONS");
     for _ in 0..3 {
-        assert_eq!(ask!(app, "GET", "/ledgers", &key).status, 204);
+        assert_eq!(ask!(app, "GET", "/ledgers", &key).status, 200);
     }
     ask!(app, "GET", "/ledgers", &key).assert_error(429, "AUTH_USAGE_EXCEEDED");
     ask!(app, "GET", "/ledgers", &key).assert_error(429, "AUTH_RATE_LIMITED");
@@ -688,7 +688,7 @@ async fn a_rotation_shares_credits_and_keeps_the_rate_limit(db: TestDatabase) {
             json!({"ratelimit": {"limit": 100, "window_ms": 60000}, "credits": {"remaining": 6}})
         )
     );
-    assert_eq!(ask!(app, "GET", "/ledgers", &old).status, 204);
+    assert_eq!(ask!(app, "GET", "/ledgers", &old).status, 200);
     let rotated = app
         .call(
             Method::POST,
@@ -707,7 +707,7 @@ async fn a_rotation_shares_credits_and_keeps_the_rate_limit(db: TestDatabase) {
     let mut admitted = 0;
     for round in 0..10 {
         let key = if round % 2 == 0 { &old } else { &new };
-        if ask!(app, "GET", "/ledgers", key).status == 204 {
+        if ask!(app, "GET", "/ledgers", key).status == 200 {
             admitted += 1;
         }
     }
@@ -742,7 +742,7 @@ async fn keys_a_metered_key_mints_share_its_window(db: TestDatabase) {
     let (child, child_id, _) = create!(app, &parent, key_request("alice", &["ledgers:read"]));
     let mut admitted = 0;
     for _ in 0..6 {
-        if ask!(app, "GET", "/ledgers", &child).status == 204 {
+        if ask!(app, "GET", "/ledgers", &child).status == 200 {
             admitted += 1;
         }
     }
@@ -784,7 +784,7 @@ async fn keys_a_metered_key_mints_share_its_window(db: TestDatabase) {
         )
         .await;
     assert_eq!(freed.status, 200, "{}", freed.json);
-    assert_eq!(ask!(app, "GET", "/ledgers", &child).status, 204);
+    assert_eq!(ask!(app, "GET", "/ledgers", &child).status, 200);
 }
 
 async fn a_key_out_of_credits_costs_no_write_per_request(db: TestDatabase) {
@@ -800,8 +800,8 @@ async fn a_key_out_of_credits_costs_no_write_per_request(db: TestDatabase) {
             json!({"credits": {"remaining": 2}})
         )
     );
-    assert_eq!(ask!(app, "GET", "/ledgers", &key).status, 204);
-    assert_eq!(ask!(app, "GET", "/ledgers", &key).status, 204);
+    assert_eq!(ask!(app, "GET", "/ledgers", &key).status, 200);
+    assert_eq!(ask!(app, "GET", "/ledgers", &key).status, 200);
     for _ in 0..50 {
         ask!(app, "GET", "/ledgers", &key).assert_error(429, "AUTH_USAGE_EXCEEDED");
     }
