@@ -921,13 +921,17 @@ fn changing_credits_opens_an_epoch_and_a_shared_pool_stays_shared() {
             at,
             details: Some(EventDetails::Updated(changes)),
         };
-        assert!(db.replace(&plain_key, &limited, &event(changes)).expect("replace"));
+        assert!(
+            db.replace(&plain_key, &limited, &event(changes))
+                .expect("replace")
+        );
         let (renamed, changes) = plain_key.patched(
             &keygate_core::KeyPatch::new::<&str>(Some("renamed"), None, None, at)
                 .expect("a valid patch"),
         );
         assert!(
-            !db.replace(&plain_key, &renamed, &event(changes)).expect("replace"),
+            !db.replace(&plain_key, &renamed, &event(changes))
+                .expect("replace"),
             "{}",
             db.backend()
         );

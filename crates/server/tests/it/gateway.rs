@@ -1,5 +1,6 @@
-//! keygate guarding an API it does not serve: a real nginx in front of a small upstream,
-//! asking `/forward-auth` through `auth_request`, with a resource added in configuration.
+//! keygate guarding an API it does not serve: a real nginx (`auth_request`) and a real
+//! Caddy (`forward_auth`) in front of a small upstream, each with the README's
+//! configuration, asking `/forward-auth`; refusals reach the client as keygate answered.
 
 use crate::support;
 
@@ -11,7 +12,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use support::process::{Running, field, free_port, http, http_from};
+use keygate_storage::test_support::{Lock, TestDatabase};
+use support::process::{Answer, Running, exchange, field, free_port, http, http_from};
 
 const NGINX: &str = "/usr/sbin/nginx";
 const MASTER: &str = "gateway-master-key-0123456789";
@@ -339,5 +341,339 @@ fn nginx_guards_an_upstream_with_forward_auth() {
         nginx.request("GET", "/ledgers/ldg_1", Some(&reader)).0,
         401,
         "refused on the very next request"
+    );
+}
+
+/// keygate on a SQLite file this test holds (to lock it), trusting the gateway on
+/// 127.0.0.1, with a small brute-force budget and a short database wait.
+fn keygate_for_refusals(dir: &Path, db: &TestDatabase) -> Running {
+    let port = free_port();
+    Running::start(
+        dir,
+        port,
+        &[
+            ("KEYGATE_SERVER__PORT", &port.to_string()),
+            ("KEYGATE_SERVER__SECRET_KEY", MASTER),
+            ("KEYGATE_DATABASE__URL", &db.url_string),
+            ("KEYGATE_DATABASE__POOL_TIMEOUT_MS", "300"),
+            ("KEYGATE_THROTTLE__TRUSTED_PROXIES", "127.0.0.1"),
+            ("KEYGATE_THROTTLE__FAILURES_PER_MINUTE", "3"),
+            ("KEYGATE_THROTTLE__BURST", "3"),
+        ],
+    )
+}
+
+/// Creates a key for alice with `scopes` and the metering fields `metering` (JSON, each
+/// with a leading comma); its plaintext.
+fn create_metered(keygate: &Running, scopes: &str, metering: &str) -> String {
+    let body = format!(
+        r#"{{"name":"gateway","owner":"alice","scopes":[{scopes}],"expires_at":"{}"{metering}}}"#,
+        support::next_year()
+    );
+    let (status, reply) = keygate.post("/api-keys", MASTER, &body);
+    assert_eq!(status, 201, "{reply}");
+    field(&reply, "key")
+}
+
+/// What a gateway on `port` answers the client at `client` for `GET path` with `key`.
+fn through(port: u16, client: [u8; 4], path: &str, key: &str) -> Answer {
+    exchange(
+        Some(client.into()),
+        port,
+        "GET",
+        path,
+        &[("X-Blnk-Key", key)],
+        None,
+    )
+    .expect("the gateway answers")
+}
+
+#[test]
+fn nginx_hands_keygate_refusals_to_the_client_as_keygate_answered() {
+    if !nginx_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = TestDatabase::sqlite();
+    let keygate = keygate_for_refusals(dir.path(), &db);
+    let upstream = Upstream::start();
+    let nginx = Nginx::start(dir.path(), keygate.port, upstream.port);
+
+    // 401 and 403 as JSON with keygate's code, not nginx's HTML pages.
+    let unknown = through(
+        nginx.port,
+        [127, 0, 0, 20],
+        "/ledgers",
+        "not-a-key-0123456789",
+    );
+    assert_eq!(
+        (unknown.status, unknown.code().as_str()),
+        (401, "AUTH_INVALID_API_KEY")
+    );
+    assert_eq!(unknown.header("content-type"), Some("application/json"));
+    let reader = create_metered(
+        &keygate,
+        r#""ledgers:read""#,
+        r#","ratelimit":{"limit":1,"window_ms":60000}"#,
+    );
+    let allowed = through(nginx.port, [127, 0, 0, 21], "/ledgers/l1", &reader);
+    assert_eq!(allowed.status, 200, "{}", allowed.body);
+    assert_eq!(
+        allowed.header("ratelimit-limit"),
+        Some("1"),
+        "{:?}",
+        allowed.headers
+    );
+    assert_eq!(allowed.header("ratelimit-remaining"), Some("0"));
+
+    // The key's rate limit: 429, not nginx's 500.
+    let limited = through(nginx.port, [127, 0, 0, 21], "/ledgers/l1", &reader);
+    assert_eq!(
+        (limited.status, limited.code().as_str()),
+        (429, "AUTH_RATE_LIMITED"),
+        "{}",
+        limited.body
+    );
+    assert!(
+        limited.header("retry-after").is_some(),
+        "{:?}",
+        limited.headers
+    );
+    assert_eq!(limited.header("ratelimit-remaining"), Some("0"));
+    let forbidden = through(nginx.port, [127, 0, 0, 21], "/balances", &reader);
+    assert_eq!(
+        (forbidden.status, forbidden.code().as_str()),
+        (403, "AUTH_INSUFFICIENT_PERMISSIONS")
+    );
+
+    // A guesser is throttled: 429 with Retry-After.
+    let mut last = None;
+    for guess in 0..5 {
+        last = Some(through(
+            nginx.port,
+            [127, 0, 0, 22],
+            "/ledgers",
+            &format!("guess-{guess}-0123456789abcdef"),
+        ));
+    }
+    let throttled = last.expect("answers");
+    assert_eq!(
+        (throttled.status, throttled.code().as_str()),
+        (429, "GEN_RATE_LIMITED"),
+        "{}",
+        throttled.body
+    );
+    let wait: u64 = throttled
+        .header("retry-after")
+        .and_then(|value| value.parse().ok())
+        .expect("Retry-After");
+    assert!(wait >= 1);
+
+    // The database away: 503, not 500.
+    let metered = create_metered(
+        &keygate,
+        r#""ledgers:read""#,
+        r#","credits":{"remaining":100}"#,
+    );
+    let lock = db.hold_lock(Lock::Table);
+    let away = through(nginx.port, [127, 0, 0, 23], "/ledgers", &metered);
+    drop(lock);
+    assert_eq!(
+        (away.status, away.code().as_str()),
+        (503, "GEN_SERVICE_UNAVAILABLE"),
+        "{}",
+        away.body
+    );
+    assert_eq!(away.header("retry-after"), Some("1"));
+    assert_eq!(
+        through(nginx.port, [127, 0, 0, 23], "/ledgers", &metered).status,
+        200
+    );
+}
+
+const CADDY: &str = "/usr/bin/caddy";
+
+/// Caddy in the foreground with the README's block, stopped when dropped.
+struct Caddy {
+    child: Child,
+    port: u16,
+}
+
+impl Caddy {
+    fn start(dir: &Path, keygate: u16, upstream: u16) -> Self {
+        let port = free_port();
+        let block = readme_snippet("caddy")
+            .replace("127.0.0.1:5001", &format!("127.0.0.1:{keygate}"))
+            .replace("my-api:8080", &format!("127.0.0.1:{upstream}"));
+        let config = format!(
+            "{{\n    admin off\n    auto_https off\n}}\nhttp://:{port} {{\n    bind 127.0.0.1\n{block}\n}}\n"
+        );
+        let path = dir.join("Caddyfile");
+        std::fs::write(&path, config).expect("write the Caddyfile");
+        let log = std::fs::File::create(dir.join("caddy.log")).expect("a log file");
+        let child = Command::new(CADDY)
+            .args(["run", "--adapter", "caddyfile", "--config"])
+            .arg(&path)
+            .env("HOME", dir)
+            .env("XDG_DATA_HOME", dir.join("data"))
+            .env("XDG_CONFIG_HOME", dir.join("config"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("caddy starts");
+        let caddy = Caddy { child, port };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "caddy did not listen: {}",
+                std::fs::read_to_string(dir.join("caddy.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        caddy
+    }
+}
+
+impl Drop for Caddy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn caddy_guards_an_upstream_and_passes_refusals_through() {
+    if !Path::new(CADDY).exists() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{CADDY} is missing: CI installs caddy for the gateway test"
+        );
+        eprintln!("skipped: Caddy test ({CADDY} is not installed; apt-get install caddy)");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = TestDatabase::sqlite();
+    let keygate = keygate_for_refusals(dir.path(), &db);
+    let upstream = Upstream::start();
+    let caddy = Caddy::start(dir.path(), keygate.port, upstream.port);
+
+    let (reader, reader_id) = create(&keygate, "alice", &["ledgers:read"]);
+    let forged = [
+        ("X-Blnk-Key", reader.as_str()),
+        ("X-Keygate-Key-Id", "master"),
+        ("X-Keygate-Owner-Id", "bob"),
+        ("X-Keygate-Scopes", "*:*"),
+        ("X-Original-URI", "/balances"),
+    ];
+    let allowed = exchange(
+        Some([127, 0, 0, 30].into()),
+        caddy.port,
+        "GET",
+        "/ledgers/l1?x=1",
+        &forged,
+        None,
+    )
+    .expect("caddy answers");
+    assert_eq!(allowed.status, 200, "{}", allowed.body);
+    let seen = allowed.body.to_ascii_lowercase();
+    assert!(
+        seen.starts_with("get /ledgers/l1?x=1"),
+        "{seen:?} {:?} {}",
+        allowed.headers,
+        std::fs::read_to_string(dir.path().join("caddy.log")).unwrap_or_default()
+    );
+    assert!(
+        seen.contains("x-keygate-owner-id: alice"),
+        "the owner is passed on: {seen}"
+    );
+    assert!(
+        seen.contains(&format!("x-keygate-key-id: {reader_id}")),
+        "{seen}"
+    );
+    for forgery in [
+        "x-keygate-key-id: master",
+        "x-keygate-owner-id: bob",
+        "x-keygate-scopes: *:*",
+    ] {
+        assert!(
+            !seen.contains(forgery),
+            "the client's {forgery} reached the upstream: {seen}"
+        );
+    }
+    let master = exchange(
+        Some([127, 0, 0, 30].into()),
+        caddy.port,
+        "DELETE",
+        "/anything",
+        &[("X-Blnk-Key", MASTER), ("X-Keygate-Owner-Id", "bob")],
+        None,
+    )
+    .expect("caddy answers");
+    assert_eq!(master.status, 200, "{}", master.body);
+    let seen = master.body.to_ascii_lowercase();
+    assert!(
+        !seen.contains("x-keygate-owner-id: bob") && !seen.contains("{http."),
+        "the master key has no owner, and the client's is dropped: {seen}"
+    );
+
+    let forbidden = through(caddy.port, [127, 0, 0, 31], "/balances", &reader);
+    assert_eq!(
+        (forbidden.status, forbidden.code().as_str()),
+        (403, "AUTH_INSUFFICIENT_PERMISSIONS")
+    );
+    let missing = exchange(
+        Some([127, 0, 0, 31].into()),
+        caddy.port,
+        "GET",
+        "/ledgers",
+        &[],
+        None,
+    )
+    .expect("caddy answers");
+    assert_eq!(
+        (missing.status, missing.code().as_str()),
+        (401, "AUTH_MISSING_API_KEY")
+    );
+
+    let limited = create_metered(
+        &keygate,
+        r#""ledgers:read""#,
+        r#","ratelimit":{"limit":1,"window_ms":60000}"#,
+    );
+    assert_eq!(
+        through(caddy.port, [127, 0, 0, 32], "/ledgers", &limited).status,
+        200
+    );
+    let refused = through(caddy.port, [127, 0, 0, 32], "/ledgers", &limited);
+    assert_eq!(
+        (refused.status, refused.code().as_str()),
+        (429, "AUTH_RATE_LIMITED")
+    );
+    assert!(
+        refused.header("retry-after").is_some(),
+        "{:?}",
+        refused.headers
+    );
+
+    let mut last = None;
+    for guess in 0..5 {
+        last = Some(through(
+            caddy.port,
+            [127, 0, 0, 33],
+            "/ledgers",
+            &format!("guess-{guess}-0123456789abcdef"),
+        ));
+    }
+    let throttled = last.expect("answers");
+    assert_eq!(
+        (throttled.status, throttled.code().as_str()),
+        (429, "GEN_RATE_LIMITED")
+    );
+    assert!(throttled.header("retry-after").is_some());
+    // Another client behind Caddy keeps its budget.
+    assert_eq!(
+        through(caddy.port, [127, 0, 0, 34], "/ledgers", &reader).status,
+        200
     );
 }

@@ -152,6 +152,46 @@ pub fn http_from(
     headers: &[(&str, &str)],
     body: Option<&str>,
 ) -> Option<(u16, String)> {
+    exchange(source, port, method, path, headers, body).map(|answer| (answer.status, answer.body))
+}
+
+/// An HTTP answer: its status, its headers (names lower-cased) and its body.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Answer {
+    /// The value of header `name` (lower-case), if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(have, _)| have == name)
+            .map(|(_, value)| value.as_str())
+    }
+
+    /// The body's `error_detail.code`.
+    pub fn code(&self) -> String {
+        let json: serde_json::Value = serde_json::from_str(&self.body)
+            .unwrap_or_else(|_| panic!("a JSON body: {:?}", self.body));
+        json["error_detail"]["code"]
+            .as_str()
+            .unwrap_or("<no code>")
+            .to_owned()
+    }
+}
+
+/// [`http_from`], with the answer's headers.
+pub fn exchange(
+    source: Option<std::net::Ipv4Addr>,
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Option<Answer> {
     let target = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let mut stream: TcpStream = match source {
         None => TcpStream::connect(target).ok()?,
@@ -182,12 +222,18 @@ pub fn http_from(
     .ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
-    let status = response.split(' ').nth(1)?.parse().ok()?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default();
-    Some((status, body))
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let mut lines = head.lines();
+    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+        .collect();
+    Some(Answer {
+        status,
+        headers,
+        body: body.to_owned(),
+    })
 }
 
 /// A string field of a JSON object in a response body.
