@@ -2,7 +2,10 @@
 //! HTTP load from `wrk` with 64 connections: (a) `GET /api-keys` with API keys drawn
 //! uniformly, (b) the same with the master key, (c) a flood of unknown keys beside (a),
 //! (d) `/forward-auth` with 1,000 metered keys (rate limit and credits) against 1,000
-//! unmetered ones, in the same run, and on SQLite once more with the Redis backend.
+//! unmetered ones, in the same run, and on SQLite once more with the Redis backend;
+//! and once, (e) the gateway entry points with 1,000 keys beside a reference measured in
+//! the same run: nginx answering `return 204;` itself (`worker_processes auto`),
+//! `/forward-auth`, and gRPC `Check` (64 streams over 4 connections).
 
 use std::fmt::Write as _;
 use std::fs;
@@ -135,6 +138,13 @@ pub struct Options {
 }
 
 impl Options {
+    /// `--backend none`: only the gateway scenario (e).
+    fn gateways_only(&self) -> bool {
+        self.backends.is_empty()
+    }
+}
+
+impl Options {
     pub fn parse(args: &[String]) -> Result<Self, String> {
         let mut options = Options {
             seconds: 10,
@@ -154,7 +164,8 @@ impl Options {
                         Some("sqlite") => vec!["sqlite"],
                         Some("postgres") => vec!["postgres"],
                         Some("both") => vec!["sqlite", "postgres"],
-                        _ => return Err("--backend takes sqlite, postgres or both".into()),
+                        Some("none") => Vec::new(),
+                        _ => return Err("--backend takes sqlite, postgres, both or none".into()),
                     };
                 }
                 other => return Err(format!("unknown bench option {other:?}")),
@@ -169,6 +180,17 @@ pub fn run(options: &Options) -> Result<(), String> {
         return Err("the benchmark drives load with wrk: install it (apt-get install wrk)".into());
     }
     crate::cargo(&["build", "--release", "--package", "keygate-server"], &[])?;
+    crate::cargo(
+        &[
+            "build",
+            "--release",
+            "--package",
+            "keygate-server",
+            "--example",
+            "grpc_load",
+        ],
+        &[],
+    )?;
     let root = workspace_root();
     let binary = root.join("target/release/keygate");
     let work = root.join("target/bench");
@@ -176,12 +198,16 @@ pub fn run(options: &Options) -> Result<(), String> {
     fs::create_dir_all(&work).map_err(|e| format!("cannot create {}: {e}", work.display()))?;
     fs::write(work.join("load.lua"), SCRIPT).map_err(|e| e.to_string())?;
 
+    let gateways = bench_gateways(&root, &binary, &work, options.seconds)?;
     let mut reports = Vec::new();
     for backend in &options.backends {
         reports.push(bench_backend(backend, &binary, &work, options.seconds)?);
     }
-    let results = write_results(&root, &reports, options.seconds)?;
-    print_reports(&reports);
+    let results = write_results(&root, &reports, &gateways, options.seconds)?;
+    if !options.gateways_only() {
+        print_reports(&reports);
+    }
+    gateways.print();
     println!("\nresults written to {}", results.display());
     Ok(())
 }
@@ -282,6 +308,153 @@ fn bench_backend(
         metering,
         metering_redis,
     })
+}
+
+/// (e): what gateways get, beside nginx answering by itself.
+struct Gateways {
+    nginx_bare: Load,
+    forward_auth: Load,
+    grpc_per_second: f64,
+    grpc_errors: u64,
+}
+
+impl Gateways {
+    fn json(&self) -> String {
+        format!(
+            "{{\"nginx_return_204\": {}, \"forward_auth\": {}, \"forward_auth_over_nginx\": {:.3}, \"grpc_check_per_second\": {:.0}, \"grpc_errors\": {}}}",
+            self.nginx_bare.json(),
+            self.forward_auth.json(),
+            self.forward_auth.per_second() / self.nginx_bare.per_second().max(1.0),
+            self.grpc_per_second,
+            self.grpc_errors
+        )
+    }
+
+    fn print(&self) {
+        println!(
+            "gateways   (e) nginx return 204: {:.0} req/s; /forward-auth (1,000 keys): {:.0} req/s = {:.2}x nginx; gRPC Check: {:.0} decisions/s ({} errors)",
+            self.nginx_bare.per_second(),
+            self.forward_auth.per_second(),
+            self.forward_auth.per_second() / self.nginx_bare.per_second().max(1.0),
+            self.grpc_per_second,
+            self.grpc_errors
+        );
+    }
+}
+
+/// (e) on a fresh SQLite database.
+fn bench_gateways(
+    root: &Path,
+    binary: &Path,
+    work: &Path,
+    seconds: u32,
+) -> Result<Gateways, String> {
+    let dir = work.join("gateways");
+    fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let url = format!("sqlite://{}", dir.join("keygate.db").display());
+    let (port, grpc_port) = (free_port()?, free_port()?);
+    eprintln!("bench: gateways: keygate on {port} (gRPC on {grpc_port}), 1,000 keys");
+    let _server = Server::start_with(
+        binary,
+        &dir,
+        port,
+        &url,
+        &[("KEYGATE_SERVER__GRPC_PORT", &grpc_port.to_string())],
+    )?;
+    let keys_file = dir.join("keys.txt");
+    fs::write(
+        &keys_file,
+        create_many(port, METERED_KEYS, |i| forward_key(i, ""))?.join("\n"),
+    )
+    .map_err(|e| e.to_string())?;
+    let script = work.join("load.lua");
+    let nginx = Nginx::start(&dir)?;
+    eprintln!("bench: gateways: (e) nginx return 204 for {seconds} s");
+    wrk(nginx.port, &script, &keys_file, "forward", 2)?;
+    let nginx_bare = wrk(nginx.port, &script, &keys_file, "forward", seconds)?;
+    drop(nginx);
+    eprintln!("bench: gateways: (e) /forward-auth for {seconds} s");
+    wrk(port, &script, &keys_file, "forward", 3)?;
+    let forward_auth = wrk(port, &script, &keys_file, "forward", seconds)?;
+    eprintln!("bench: gateways: (e) gRPC Check for {seconds} s");
+    let load = root.join("target/release/examples/grpc_load");
+    let output = Command::new(&load)
+        .arg(grpc_port.to_string())
+        .arg(&keys_file)
+        .arg(seconds.to_string())
+        .output()
+        .map_err(|e| format!("{}: {e}", load.display()))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let numbers: Vec<f64> = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("KEYGATE_GRPC_RESULT "))
+        .ok_or_else(|| {
+            format!(
+                "grpc_load printed no result: {stdout}{}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+        })?
+        .split_whitespace()
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    let [allowed, other, errors, micros] = numbers[..] else {
+        return Err(format!("an unexpected grpc_load result: {stdout}"));
+    };
+    Ok(Gateways {
+        nginx_bare,
+        forward_auth,
+        grpc_per_second: (allowed + other) / (micros.max(1.0) / 1e6),
+        grpc_errors: errors as u64,
+    })
+}
+
+/// nginx answering every request with `return 204;` by itself: the reference of (e).
+struct Nginx {
+    child: Child,
+    port: u16,
+}
+
+impl Nginx {
+    fn start(dir: &Path) -> Result<Self, String> {
+        let port = free_port()?;
+        let d = dir.display();
+        let config = format!(
+            "daemon off;\nworker_processes auto;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log;\n\
+             events {{ worker_connections 1024; }}\nhttp {{\n    access_log off;\n    \
+             client_body_temp_path {d}/body;\n    proxy_temp_path {d}/proxy;\n    \
+             fastcgi_temp_path {d}/fastcgi;\n    uwsgi_temp_path {d}/uwsgi;\n    scgi_temp_path {d}/scgi;\n    \
+             server {{ listen 127.0.0.1:{port}; location / {{ return 204; }} }}\n}}\n"
+        );
+        let path = dir.join("nginx.conf");
+        fs::write(&path, config).map_err(|e| e.to_string())?;
+        let child = Command::new("/usr/sbin/nginx")
+            .arg("-c")
+            .arg(&path)
+            .arg("-p")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("nginx (apt-get install nginx-light): {e}"))?;
+        let nginx = Nginx { child, port };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                return Err("nginx did not listen".into());
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        Ok(nginx)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-QUIT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
 }
 
 /// A key that may read ledgers, with `metering` (JSON fields, each with a leading comma).
@@ -628,7 +801,12 @@ fn machine() -> String {
     format!("{cores} cores, {cpu}")
 }
 
-fn write_results(root: &Path, reports: &[Report], seconds: u32) -> Result<PathBuf, String> {
+fn write_results(
+    root: &Path,
+    reports: &[Report],
+    gateways: &Gateways,
+    seconds: u32,
+) -> Result<PathBuf, String> {
     let stamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -655,7 +833,8 @@ fn write_results(root: &Path, reports: &[Report], seconds: u32) -> Result<PathBu
                 .map_or_else(|| "null".to_owned(), |m| m.json()),
         );
     }
-    json.push_str("\n  }\n}\n");
+    let _ = write!(json, "\n  }},\n  \"e_gateways\": {}", gateways.json());
+    json.push_str("\n}\n");
     let dir = root.join("bench-results");
     fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let path = dir.join(format!("bench-{stamp}.json"));

@@ -14,7 +14,7 @@ cargo xtask <task>
 tasks:
   ci     the gates CI runs: cargo fmt --check, clippy -D warnings, cargo test --workspace
          (with the PostgreSQL tests; KEYGATE_TEST_POSTGRES_URL defaults to the local server)
-  bench  [--seconds N] [--backend sqlite|postgres|both]: the release server under wrk
+  bench  [--seconds N] [--backend sqlite|postgres|both|none]: the release server under wrk
          load, 10,000 keys, 64 connections; prints and writes bench-results/*.json
   openapi  write the OpenAPI description to openapi.json (a test fails while it is stale)
   dev    run the server for development: debug logs, ./target/dev.db, master key `dev-master-key-0123456789`
