@@ -147,6 +147,15 @@ fn refuse_method_override(headers: &HeaderMap) -> Result<(), GuardError> {
             })
     };
     for name in headers.keys() {
+        // An identity header spelled with `_`: CGI-style upstreams read it as the one
+        // keygate sets, and gateways that replace that one leave this spelling alone.
+        if name.as_str().contains('_') && same_prefix(name.as_str(), "x-keygate-") {
+            return Err(ValidationError::new(
+                "X-Keygate-*",
+                "identity headers spelled with underscores are refused: upstreams could read them as keygate's",
+            )
+            .into());
+        }
         if let Some(known) = METHOD_OVERRIDES
             .iter()
             .find(|known| same(name.as_str(), known))
@@ -159,6 +168,15 @@ fn refuse_method_override(headers: &HeaderMap) -> Result<(), GuardError> {
         }
     }
     Ok(())
+}
+
+/// Whether `name` begins with `prefix`, `_` and `-` alike, in any case.
+fn same_prefix(name: &str, prefix: &str) -> bool {
+    name.len() >= prefix.len()
+        && name.bytes().zip(prefix.bytes()).all(|(a, b)| {
+            let a = if a == b'_' { b'-' } else { a };
+            a.eq_ignore_ascii_case(&b)
+        })
 }
 
 /// Refuses a query that asks, by a `_method` parameter, to be taken for another method,
@@ -254,5 +272,26 @@ mod tests {
             assert!(refuse_method_override(&headers).is_err(), "{name}");
         }
         assert!(refuse_method_override(&HeaderMap::new()).is_ok());
+    }
+
+    #[test]
+    fn identity_headers_spelled_with_underscores_are_refused() {
+        for name in ["x_keygate_owner_id", "X_Keygate-Key-Id", "x-keygate_scopes"] {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                HeaderName::try_from(name).expect("a header name"),
+                HeaderValue::from_static("bob"),
+            );
+            assert!(refuse_method_override(&headers).is_err(), "{name}");
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            HeaderName::from_static("x-keygate-owner-id"),
+            HeaderValue::from_static("bob"),
+        );
+        assert!(
+            refuse_method_override(&headers).is_ok(),
+            "the dashed spelling is the gateway's to replace"
+        );
     }
 }

@@ -73,6 +73,11 @@ impl Throttle {
         }
     }
 
+    /// Whether `address` is a trusted proxy (IPv4-mapped addresses as IPv4).
+    pub fn trusts(&self, address: IpAddr) -> bool {
+        self.is_trusted(address.to_canonical())
+    }
+
     fn is_trusted(&self, address: IpAddr) -> bool {
         self.trusted_proxies
             .iter()

@@ -199,13 +199,14 @@ impl Application {
     }
 }
 
-/// The gRPC server's stop signal and its task.
+/// The gRPC server's stop signal, and how it ended.
 type GrpcServer = (
     tokio::sync::oneshot::Sender<()>,
-    actix_web::rt::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    tokio::sync::oneshot::Receiver<Result<(), String>>,
 );
 
-/// Starts Envoy's gRPC ext_authz on `host`:`port` (0: any free port).
+/// Starts Envoy's gRPC ext_authz on `host`:`port` (0: any free port), on a runtime of its
+/// own with a thread per core, so checks run in parallel beside the HTTP workers.
 fn serve_grpc(
     state: &web::Data<AppState>,
     host: &str,
@@ -214,30 +215,53 @@ fn serve_grpc(
     use envoy_types::ext_authz::v3::pb::AuthorizationServer;
     let listener = TcpListener::bind((host, port))
         .and_then(|listener| listener.set_nonblocking(true).map(|()| listener))
-        .and_then(tokio::net::TcpListener::from_std)
         .map_err(|e| {
             StartError::Config(format!(
                 "cannot listen on {host}:{port} (server.grpc_port): {e}"
             ))
         })?;
     let address = listener.local_addr().map_err(StartError::Serve)?;
-    tracing::info!(%address, "keygate gRPC ext_authz listening");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let service = AuthorizationServer::new(gateway::grpc::Checker::new(state.clone()));
-    let serving = actix_web::rt::spawn(
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming_shutdown(incoming, async {
-                // The signal that stops the HTTP server stops this one too, at once, so
-                // both drain together; or the HTTP server's end.
-                tokio::select! {
-                    _ = stopped => {}
-                    () = stop_signal() => {}
-                }
-            }),
-    );
-    Ok((stop, serving))
+    let (done, finished) = tokio::sync::oneshot::channel();
+    let checker = gateway::grpc::Checker::new(state.clone());
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let serve = move || -> Result<(), String> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("keygate-grpc")
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let served = runtime.block_on(async move {
+            let listener =
+                tokio::net::TcpListener::from_std(listener).map_err(|e| e.to_string())?;
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            tonic::transport::Server::builder()
+                .add_service(AuthorizationServer::new(checker))
+                .serve_with_incoming_shutdown(incoming, async {
+                    // The signal that stops the HTTP server stops this one too, at once,
+                    // so both drain together; or the HTTP server's end.
+                    tokio::select! {
+                        _ = stopped => {}
+                        () = stop_signal() => {}
+                    }
+                })
+                .await
+                .map_err(|e| e.to_string())
+        });
+        // A storage call still running on a frozen database must not hold the exit.
+        runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+        served
+    };
+    std::thread::Builder::new()
+        .name("keygate-grpc".into())
+        .spawn(move || {
+            let _ = done.send(serve());
+        })
+        .map_err(StartError::Serve)?;
+    tracing::info!(%address, "keygate gRPC ext_authz listening");
+    Ok((stop, finished))
 }
 
 /// SIGTERM or SIGINT (never, where they cannot be listened for).

@@ -861,6 +861,15 @@ impl KeyStore for Database {
         let mut refilled = 0;
         loop {
             let (seen, done) = with_connection!(self, |conn, t, e, c, u| {
+                // A read first: most sweeps find nothing due, and need no write lock.
+                let due: i64 = c::table
+                    .filter(c::refill_at.le(now))
+                    .count()
+                    .get_result(conn)
+                    .map_err(query_error)?;
+                if due == 0 {
+                    return Ok(refilled);
+                }
                 conn.write_transaction(|conn| {
                     let due: Vec<(String, Option<String>, Option<DateTime<Utc>>)> = c::table
                         .filter(c::refill_at.le(now))

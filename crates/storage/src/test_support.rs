@@ -121,7 +121,8 @@ impl TestDatabase {
     pub fn hold_lock(&self, lock: Lock<'_>) -> HeldLock {
         use diesel::connection::SimpleConnection;
         let sql = match (&self.cleanup, lock) {
-            (Cleanup::Sqlite(..), _) => "BEGIN IMMEDIATE".to_owned(),
+            // Waiting its turn behind the app's own short writes (usage, leases).
+            (Cleanup::Sqlite(..), _) => "PRAGMA busy_timeout = 5000; BEGIN IMMEDIATE".to_owned(),
             (Cleanup::Postgres { .. }, Lock::Table) => {
                 "BEGIN; LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE".to_owned()
             }

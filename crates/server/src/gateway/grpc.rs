@@ -57,6 +57,26 @@ impl Checker {
             Ok(original) => original,
             Err(refusal) => return denied(&refusal),
         };
+        // Envoy names the client it serves in the request's source address; believed
+        // only from a trusted proxy, as X-Forwarded-For is.
+        let source = check
+            .attributes
+            .as_ref()
+            .and_then(|attributes| attributes.source.as_ref())
+            .and_then(|source| source.address.as_ref())
+            .and_then(|address| address.address.as_ref())
+            .and_then(|address| match address {
+                envoy_types::pb::envoy::config::core::v3::address::Address::SocketAddress(
+                    socket,
+                ) => socket.address.parse::<IpAddr>().ok(),
+                _ => None,
+            });
+        let peer = match (peer, source) {
+            (Some(envoy), Some(client)) if self.state.guard().throttle().trusts(envoy) => {
+                Some(client)
+            }
+            (peer, _) => peer,
+        };
         match keygate_guard::decide(
             self.state.guard(),
             peer,
@@ -69,13 +89,14 @@ impl Checker {
             Ok(admitted) => {
                 let mut ok = OkHttpResponseBuilder::new();
                 for (name, value) in identity_headers(&admitted) {
-                    if let Ok(value) = value.to_str() {
-                        ok.add_header(
-                            name.as_str(),
-                            value,
-                            Some(HeaderAppendAction::OverwriteIfExistsOrAdd),
-                            false,
-                        );
+                    let value = String::from_utf8_lossy(value.as_bytes());
+                    let overwrite = Some(HeaderAppendAction::OverwriteIfExistsOrAdd);
+                    // The rate-limit window is the client's to see; the identity the
+                    // upstream's.
+                    if name.as_str().starts_with("ratelimit-") {
+                        ok.add_response_header(name.as_str(), value, overwrite, false);
+                    } else {
+                        ok.add_header(name.as_str(), value, overwrite, false);
                     }
                 }
                 for name in key_headers(&headers)

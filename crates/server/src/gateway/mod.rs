@@ -21,8 +21,10 @@ use keygate_guard::{Admitted, KEY_HEADER, OriginalRequest};
 /// `RateLimit-*` for a key with a rate limit.
 pub fn identity_headers(admitted: &Admitted) -> Vec<(HeaderName, HeaderValue)> {
     let mut headers = Vec::with_capacity(6);
+    // Owners and names may be any text but control characters: sent as their UTF-8
+    // bytes, which HTTP carries as they are.
     let mut add = |name: &'static str, value: &str| {
-        if let Ok(value) = HeaderValue::from_str(value) {
+        if let Ok(value) = HeaderValue::from_bytes(value.as_bytes()) {
             headers.push((HeaderName::from_static(name), value));
         }
     };
@@ -43,13 +45,17 @@ pub fn identity_headers(admitted: &Admitted) -> Vec<(HeaderName, HeaderValue)> {
     headers
 }
 
+/// Every identity header keygate answers with.
+const IDENTITY_HEADERS: [&str; 3] = ["x-keygate-key-id", "x-keygate-owner-id", "x-keygate-scopes"];
+
 /// The identity headers an upstream must not take from the client: those keygate does
 /// not set for this caller (the owner of the master key), to be removed.
 pub fn unset_identity_headers(admitted: &Admitted) -> Vec<&'static str> {
-    match admitted.principal {
-        Principal::Master => vec!["x-keygate-owner-id"],
-        Principal::Key(_) => Vec::new(),
-    }
+    let set = identity_headers(admitted);
+    IDENTITY_HEADERS
+        .into_iter()
+        .filter(|name| !set.iter().any(|(have, _)| have.as_str() == *name))
+        .collect()
 }
 
 /// The request headers that carry the key, so a gateway can keep it from the upstream.
@@ -132,7 +138,17 @@ pub async fn ext_authz(
     request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let uri = request.uri();
-    let path = uri.path().strip_prefix(EXT_AUTHZ_PREFIX).unwrap_or("/");
+    // Routed here on a partly decoded path: the raw one must begin with the prefix too.
+    let path = uri
+        .path()
+        .strip_prefix(EXT_AUTHZ_PREFIX)
+        .filter(|rest| rest.is_empty() || rest.starts_with('/'))
+        .ok_or_else(|| {
+            ApiError::from(keygate_core::ValidationError::new(
+                "path",
+                format!("must begin with {EXT_AUTHZ_PREFIX}/ as sent"),
+            ))
+        })?;
     let path = if path.is_empty() { "/" } else { path };
     let target = match uri.query() {
         Some(query) => format!("{path}?{query}"),

@@ -110,16 +110,57 @@ async fn ext_authz_decides_on_the_request_it_is_sent(db: TestDatabase) {
     app.send(ask(Method::GET, "/ext-authz", Some(&reader)))
         .await
         .assert_error(403, "AUTH_UNKNOWN_RESOURCE");
+    // Only the prefix as sent: a spelling the router decodes is not judged as "/".
+    app.send(ask(Method::GET, "/ext%2Dauthz/ledgers", Some(MASTER)))
+        .await
+        .assert_error(400, "GEN_VALIDATION_ERROR");
+    // An identity header in a spelling the gateway would not replace is refused.
+    app.send(
+        ask(Method::GET, "/ext-authz/ledgers", Some(&reader))
+            .insert_header(("x_keygate_owner_id", "bob")),
+    )
+    .await
+    .assert_error(400, "GEN_VALIDATION_ERROR");
+    // Any owner reaches the upstream as its UTF-8 bytes, never dropped.
+    let (zurich, _) = app.new_key("Zürich AG", &["ledgers:read"]).await;
+    let owned = app
+        .send(ask(Method::GET, "/ext-authz/ledgers", Some(&zurich)))
+        .await;
+    assert_eq!(owned.status, 200);
+    assert_eq!(
+        owned
+            .headers
+            .get("x-keygate-owner-id")
+            .map(|v| v.as_bytes()),
+        Some("Zürich AG".as_bytes())
+    );
 }
 
 /// A `CheckRequest` as Envoy sends it for `method path` with `headers`.
 fn check(method: &str, path: &str, headers: &[(&str, &str)]) -> CheckRequest {
+    from_client("", method, path, headers)
+}
+
+/// [`check`], for a client at `source` (Envoy's view of it; empty: none).
+fn from_client(source: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> CheckRequest {
+    use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address};
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::Peer;
+    let source = (!source.is_empty()).then(|| Peer {
+        address: Some(Address {
+            address: Some(address::Address::SocketAddress(SocketAddress {
+                address: source.to_owned(),
+                ..Default::default()
+            })),
+        }),
+        ..Default::default()
+    });
     let headers: HashMap<String, String> = headers
         .iter()
         .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
         .collect();
     CheckRequest {
         attributes: Some(AttributeContext {
+            source,
             request: Some(Request {
                 http: Some(HttpRequest {
                     method: method.into(),
@@ -184,6 +225,7 @@ async fn grpc_check_answers_as_the_guard_would() {
             ("KEYGATE_DATABASE__URL", &db.url_string),
             ("KEYGATE_THROTTLE__FAILURES_PER_MINUTE", "3"),
             ("KEYGATE_THROTTLE__BURST", "3"),
+            ("KEYGATE_THROTTLE__TRUSTED_PROXIES", "127.0.0.1"),
         ],
     );
     let create = |body: Value| {
@@ -276,17 +318,27 @@ async fn grpc_check_answers_as_the_guard_would() {
         Some("0")
     );
 
-    // Guessing through Envoy spends the brute-force budget of the address asking.
+    // Guessing through Envoy (a trusted proxy) spends the budget of the client Envoy
+    // names, not Envoy's: another client keeps its own.
     let mut statuses = Vec::new();
     for guess in 0..5 {
         let wrong = format!("guess-{guess}-0123456789abcdefghij");
-        statuses.push(
-            ask(check("GET", "/ledgers", &[("x-blnk-key", &wrong)]))
-                .await
-                .1,
-        );
+        let asked = from_client("198.51.100.7", "GET", "/ledgers", &[("x-blnk-key", &wrong)]);
+        statuses.push(ask(asked).await.1);
     }
     assert_eq!(statuses.last(), Some(&429), "{statuses:?}");
+    let fresh = create(support::key_request("alice", &["ledgers:read"]));
+    let other = from_client("198.51.100.8", "GET", "/ledgers", &[("x-blnk-key", &fresh)]);
+    assert_eq!(ask(other).await.1, 200, "another client keeps its budget");
+    // (A key this instance already holds gets through even so, by design.)
+    let unseen = create(support::key_request("alice", &["ledgers:read"]));
+    let guesser = from_client(
+        "198.51.100.7",
+        "GET",
+        "/ledgers",
+        &[("x-blnk-key", &unseen)],
+    );
+    assert_eq!(ask(guesser).await.1, 429, "the guesser stays refused");
 
     // From another address: this one is refused for a while now.
     let (status, metrics) = support::process::http_from(
