@@ -491,6 +491,49 @@ fn nginx_hands_keygate_refusals_to_the_client_as_keygate_answered() {
     );
 }
 
+#[test]
+fn nginx_answers_503_while_keygates_database_is_stopped() {
+    if !nginx_available() {
+        return;
+    }
+    let Some(postgres) = crate::resilience::PrivatePostgres::create() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let keygate = Running::start(
+        dir.path(),
+        port,
+        &[
+            ("KEYGATE_SERVER__PORT", &port.to_string()),
+            ("KEYGATE_SERVER__SECRET_KEY", MASTER),
+            ("KEYGATE_DATABASE__URL", &postgres.url()),
+            ("KEYGATE_DATABASE__POOL_TIMEOUT_MS", "500"),
+            ("KEYGATE_THROTTLE__TRUSTED_PROXIES", "127.0.0.1"),
+        ],
+    );
+    let upstream = Upstream::start();
+    let nginx = Nginx::start(dir.path(), keygate.port, upstream.port);
+    let (key, _) = create(&keygate, "alice", &["ledgers:read"]);
+
+    postgres.stop();
+    let away = through(nginx.port, [127, 0, 0, 40], "/ledgers", &key);
+    assert_eq!(
+        (away.status, away.code().as_str()),
+        (503, "GEN_SERVICE_UNAVAILABLE"),
+        "{}",
+        away.body
+    );
+    assert_eq!(away.header("retry-after"), Some("1"));
+
+    postgres.start();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while through(nginx.port, [127, 0, 0, 40], "/ledgers", &key).status != 200 {
+        assert!(Instant::now() < deadline, "keygate did not recover");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 const CADDY: &str = "/usr/bin/caddy";
 
 /// Caddy in the foreground with the README's block, stopped when dropped.

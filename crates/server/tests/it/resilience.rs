@@ -220,7 +220,7 @@ fn no_key_and_no_master_key_ever_reach_the_logs() {
 }
 
 /// A PostgreSQL server of the test's own, which the test may stop and start.
-struct PrivatePostgres {
+pub(crate) struct PrivatePostgres {
     bin: PathBuf,
     data: PathBuf,
     port: u16,
@@ -229,7 +229,7 @@ struct PrivatePostgres {
 
 impl PrivatePostgres {
     /// `None` (having said so) where PostgreSQL's server programs are not installed.
-    fn create() -> Option<Self> {
+    pub(crate) fn create() -> Option<Self> {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
             .ok()
             .and_then(|versions| {
@@ -296,7 +296,7 @@ impl PrivatePostgres {
             .is_ok_and(|status| status.success())
     }
 
-    fn start(&self) {
+    pub(crate) fn start(&self) {
         let options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1",
             self.port,
@@ -320,7 +320,7 @@ impl PrivatePostgres {
         );
     }
 
-    fn stop(&self) {
+    pub(crate) fn stop(&self) {
         assert!(self.run(
             "pg_ctl",
             &[
@@ -334,7 +334,7 @@ impl PrivatePostgres {
         ));
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 }
