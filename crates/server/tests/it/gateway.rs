@@ -601,124 +601,7 @@ fn caddy_guards_an_upstream_and_passes_refusals_through() {
     let upstream = Upstream::start();
     let caddy = Caddy::start(dir.path(), keygate.port, upstream.port);
 
-    let (reader, reader_id) = create(&keygate, "alice", &["ledgers:read"]);
-    let forged = [
-        ("X-Blnk-Key", reader.as_str()),
-        ("X-Keygate-Key-Id", "master"),
-        ("X-Keygate-Owner-Id", "bob"),
-        ("X-Keygate-Scopes", "*:*"),
-        ("X-Original-URI", "/balances"),
-    ];
-    let allowed = exchange(
-        Some([127, 0, 0, 30].into()),
-        caddy.port,
-        "GET",
-        "/ledgers/l1?x=1",
-        &forged,
-        None,
-    )
-    .expect("caddy answers");
-    assert_eq!(allowed.status, 200, "{}", allowed.body);
-    let seen = allowed.body.to_ascii_lowercase();
-    assert!(
-        seen.starts_with("get /ledgers/l1?x=1"),
-        "{seen:?} {:?} {}",
-        allowed.headers,
-        std::fs::read_to_string(dir.path().join("caddy.log")).unwrap_or_default()
-    );
-    assert!(
-        seen.contains("x-keygate-owner-id: alice"),
-        "the owner is passed on: {seen}"
-    );
-    assert!(
-        seen.contains(&format!("x-keygate-key-id: {reader_id}")),
-        "{seen}"
-    );
-    for forgery in [
-        "x-keygate-key-id: master",
-        "x-keygate-owner-id: bob",
-        "x-keygate-scopes: *:*",
-    ] {
-        assert!(
-            !seen.contains(forgery),
-            "the client's {forgery} reached the upstream: {seen}"
-        );
-    }
-    let master = exchange(
-        Some([127, 0, 0, 30].into()),
-        caddy.port,
-        "DELETE",
-        "/anything",
-        &[("X-Blnk-Key", MASTER), ("X-Keygate-Owner-Id", "bob")],
-        None,
-    )
-    .expect("caddy answers");
-    assert_eq!(master.status, 200, "{}", master.body);
-    let seen = master.body.to_ascii_lowercase();
-    assert!(
-        !seen.contains("x-keygate-owner-id: bob") && !seen.contains("{http."),
-        "the master key has no owner, and the client's is dropped: {seen}"
-    );
-
-    let forbidden = through(caddy.port, [127, 0, 0, 31], "/balances", &reader);
-    assert_eq!(
-        (forbidden.status, forbidden.code().as_str()),
-        (403, "AUTH_INSUFFICIENT_PERMISSIONS")
-    );
-    let missing = exchange(
-        Some([127, 0, 0, 31].into()),
-        caddy.port,
-        "GET",
-        "/ledgers",
-        &[],
-        None,
-    )
-    .expect("caddy answers");
-    assert_eq!(
-        (missing.status, missing.code().as_str()),
-        (401, "AUTH_MISSING_API_KEY")
-    );
-
-    let limited = create_metered(
-        &keygate,
-        r#""ledgers:read""#,
-        r#","ratelimit":{"limit":1,"window_ms":60000}"#,
-    );
-    assert_eq!(
-        through(caddy.port, [127, 0, 0, 32], "/ledgers", &limited).status,
-        200
-    );
-    let refused = through(caddy.port, [127, 0, 0, 32], "/ledgers", &limited);
-    assert_eq!(
-        (refused.status, refused.code().as_str()),
-        (429, "AUTH_RATE_LIMITED")
-    );
-    assert!(
-        refused.header("retry-after").is_some(),
-        "{:?}",
-        refused.headers
-    );
-
-    let mut last = None;
-    for guess in 0..5 {
-        last = Some(through(
-            caddy.port,
-            [127, 0, 0, 33],
-            "/ledgers",
-            &format!("guess-{guess}-0123456789abcdef"),
-        ));
-    }
-    let throttled = last.expect("answers");
-    assert_eq!(
-        (throttled.status, throttled.code().as_str()),
-        (429, "GEN_RATE_LIMITED")
-    );
-    assert!(throttled.header("retry-after").is_some());
-    // Another client behind Caddy keeps its budget.
-    assert_eq!(
-        through(caddy.port, [127, 0, 0, 34], "/ledgers", &reader).status,
-        200
-    );
+    passes_keygate_through(caddy.port, &keygate, 30);
 }
 
 const TRAEFIK: &str = "traefik";
@@ -805,7 +688,16 @@ fn traefik_guards_an_upstream_and_passes_refusals_through() {
         return;
     };
 
-    let (reader, reader_id) = create(&keygate, "alice", &["ledgers:read"]);
+    passes_keygate_through(traefik.port, &keygate, 50);
+}
+
+/// What a gateway on `port` that copies keygate's answer (Caddy, Traefik) must do, for
+/// clients at 127.0.`net`.x: pass the owner on and never a client's own identity
+/// headers, and hand keygate's refusals (403, 401, 429 rate-limited and throttled, with
+/// Retry-After) to the client as keygate answered; each client keeps its own budget.
+fn passes_keygate_through(port: u16, keygate: &Running, net: u8) {
+    let client = |host: u8| [127, 0, net, host];
+    let (reader, reader_id) = create(keygate, "alice", &["ledgers:read"]);
     let forged = [
         ("X-Blnk-Key", reader.as_str()),
         ("X-Keygate-Key-Id", "master"),
@@ -814,14 +706,14 @@ fn traefik_guards_an_upstream_and_passes_refusals_through() {
         ("X-Original-URI", "/balances"),
     ];
     let allowed = exchange(
-        Some([127, 0, 0, 50].into()),
-        traefik.port,
+        Some(client(1).into()),
+        port,
         "GET",
         "/ledgers/l1?x=1",
         &forged,
         None,
     )
-    .expect("traefik answers");
+    .expect("the gateway answers");
     assert_eq!(allowed.status, 200, "{}", allowed.body);
     let seen = allowed.body.to_ascii_lowercase();
     assert!(seen.starts_with("get /ledgers/l1?x=1"), "{seen}");
@@ -844,39 +736,40 @@ fn traefik_guards_an_upstream_and_passes_refusals_through() {
         );
     }
     let master = exchange(
-        Some([127, 0, 0, 50].into()),
-        traefik.port,
+        Some(client(1).into()),
+        port,
         "DELETE",
         "/anything",
         &[("X-Blnk-Key", MASTER), ("X-Keygate-Owner-Id", "bob")],
         None,
     )
-    .expect("traefik answers");
+    .expect("the gateway answers");
     assert_eq!(master.status, 200, "{}", master.body);
+    let seen = master.body.to_ascii_lowercase();
     assert!(
-        !master
-            .body
-            .to_ascii_lowercase()
-            .contains("x-keygate-owner-id: bob"),
-        "the master key has no owner, and the client's is dropped: {}",
-        master.body
+        !seen.contains("x-keygate-owner-id: bob") && !seen.contains("{http."),
+        "the master key has no owner, and the client's is dropped: {seen}"
     );
 
-    let forbidden = through(traefik.port, [127, 0, 0, 51], "/balances", &reader);
+    let forbidden = through(port, client(2), "/balances", &reader);
     assert_eq!(
         (forbidden.status, forbidden.code().as_str()),
         (403, "AUTH_INSUFFICIENT_PERMISSIONS")
     );
+    let missing = exchange(Some(client(2).into()), port, "GET", "/ledgers", &[], None)
+        .expect("the gateway answers");
+    assert_eq!(
+        (missing.status, missing.code().as_str()),
+        (401, "AUTH_MISSING_API_KEY")
+    );
+
     let limited = create_metered(
-        &keygate,
+        keygate,
         r#""ledgers:read""#,
         r#","ratelimit":{"limit":1,"window_ms":60000}"#,
     );
-    assert_eq!(
-        through(traefik.port, [127, 0, 0, 52], "/ledgers", &limited).status,
-        200
-    );
-    let refused = through(traefik.port, [127, 0, 0, 52], "/ledgers", &limited);
+    assert_eq!(through(port, client(3), "/ledgers", &limited).status, 200);
+    let refused = through(port, client(3), "/ledgers", &limited);
     assert_eq!(
         (refused.status, refused.code().as_str()),
         (429, "AUTH_RATE_LIMITED")
@@ -889,12 +782,8 @@ fn traefik_guards_an_upstream_and_passes_refusals_through() {
 
     let mut last = None;
     for guess in 0..5 {
-        last = Some(through(
-            traefik.port,
-            [127, 0, 0, 53],
-            "/ledgers",
-            &format!("guess-{guess}-0123456789abcdef"),
-        ));
+        let wrong = format!("guess-{guess}-0123456789abcdef");
+        last = Some(through(port, client(4), "/ledgers", &wrong));
     }
     let throttled = last.expect("answers");
     assert_eq!(
@@ -903,7 +792,8 @@ fn traefik_guards_an_upstream_and_passes_refusals_through() {
     );
     assert!(throttled.header("retry-after").is_some());
     assert_eq!(
-        through(traefik.port, [127, 0, 0, 54], "/ledgers", &reader).status,
-        200
+        through(port, client(5), "/ledgers", &reader).status,
+        200,
+        "another client keeps its budget"
     );
 }
