@@ -312,19 +312,20 @@ fn bench_backend(
 
 /// (e): what gateways get, beside nginx answering by itself.
 struct Gateways {
-    nginx_bare: Load,
-    forward_auth: Load,
+    /// nginx's own answer and `/forward-auth`, measured in turn.
+    rounds: Metering,
     grpc_per_second: f64,
     grpc_errors: u64,
 }
 
 impl Gateways {
     fn json(&self) -> String {
+        let list = |loads: &[Load]| loads.iter().map(Load::json).collect::<Vec<_>>().join(", ");
         format!(
-            "{{\"nginx_return_204\": {}, \"forward_auth\": {}, \"forward_auth_over_nginx\": {:.3}, \"grpc_check_per_second\": {:.0}, \"grpc_errors\": {}}}",
-            self.nginx_bare.json(),
-            self.forward_auth.json(),
-            self.forward_auth.per_second() / self.nginx_bare.per_second().max(1.0),
+            "{{\"nginx_return_204\": [{}], \"forward_auth\": [{}], \"forward_auth_over_nginx\": {:.3}, \"grpc_check_per_second\": {:.0}, \"grpc_errors\": {}}}",
+            list(&self.rounds.unmetered),
+            list(&self.rounds.metered),
+            self.rounds.ratio(),
             self.grpc_per_second,
             self.grpc_errors
         )
@@ -333,9 +334,9 @@ impl Gateways {
     fn print(&self) {
         println!(
             "gateways   (e) nginx return 204: {:.0} req/s; /forward-auth (1,000 keys): {:.0} req/s = {:.2}x nginx; gRPC Check: {:.0} decisions/s ({} errors)",
-            self.nginx_bare.per_second(),
-            self.forward_auth.per_second(),
-            self.forward_auth.per_second() / self.nginx_bare.per_second().max(1.0),
+            Metering::rate(&self.rounds.unmetered),
+            Metering::rate(&self.rounds.metered),
+            self.rounds.ratio(),
             self.grpc_per_second,
             self.grpc_errors
         );
@@ -369,13 +370,16 @@ fn bench_gateways(
     .map_err(|e| e.to_string())?;
     let script = work.join("load.lua");
     let nginx = Nginx::start(&dir)?;
-    eprintln!("bench: gateways: (e) nginx return 204 for {seconds} s");
+    eprintln!("bench: gateways: (e) nginx return 204 and /forward-auth, in turn");
     wrk(nginx.port, &script, &keys_file, "forward", 2)?;
-    let nginx_bare = wrk(nginx.port, &script, &keys_file, "forward", seconds)?;
-    drop(nginx);
-    eprintln!("bench: gateways: (e) /forward-auth for {seconds} s");
     wrk(port, &script, &keys_file, "forward", 3)?;
-    let forward_auth = wrk(port, &script, &keys_file, "forward", seconds)?;
+    // The same pairing as (d): "unmetered" is the reference, "metered" what is measured.
+    let mut rounds = Metering::default();
+    for round in 0..METERING_ROUNDS {
+        rounds.unmetered[round] = wrk(nginx.port, &script, &keys_file, "forward", seconds)?;
+        rounds.metered[round] = wrk(port, &script, &keys_file, "forward", seconds)?;
+    }
+    drop(nginx);
     eprintln!("bench: gateways: (e) gRPC Check for {seconds} s");
     let load = root.join("target/release/examples/grpc_load");
     let output = Command::new(&load)
@@ -401,8 +405,7 @@ fn bench_gateways(
         return Err(format!("an unexpected grpc_load result: {stdout}"));
     };
     Ok(Gateways {
-        nginx_bare,
-        forward_auth,
+        rounds,
         grpc_per_second: (allowed + other) / (micros.max(1.0) / 1e6),
         grpc_errors: errors as u64,
     })

@@ -191,7 +191,7 @@ async fn observe(
         span.in_scope(|| tracing::info!("answered"));
     }
     if let Some(state) = state {
-        state.metrics().request(method, &route, status, elapsed);
+        state.metrics().request(method, route, status, elapsed);
     }
     Ok(response)
 }

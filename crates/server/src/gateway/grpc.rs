@@ -205,7 +205,7 @@ impl Authorization for Checker {
         let (response, status) = self.decide(peer, request.get_ref()).await;
         self.state
             .metrics()
-            .request("POST", CHECK_ROUTE, status, started.elapsed());
+            .request("POST", CHECK_ROUTE.to_owned(), status, started.elapsed());
         Ok(tonic::Response::new(response))
     }
 }
