@@ -99,37 +99,42 @@ struct Report {
     metering_redis: Option<Metering>,
 }
 
-/// Rounds of (d): each measured this many times, alternately, to even out the machine's
-/// drift between runs.
-const METERING_ROUNDS: usize = 3;
+/// Rounds of a paired comparison: each side measured this many times, in turn, to even
+/// out the machine's drift between runs.
+const ROUNDS: usize = 3;
 
-/// (d): forward-auth with unmetered and metered keys, measured alternately.
+/// A paired comparison measured in turn: a reference (unmetered keys in (d), nginx's own
+/// answer in (e)) and what is compared with it.
 #[derive(Debug, Clone, Copy, Default)]
-struct Metering {
-    unmetered: [Load; METERING_ROUNDS],
-    metered: [Load; METERING_ROUNDS],
+struct Paired {
+    reference: [Load; ROUNDS],
+    measured: [Load; ROUNDS],
 }
 
-impl Metering {
-    fn rate(loads: &[Load; METERING_ROUNDS]) -> f64 {
-        loads.iter().map(Load::per_second).sum::<f64>() / METERING_ROUNDS as f64
+impl Paired {
+    fn rate(loads: &[Load; ROUNDS]) -> f64 {
+        loads.iter().map(Load::per_second).sum::<f64>() / ROUNDS as f64
     }
 
-    /// Metered throughput over unmetered.
+    /// The measured throughput over the reference's.
     fn ratio(&self) -> f64 {
-        Self::rate(&self.metered) / Self::rate(&self.unmetered).max(1.0)
+        Self::rate(&self.measured) / Self::rate(&self.reference).max(1.0)
     }
 
-    fn json(&self) -> String {
+    /// `{"<reference>": [...], "<measured>": [...], "<ratio>": r}`.
+    fn json(&self, reference: &str, measured: &str, ratio: &str) -> String {
         let list = |loads: &[Load]| loads.iter().map(Load::json).collect::<Vec<_>>().join(", ");
         format!(
-            "{{\"unmetered\": [{}], \"metered\": [{}], \"metered_over_unmetered\": {:.3}}}",
-            list(&self.unmetered),
-            list(&self.metered),
+            "{{\"{reference}\": [{}], \"{measured}\": [{}], \"{ratio}\": {:.3}}}",
+            list(&self.reference),
+            list(&self.measured),
             self.ratio()
         )
     }
 }
+
+/// (d): forward-auth with unmetered (reference) and metered keys.
+type Metering = Paired;
 
 /// Options of `cargo xtask bench`.
 pub struct Options {
@@ -312,20 +317,21 @@ fn bench_backend(
 
 /// (e): what gateways get, beside nginx answering by itself.
 struct Gateways {
-    /// nginx's own answer and `/forward-auth`, measured in turn.
-    rounds: Metering,
+    /// nginx's own answer (reference) and `/forward-auth`, measured in turn.
+    rounds: Paired,
     grpc_per_second: f64,
     grpc_errors: u64,
 }
 
 impl Gateways {
     fn json(&self) -> String {
-        let list = |loads: &[Load]| loads.iter().map(Load::json).collect::<Vec<_>>().join(", ");
         format!(
-            "{{\"nginx_return_204\": [{}], \"forward_auth\": [{}], \"forward_auth_over_nginx\": {:.3}, \"grpc_check_per_second\": {:.0}, \"grpc_errors\": {}}}",
-            list(&self.rounds.unmetered),
-            list(&self.rounds.metered),
-            self.rounds.ratio(),
+            "{{\"http\": {}, \"grpc_check_per_second\": {:.0}, \"grpc_errors\": {}}}",
+            self.rounds.json(
+                "nginx_return_204",
+                "forward_auth",
+                "forward_auth_over_nginx"
+            ),
             self.grpc_per_second,
             self.grpc_errors
         )
@@ -334,8 +340,8 @@ impl Gateways {
     fn print(&self) {
         println!(
             "gateways   (e) nginx return 204: {:.0} req/s; /forward-auth (1,000 keys): {:.0} req/s = {:.2}x nginx; gRPC Check: {:.0} decisions/s ({} errors)",
-            Metering::rate(&self.rounds.unmetered),
-            Metering::rate(&self.rounds.metered),
+            Paired::rate(&self.rounds.reference),
+            Paired::rate(&self.rounds.measured),
             self.rounds.ratio(),
             self.grpc_per_second,
             self.grpc_errors
@@ -373,11 +379,10 @@ fn bench_gateways(
     eprintln!("bench: gateways: (e) nginx return 204 and /forward-auth, in turn");
     wrk(nginx.port, &script, &keys_file, "forward", 2)?;
     wrk(port, &script, &keys_file, "forward", 3)?;
-    // The same pairing as (d): "unmetered" is the reference, "metered" what is measured.
-    let mut rounds = Metering::default();
-    for round in 0..METERING_ROUNDS {
-        rounds.unmetered[round] = wrk(nginx.port, &script, &keys_file, "forward", seconds)?;
-        rounds.metered[round] = wrk(port, &script, &keys_file, "forward", seconds)?;
+    let mut rounds = Paired::default();
+    for round in 0..ROUNDS {
+        rounds.reference[round] = wrk(nginx.port, &script, &keys_file, "forward", seconds)?;
+        rounds.measured[round] = wrk(port, &script, &keys_file, "forward", seconds)?;
     }
     drop(nginx);
     eprintln!("bench: gateways: (e) gRPC Check for {seconds} s");
@@ -469,7 +474,7 @@ fn forward_key(i: usize, metering: &str) -> String {
     )
 }
 
-/// (d) on the server at `port`: unmetered and metered in turn, [`METERING_ROUNDS`] times
+/// (d) on the server at `port`: unmetered and metered in turn, [`ROUNDS`] times
 /// each, after a warm-up of each (every key verified, every lease taken).
 fn measure_metering(
     port: u16,
@@ -481,9 +486,9 @@ fn measure_metering(
     wrk(port, script, plain, "forward", 3)?;
     wrk(port, script, metered, "forward", 3)?;
     let mut result = Metering::default();
-    for round in 0..METERING_ROUNDS {
-        result.unmetered[round] = wrk(port, script, plain, "forward", seconds)?;
-        result.metered[round] = wrk(port, script, metered, "forward", seconds)?;
+    for round in 0..ROUNDS {
+        result.reference[round] = wrk(port, script, plain, "forward", seconds)?;
+        result.measured[round] = wrk(port, script, metered, "forward", seconds)?;
     }
     Ok(result)
 }
@@ -830,10 +835,13 @@ fn write_results(
             report.flood.json(),
             report.keys.per_second() / report.master.per_second().max(1.0),
             report.keys_under_flood.per_second() / report.keys.per_second().max(1.0),
-            report.metering.json(),
             report
-                .metering_redis
-                .map_or_else(|| "null".to_owned(), |m| m.json()),
+                .metering
+                .json("unmetered", "metered", "metered_over_unmetered"),
+            report.metering_redis.map_or_else(
+                || "null".to_owned(),
+                |m| m.json("unmetered", "metered", "metered_over_unmetered"),
+            ),
         );
     }
     let _ = write!(json, "\n  }},\n  \"e_gateways\": {}", gateways.json());
@@ -891,10 +899,10 @@ fn print_reports(reports: &[Report]) {
             println!(
                 "{:<10} (d) forward-auth {mode}: unmetered {:.0} req/s (p99 {:.2} ms), metered {:.0} req/s (p99 {:.2} ms): metered/unmetered = {:.3}",
                 report.backend,
-                Metering::rate(&metering.unmetered),
-                metering.unmetered[1].p99_us as f64 / 1000.0,
-                Metering::rate(&metering.metered),
-                metering.metered[1].p99_us as f64 / 1000.0,
+                Paired::rate(&metering.reference),
+                metering.reference[1].p99_us as f64 / 1000.0,
+                Paired::rate(&metering.measured),
+                metering.measured[1].p99_us as f64 / 1000.0,
                 metering.ratio()
             );
         }
