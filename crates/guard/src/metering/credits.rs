@@ -270,13 +270,6 @@ impl Leases {
         lock(&self.deferred).extend(unspent);
     }
 
-    /// Forgets the lease of `pool` without giving anything back (its credits changed).
-    pub fn void(&self, pool: &ApiKeyId) {
-        if let Some(lease) = lock(&self.held).remove(pool) {
-            lock(&lease.state).left = 0;
-        }
-    }
-
     /// How many pools this instance holds leases of.
     pub fn len(&self) -> usize {
         lock(&self.held).len()
