@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use actix_web::http::StatusCode;
+use actix_web::http::header::HeaderValue;
 use actix_web::{HttpResponse, ResponseError};
 use keygate_core::{RuleError, StoreError, ValidationError};
 
@@ -289,8 +290,8 @@ pub fn envelope(
 ) -> HttpResponse {
     let mut response = HttpResponse::build(status);
     if let Some(wait) = retry_after {
-        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-        response.insert_header(("Retry-After", seconds.max(1).to_string()));
+        let seconds = crate::metering::whole_seconds(wait).max(1);
+        response.insert_header(("Retry-After", HeaderValue::from(seconds)));
     }
     response.json(Envelope {
         error: message,

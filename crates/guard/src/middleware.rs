@@ -31,33 +31,36 @@ pub struct Caller(pub Principal);
 /// A key header sent twice is refused: a gateway would judge one copy while the API
 /// behind it might read the other.
 pub fn presented_key(headers: &HeaderMap) -> Result<Option<&str>, GuardError> {
-    for name in [KEY_HEADER, AUTHORIZATION.as_str()] {
-        if headers.get_all(name).nth(1).is_some() {
-            return Err(ValidationError::new(
-                if name == KEY_HEADER {
-                    KEY_HEADER
-                } else {
-                    "Authorization"
-                },
+    let once = |name: &'static str, field: &'static str| {
+        let mut values = headers.get_all(name);
+        let first = values.next();
+        match values.next() {
+            Some(_) => Err(GuardError::from(ValidationError::new(
+                field,
                 "must be sent once",
-            )
-            .into());
+            ))),
+            None => Ok(first),
         }
-    }
-    if let Some(value) = headers.get(KEY_HEADER) {
+    };
+    let key = once(KEY_HEADER, KEY_HEADER)?;
+    let authorization = once(AUTHORIZATION.as_str(), "Authorization")?;
+    if let Some(value) = key {
         let key = value.to_str().map_err(|_| GuardError::InvalidKey)?.trim();
         return Ok((!key.is_empty()).then_some(key));
     }
-    if let Some(value) = headers.get(AUTHORIZATION) {
+    if let Some(value) = authorization {
         let value = value.to_str().map_err(|_| GuardError::InvalidKey)?;
-        if let Some((scheme, token)) = value.split_once(' ')
-            && scheme.eq_ignore_ascii_case("bearer")
-            && !token.trim().is_empty()
-        {
-            return Ok(Some(token.trim()));
-        }
+        return Ok(bearer_token(value));
     }
     Ok(None)
+}
+
+/// The token of an `Authorization: Bearer <token>` value (the scheme in any case), if it
+/// is one and not empty.
+pub fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 /// Authenticates the request's key and checks its scopes against the request's
@@ -139,13 +142,7 @@ const METHOD_OVERRIDES: [&str; 3] = [
 fn refuse_method_override(headers: &HeaderMap) -> Result<(), GuardError> {
     // Header names arrive lower-cased; compare byte by byte, without allocating, on
     // every guarded request.
-    let same = |name: &str, known: &str| {
-        name.len() == known.len()
-            && name.bytes().zip(known.bytes()).all(|(a, b)| {
-                let a = if a == b'_' { b'-' } else { a };
-                a.eq_ignore_ascii_case(&b)
-            })
-    };
+    let same = |name: &str, known: &str| name.len() == known.len() && same_prefix(name, known);
     for name in headers.keys() {
         // An identity header spelled with `_`: CGI-style upstreams read it as the one
         // keygate sets, and gateways that replace that one leave this spelling alone.

@@ -47,22 +47,19 @@ pub struct OriginalRequest {
 impl OriginalRequest {
     /// Reads the original request from a gateway's headers.
     pub fn from_headers(headers: &HeaderMap) -> Result<Self, GuardError> {
-        let present: Vec<&Family> = FAMILIES
-            .iter()
-            .filter(|family| {
-                headers.contains_key(family.method) || headers.contains_key(family.uri)
-            })
-            .collect();
-        let family = match present.as_slice() {
-            [family] => *family,
-            [] => {
+        let mut present = FAMILIES.iter().filter(|family| {
+            headers.contains_key(family.method) || headers.contains_key(family.uri)
+        });
+        let family = match (present.next(), present.next()) {
+            (Some(family), None) => family,
+            (None, _) => {
                 return Err(GuardError::Malformed(
                     "X-Original-Method and X-Original-URI (nginx), or X-Forwarded-Method and \
                      X-Forwarded-Uri (Traefik, Caddy), are required"
                         .into(),
                 ));
             }
-            [_, other, ..] => {
+            (Some(_), Some(other)) => {
                 return Err(ValidationError::new(
                     other.uri,
                     "the original request is named by both X-Original-* and X-Forwarded-* \

@@ -148,7 +148,7 @@ fn json_error(error: JsonPayloadError, _: &HttpRequest) -> actix_web::Error {
 }
 
 fn query_error(error: QueryPayloadError, _: &HttpRequest) -> actix_web::Error {
-    ApiError::malformed(format!("Invalid query string: {error}")).into()
+    ApiError::invalid_query(error).into()
 }
 
 /// Logs every request in a span (method, route, status, latency, and the acting key's id,

@@ -58,6 +58,11 @@ impl ApiError {
         ApiError::Guard(GuardError::Malformed(message.into()))
     }
 
+    /// A query string that is not what the endpoint reads.
+    pub fn invalid_query(error: impl std::fmt::Display) -> Self {
+        Self::malformed(format!("Invalid query string: {error}"))
+    }
+
     /// The stable machine-readable code.
     pub fn code(&self) -> ErrorCode {
         match self {

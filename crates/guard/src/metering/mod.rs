@@ -122,7 +122,7 @@ impl Guard {
             self.usage().count(&key.id, UsageOutcome::Denied, now);
             return Err(rule.into());
         }
-        let metered = match self.meter(&key, cost.max(1)).await {
+        let metered = match self.meter(&key, cost.max(1), now).await {
             Ok(metered) => metered,
             Err(refusal @ (GuardError::KeyRateLimited(_) | GuardError::UsageExceeded { .. })) => {
                 let (outcome, label) = match refusal {
@@ -143,7 +143,12 @@ impl Guard {
         Ok(Admitted { principal, metered })
     }
 
-    async fn meter(&self, key: &Arc<ApiKey>, cost: u64) -> Result<Metered, GuardError> {
+    async fn meter(
+        &self,
+        key: &Arc<ApiKey>,
+        cost: u64,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Metered, GuardError> {
         let meter = self.meter_state();
         let rate = match key.ratelimit {
             None => None,
@@ -165,7 +170,6 @@ impl Guard {
                 credits: None,
             });
         };
-        let now = self.clock().now();
         let pool = account.pool.clone();
         let cost = i64::try_from(cost).unwrap_or(i64::MAX);
         let spent = meter

@@ -88,7 +88,9 @@ impl Checker {
         {
             Ok(admitted) => {
                 let mut ok = OkHttpResponseBuilder::new();
-                for (name, value) in identity_headers(&admitted) {
+                let set = identity_headers(&admitted);
+                let unset = unset_identity_headers(&set);
+                for (name, value) in set {
                     let value = String::from_utf8_lossy(value.as_bytes());
                     let overwrite = Some(HeaderAppendAction::OverwriteIfExistsOrAdd);
                     // The rate-limit window is the client's to see; the identity the
@@ -99,10 +101,7 @@ impl Checker {
                         ok.add_header(name.as_str(), value, overwrite, false);
                     }
                 }
-                for name in key_headers(&headers)
-                    .into_iter()
-                    .chain(unset_identity_headers(&admitted))
-                {
+                for name in key_headers(&headers).into_iter().chain(unset) {
                     ok.remove_header(name);
                 }
                 let mut response = CheckResponse::with_status(tonic::Status::ok(""));

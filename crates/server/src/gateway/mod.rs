@@ -48,10 +48,9 @@ pub fn identity_headers(admitted: &Admitted) -> Vec<(HeaderName, HeaderValue)> {
 /// Every identity header keygate answers with.
 const IDENTITY_HEADERS: [&str; 3] = ["x-keygate-key-id", "x-keygate-owner-id", "x-keygate-scopes"];
 
-/// The identity headers an upstream must not take from the client: those keygate does
-/// not set for this caller (the owner of the master key), to be removed.
-pub fn unset_identity_headers(admitted: &Admitted) -> Vec<&'static str> {
-    let set = identity_headers(admitted);
+/// The identity headers an upstream must not take from the client: those missing from
+/// `set` ([`identity_headers`]), such as the owner of the master key.
+pub fn unset_identity_headers(set: &[(HeaderName, HeaderValue)]) -> Vec<&'static str> {
     IDENTITY_HEADERS
         .into_iter()
         .filter(|name| !set.iter().any(|(have, _)| have.as_str() == *name))
@@ -67,8 +66,8 @@ pub fn key_headers(headers: &HeaderMap) -> Vec<&'static str> {
     let bearer = headers
         .get(AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.split_once(' '))
-        .is_some_and(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"));
+        .and_then(guard::bearer_token)
+        .is_some();
     if bearer {
         names.push("authorization");
     }
@@ -97,13 +96,16 @@ pub async fn forward_auth(state: web::Data<AppState>, request: HttpRequest) -> H
     match decision {
         Ok(admitted) => {
             let mut response = HttpResponse::Ok();
-            for header in identity_headers(&admitted) {
-                response.insert_header(header);
+            let set = identity_headers(&admitted);
+            // Those keygate does not set (the master key's owner) are sent empty, so that
+            // gateways that copy headers only when present (Caddy, Traefik) still
+            // replace a client's own.
+            for name in unset_identity_headers(&set) {
+                response
+                    .insert_header((HeaderName::from_static(name), HeaderValue::from_static("")));
             }
-            // The master key has no owner: an empty one, so that gateways that copy
-            // headers only when present (Caddy, Traefik) still replace a client's own.
-            if matches!(admitted.principal, Principal::Master) {
-                response.insert_header(("x-keygate-owner-id", ""));
+            for header in set {
+                response.insert_header(header);
             }
             response.finish()
         }
@@ -157,11 +159,13 @@ pub async fn ext_authz(
     let original = OriginalRequest::new(request.method().as_str(), &target, "method", "path")?;
     let admitted = judge(&state, &request, &original).await?;
     let mut response = HttpResponse::Ok();
-    for header in identity_headers(&admitted) {
+    let set = identity_headers(&admitted);
+    let unset = unset_identity_headers(&set);
+    for header in set {
         response.insert_header(header);
     }
     let mut remove = key_headers(request.headers());
-    remove.extend(unset_identity_headers(&admitted));
+    remove.extend(unset);
     if !remove.is_empty() {
         response.insert_header(("x-envoy-auth-headers-to-remove", remove.join(",")));
     }

@@ -55,7 +55,7 @@ impl OwnerQuery {
         })?;
         web::Query::<OwnerQuery>::from_query(query)
             .map(web::Query::into_inner)
-            .map_err(|error| ApiError::malformed(format!("Invalid query string: {error}")))
+            .map_err(ApiError::invalid_query)
     }
 
     /// The owner named, if any: an empty `owner=` names none, as in Blnk.

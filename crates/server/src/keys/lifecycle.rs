@@ -21,7 +21,7 @@ use crate::state::AppState;
 pub const MAX_GRACE_SECONDS: i64 = 86_400;
 
 /// The owner's key `id`, as the caller may see it: another owner's key does not exist.
-async fn owned_key(state: &AppState, address: &KeyAddress) -> Result<ApiKey, ApiError> {
+pub(super) async fn owned_key(state: &AppState, address: &KeyAddress) -> Result<ApiKey, ApiError> {
     let (id, owner) = address.resolve()?;
     state
         .guard()

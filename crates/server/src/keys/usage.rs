@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::address::KeyAddress;
+use super::lifecycle::owned_key;
 use super::views::{no_store, parse_timestamp};
 use crate::error::ApiError;
 use crate::openapi::ErrorBody;
@@ -81,16 +82,10 @@ pub async fn usage(
 ) -> Result<HttpResponse, ApiError> {
     let query = web::Query::<UsageQuery>::from_query(request.query_string())
         .map(web::Query::into_inner)
-        .map_err(|error| ApiError::malformed(format!("Invalid query string: {error}")))?;
+        .map_err(ApiError::invalid_query)?;
     let now = state.clock().now();
     let (by_day, from, to) = range(&query, now)?;
-    let (id, owner) = address.resolve()?;
-    let key_id = id.clone();
-    state
-        .guard()
-        .read_store(move |store| store.get(&key_id, &owner))
-        .await?
-        .ok_or(ApiError::KeyNotFound)?;
+    let id = owned_key(&state, &address).await?.id;
     let (key_id, recorder) = (id.clone(), state.guard().usage());
     let counts = state
         .guard()
