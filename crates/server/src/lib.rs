@@ -238,7 +238,10 @@ fn serve_grpc(
             let incoming =
                 tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
             tonic::transport::Server::builder()
-                .add_service(AuthorizationServer::new(checker))
+                .add_service(
+                    AuthorizationServer::new(checker)
+                        .max_decoding_message_size(gateway::grpc::MAX_CHECK_BYTES),
+                )
                 .serve_with_incoming_shutdown(incoming, async {
                     // The signal that stops the HTTP server stops this one too, at once,
                     // so both drain together; or the HTTP server's end.

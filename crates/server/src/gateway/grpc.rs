@@ -24,6 +24,12 @@ use crate::state::AppState;
 /// The route label of gRPC checks in the request metrics.
 pub const CHECK_ROUTE: &str = "/envoy.service.auth.v3.Authorization/Check";
 
+/// The most request headers a check may carry (Envoy forwards at most 100 by default).
+const MAX_HEADERS: usize = 1_000;
+
+/// The largest `CheckRequest` accepted, in bytes.
+pub const MAX_CHECK_BYTES: usize = 256 * 1024;
+
 /// The `Authorization` service over the app's state.
 pub struct Checker {
     state: web::Data<AppState>,
@@ -128,6 +134,12 @@ fn header_map(
         }
         let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| invalid())?;
         let value = HeaderValue::from_bytes(value).map_err(|_| invalid())?;
+        // Bounded as an HTTP server bounds a request's headers.
+        if headers.len() >= MAX_HEADERS {
+            return Err(GuardError::Malformed(format!(
+                "more than {MAX_HEADERS} request headers"
+            )));
+        }
         headers.append(name, value);
         Ok(())
     };

@@ -305,6 +305,13 @@ async fn grpc_check_answers_as_the_guard_would() {
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("GEN_VALIDATION_ERROR"), "{body}");
 
+    // A check carrying more headers than any HTTP server would take is refused.
+    let names: Vec<String> = (0..1_001).map(|i| format!("x-filler-{i}")).collect();
+    let mut many: Vec<(&str, &str)> = names.iter().map(|name| (name.as_str(), "1")).collect();
+    many.push(("x-blnk-key", &reader));
+    let (_, status, _, _, body) = ask(check("GET", "/ledgers", &many)).await;
+    assert_eq!(status, 400, "{body}");
+
     // Metering, as everywhere.
     let first = ask(check("GET", "/ledgers", &[("x-blnk-key", &limited)])).await;
     assert_eq!(first.1, 200, "{first:?}");
