@@ -3,8 +3,6 @@
 
 use std::sync::LazyLock;
 
-use actix_web::http::header::{CacheControl, CacheDirective, ETAG, IF_NONE_MATCH};
-use actix_web::web::Bytes;
 use actix_web::{HttpRequest, HttpResponse};
 use serde::Serialize;
 use utoipa::openapi::RefOr;
@@ -12,6 +10,7 @@ use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
+use crate::assets::Asset;
 use crate::keys::usage::UsageView;
 use crate::keys::views::{CreditsView, RateLimitView, RefillView};
 use crate::keys::{CreateKey, EventView, KeyView, RotateKey, UpdateKey};
@@ -116,34 +115,11 @@ pub fn document() -> String {
     text
 }
 
-/// The served description and its entity tag, built on first use.
-static SERVED: LazyLock<(Bytes, String)> = LazyLock::new(|| {
-    let text = document();
-    let tag = format!("\"{}\"", &blake3::hash(text.as_bytes()).to_hex()[..32]);
-    (Bytes::from(text), tag)
-});
+/// The served description, built on first use.
+static SERVED: LazyLock<Asset> = LazyLock::new(|| Asset::new(document(), "application/json"));
 
 /// `GET /openapi.json`: the same bytes every time, so no caller can make the service
 /// rebuild the description, with an `ETag` so clients can skip the download.
 pub async fn serve(request: HttpRequest) -> HttpResponse {
-    let (body, tag) = &*SERVED;
-    let fresh = request
-        .headers()
-        .get_all(IF_NONE_MATCH)
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .any(|candidate| candidate.trim() == tag || candidate.trim() == "*");
-    let mut response = if fresh {
-        HttpResponse::NotModified()
-    } else {
-        HttpResponse::Ok()
-    };
-    response
-        .insert_header((ETAG, tag.as_str()))
-        .insert_header(CacheControl(vec![CacheDirective::NoCache]));
-    if fresh {
-        response.finish()
-    } else {
-        response.content_type("application/json").body(body.clone())
-    }
+    SERVED.serve(&request, |_| {})
 }
