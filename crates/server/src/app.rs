@@ -17,7 +17,7 @@ use crate::error::ApiError;
 use crate::guard::Caller;
 use crate::guard::require_key;
 use crate::state::AppState;
-use crate::{gateway, keys, metrics, openapi, verify};
+use crate::{console, gateway, keys, metrics, openapi, verify};
 
 /// The largest request body accepted.
 pub const BODY_LIMIT: usize = 1024 * 1024;
@@ -58,6 +58,7 @@ pub fn app(
         .service(web::scope(gateway::EXT_AUTHZ_PREFIX).default_service(web::to(gateway::ext_authz)))
         .service(read("/metrics", metrics::serve))
         .service(read("/openapi.json", openapi::serve))
+        .configure(console::routes)
         .service(
             web::scope("")
                 .wrap(from_fn(require_key))
@@ -73,7 +74,7 @@ pub fn app(
 
 /// A resource answering GET and HEAD (a read, whose body HTTP then leaves out) with
 /// `handler`, and any other method with 405.
-fn read<F, Args>(path: &str, handler: F) -> actix_web::Resource
+pub(crate) fn read<F, Args>(path: &str, handler: F) -> actix_web::Resource
 where
     F: Handler<Args>,
     Args: FromRequest + 'static,

@@ -7,7 +7,9 @@
 //! background and once more on the way out.
 
 pub mod app;
+pub mod assets;
 pub mod cli;
+pub mod console;
 pub mod error;
 pub mod gateway;
 pub mod keys;
