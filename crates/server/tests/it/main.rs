@@ -9,6 +9,7 @@ mod support;
 mod api;
 mod binary;
 mod cli;
+mod console;
 mod deployment;
 mod envoy;
 mod fleet;
