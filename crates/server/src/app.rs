@@ -34,6 +34,7 @@ pub fn app(
         InitError = (),
     >,
 > {
+    let console = state.console();
     App::new()
         .app_data(state.guard().clone())
         .app_data(state)
@@ -58,7 +59,11 @@ pub fn app(
         .service(web::scope(gateway::EXT_AUTHZ_PREFIX).default_service(web::to(gateway::ext_authz)))
         .service(read("/metrics", metrics::serve))
         .service(read("/openapi.json", openapi::serve))
-        .configure(console::routes)
+        .configure(|config| {
+            if console {
+                console::routes(config);
+            }
+        })
         .service(
             web::scope("")
                 .wrap(from_fn(require_key))

@@ -145,6 +145,8 @@ pub struct ServerSettings {
     /// Where Envoy's gRPC ext_authz (`envoy.service.auth.v3.Authorization/Check`) is
     /// served, on `host`; off unless set.
     pub grpc_port: Option<u16>,
+    /// Whether the web console is served at `/console`.
+    pub console: bool,
 }
 
 /// `[database]`
@@ -245,6 +247,7 @@ const DEFAULTS: &str = r#"
 host = "127.0.0.1"
 port = 5001
 secure = true
+console = true
 
 [database]
 url = "sqlite://keygate.db"

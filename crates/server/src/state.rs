@@ -16,6 +16,7 @@ pub struct AppState {
     guard: web::Data<Guard>,
     metrics: Arc<Metrics>,
     max_key_lifetime_days: u32,
+    console: bool,
 }
 
 impl AppState {
@@ -44,6 +45,7 @@ impl AppState {
             ),
             metrics,
             max_key_lifetime_days: settings.auth.max_key_lifetime_days,
+            console: settings.server.console,
         })
     }
 
@@ -65,5 +67,10 @@ impl AppState {
     /// The furthest in the future a key may expire, in days.
     pub fn max_key_lifetime_days(&self) -> u32 {
         self.max_key_lifetime_days
+    }
+
+    /// Whether the web console is served.
+    pub fn console(&self) -> bool {
+        self.console
     }
 }
