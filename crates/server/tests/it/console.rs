@@ -6,6 +6,7 @@
 use crate::support;
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -64,7 +65,10 @@ struct Browser {
 impl Browser {
     async fn start() -> Self {
         let port = free_port();
+        // In a process group of its own, with the Chromium it starts, so that both can be
+        // stopped together whatever happens to the session.
         let mut driver = Command::new(CHROMEDRIVER)
+            .process_group(0)
             .arg(format!("--port={port}"))
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -395,8 +399,10 @@ impl Browser {
 }
 
 impl Drop for Browser {
-    /// A failed step leaves no chromedriver (nor its Chromium) behind.
+    /// A failed step leaves no chromedriver, nor any Chromium, behind.
     fn drop(&mut self) {
+        let group = format!("-{}", self.driver.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
