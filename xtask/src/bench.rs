@@ -319,6 +319,9 @@ fn bench_backend(
 struct Gateways {
     /// nginx's own answer (reference) and `/forward-auth`, measured in turn.
     rounds: Paired,
+    /// The same nginx rounds, against a keygate with one worker: on a machine whose
+    /// other cores run wrk, one worker per core oversubscribes them.
+    one_worker: Paired,
     grpc_per_second: f64,
     grpc_errors: u64,
 }
@@ -326,8 +329,13 @@ struct Gateways {
 impl Gateways {
     fn json(&self) -> String {
         format!(
-            "{{\"http\": {}, \"grpc_check_per_second\": {:.0}, \"grpc_errors\": {}}}",
+            "{{\"http\": {}, \"http_one_worker\": {}, \"grpc_check_per_second\": {:.0}, \"grpc_errors\": {}}}",
             self.rounds.json(
+                "nginx_return_204",
+                "forward_auth",
+                "forward_auth_over_nginx"
+            ),
+            self.one_worker.json(
                 "nginx_return_204",
                 "forward_auth",
                 "forward_auth_over_nginx"
@@ -339,10 +347,12 @@ impl Gateways {
 
     fn print(&self) {
         println!(
-            "gateways   (e) nginx return 204: {:.0} req/s; /forward-auth (1,000 keys): {:.0} req/s = {:.2}x nginx; gRPC Check: {:.0} decisions/s ({} errors)",
+            "gateways   (e) nginx return 204: {:.0} req/s; /forward-auth (1,000 keys): {:.0} req/s = {:.2}x nginx (one worker per core); {:.0} req/s = {:.2}x nginx with server.workers = 1 (wrk has the other core); gRPC Check: {:.0} decisions/s ({} errors)",
             Paired::rate(&self.rounds.reference),
             Paired::rate(&self.rounds.measured),
             self.rounds.ratio(),
+            Paired::rate(&self.one_worker.measured),
+            self.one_worker.ratio(),
             self.grpc_per_second,
             self.grpc_errors
         );
@@ -375,14 +385,30 @@ fn bench_gateways(
     )
     .map_err(|e| e.to_string())?;
     let script = work.join("load.lua");
+    // The same database behind a keygate with one worker.
+    let single = dir.join("one-worker");
+    fs::create_dir_all(&single).map_err(|e| e.to_string())?;
+    let single_port = free_port()?;
+    let _single = Server::start_with(
+        binary,
+        &single,
+        single_port,
+        &url,
+        &[("KEYGATE_SERVER__WORKERS", "1")],
+    )?;
     let nginx = Nginx::start(&dir)?;
-    eprintln!("bench: gateways: (e) nginx return 204 and /forward-auth, in turn");
+    eprintln!(
+        "bench: gateways: (e) nginx return 204 and /forward-auth (default and one worker), in turn"
+    );
     wrk(nginx.port, &script, &keys_file, "forward", 2)?;
     wrk(port, &script, &keys_file, "forward", 3)?;
-    let mut rounds = Paired::default();
+    wrk(single_port, &script, &keys_file, "forward", 3)?;
+    let (mut rounds, mut one_worker) = (Paired::default(), Paired::default());
     for round in 0..ROUNDS {
         rounds.reference[round] = wrk(nginx.port, &script, &keys_file, "forward", seconds)?;
+        one_worker.reference[round] = rounds.reference[round];
         rounds.measured[round] = wrk(port, &script, &keys_file, "forward", seconds)?;
+        one_worker.measured[round] = wrk(single_port, &script, &keys_file, "forward", seconds)?;
     }
     drop(nginx);
     eprintln!("bench: gateways: (e) gRPC Check for {seconds} s");
@@ -411,6 +437,7 @@ fn bench_gateways(
     };
     Ok(Gateways {
         rounds,
+        one_worker,
         grpc_per_second: (allowed + other) / (micros.max(1.0) / 1e6),
         grpc_errors: errors as u64,
     })

@@ -10,12 +10,16 @@ use chrono::{DateTime, Utc};
 use keygate_core::metering::hour_of;
 use keygate_core::{ApiKeyId, KeyStore, StoreError, UsageCount, UsageOutcome};
 
+/// Maps keyed by key id, counted on every request: hashed with foldhash rather than
+/// SipHash (the ids are the service's own, random, so there is no flooding to resist).
+type ByKey<V> = HashMap<ApiKeyId, V, foldhash::fast::RandomState>;
+
 /// Latest use of each key, and its counts, since the last flush.
 #[derive(Debug, Default)]
 pub struct UsageRecorder {
-    pending: Mutex<HashMap<ApiKeyId, DateTime<Utc>>>,
+    pending: Mutex<ByKey<DateTime<Utc>>>,
     /// Counts by key, one entry per hour (rarely more than one).
-    counts: Mutex<HashMap<ApiKeyId, Vec<UsageCount>>>,
+    counts: Mutex<ByKey<Vec<UsageCount>>>,
     /// Held while counts are written, and while they are read with what is written, so
     /// that a count is seen exactly once: in memory or in the database.
     writing: Mutex<()>,
