@@ -489,14 +489,19 @@ fn create(keygate: &Running, owner: &str, name: &str, scopes: &[&str]) -> (Strin
 
 /// What keygate answers at the gateway for `key` reading ledgers.
 fn forward_auth(keygate: &Running, key: &str) -> u16 {
+    gateway(keygate, key, "GET", "/ledgers")
+}
+
+/// What keygate answers at the gateway for `key` asking `method uri`.
+fn gateway(keygate: &Running, key: &str, method: &str, uri: &str) -> u16 {
     exchange(
         None,
         keygate.port,
         "GET",
         "/forward-auth",
         &[
-            ("X-Original-Method", "GET"),
-            ("X-Original-URI", "/ledgers"),
+            ("X-Original-Method", method),
+            ("X-Original-URI", uri),
             ("X-Blnk-Key", key),
         ],
         None,
@@ -936,7 +941,9 @@ async fn the_console_manages_keys_in_a_real_browser() {
         .await;
     b.assert_no_errors("events", &[]).await;
 
-    // Usage: a chart of the successor's traffic (two requests above), by hour and by day.
+    // Usage: a chart of the successor's traffic (two requests admitted above, and one its
+    // scopes refuse), by hour and by day.
+    assert_eq!(gateway(&keygate, &successor, "POST", "/balances"), 403);
     let successor_id = listing(&keygate, "acme")
         .into_iter()
         .find(|key| key["name"] == "billing-service" && key["api_key_id"] != alpha.as_str())
@@ -955,7 +962,7 @@ async fn the_console_manages_keys_in_a_real_browser() {
             .await;
         let label = label.as_str().unwrap_or_default();
         assert!(
-            label.contains("2 allowed") && label.contains("0 refused"),
+            label.contains("2 allowed") && label.contains("1 refused"),
             "{range}: {label}"
         );
         assert_eq!(
