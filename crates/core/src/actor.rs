@@ -14,6 +14,8 @@ pub enum Actor {
     Cli,
     /// An API key acting within its scopes.
     Key(ApiKeyId),
+    /// `keygate keys import`: keys brought from elsewhere, their secrets kept.
+    Import,
 }
 
 impl Actor {
@@ -22,6 +24,7 @@ impl Actor {
         match text {
             "master" => Actor::Master,
             "cli" => Actor::Cli,
+            "import" => Actor::Import,
             id => Actor::Key(ApiKeyId::new(id)),
         }
     }
@@ -37,11 +40,12 @@ impl From<&Principal> for Actor {
 }
 
 impl fmt::Display for Actor {
-    /// `master`, `cli`, or the acting key's id.
+    /// `master`, `cli`, `import`, or the acting key's id.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Actor::Master => f.write_str("master"),
             Actor::Cli => f.write_str("cli"),
+            Actor::Import => f.write_str("import"),
             Actor::Key(id) => f.write_str(id.as_str()),
         }
     }

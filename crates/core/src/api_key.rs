@@ -121,6 +121,17 @@ impl ApiKey {
         }
     }
 
+    /// This key under `id` (an imported key keeps the id it had), its own credits with it.
+    pub fn renamed(mut self, id: ApiKeyId) -> Self {
+        let old = std::mem::replace(&mut self.id, id);
+        if let Some(account) = self.credits.as_mut()
+            && account.pool == old
+        {
+            account.pool = self.id.clone();
+        }
+        self
+    }
+
     /// The successor of this key in a rotation: a new id and secret, the same name,
     /// owner, scopes, expiry and rate limit, the same credits (shared, not copied: a
     /// rotation never creates credits), and a link back to this key.

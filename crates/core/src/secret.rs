@@ -19,6 +19,9 @@ pub const KEY_LEN: usize = 44;
 #[derive(Clone)]
 pub struct PlainKey(SecretString);
 
+/// The lengths a key brought from elsewhere may have.
+pub const IMPORTED_LEN: std::ops::RangeInclusive<usize> = 16..=512;
+
 impl PlainKey {
     /// A new key: 32 bytes from the operating system's CSPRNG, URL-safe base64 with padding.
     pub fn generate() -> Result<Self, rand::rand_core::OsError> {
@@ -38,6 +41,16 @@ impl PlainKey {
             && bytes[..KEY_LEN - 1]
                 .iter()
                 .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_')
+    }
+
+    /// Whether `text` could be a key brought from elsewhere (`keygate keys import`):
+    /// 16 to 512 characters of printable ASCII, neither starting nor ending with a space.
+    pub fn could_be_imported(text: &str) -> bool {
+        let bytes = text.as_bytes();
+        (IMPORTED_LEN).contains(&bytes.len())
+            && bytes.iter().all(|b| (b' '..=b'~').contains(b))
+            && bytes.first() != Some(&b' ')
+            && bytes.last() != Some(&b' ')
     }
 
     /// Wraps a key received from a client or a configuration.
@@ -115,6 +128,30 @@ mod tests {
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         );
         assert_eq!(URL_SAFE.decode(text).expect("decodes").len(), KEY_BYTES);
+    }
+
+    #[test]
+    fn imported_keys_are_printable_ascii_of_16_to_512_characters() {
+        for good in [
+            "sixteen-chars-ok",
+            "blnk_0123456789abcdef",
+            "a key with spaces in it",
+            &"x".repeat(512),
+        ] {
+            assert!(PlainKey::could_be_imported(good), "{good}");
+        }
+        let long = "x".repeat(513);
+        for bad in [
+            "fifteen-chars-x",
+            " leading-space-key",
+            "trailing-space-key ",
+            "tab\there-0123456789",
+            "caf\u{e9}-0123456789-x",
+            long.as_str(),
+            "",
+        ] {
+            assert!(!PlainKey::could_be_imported(bad), "{bad:?}");
+        }
     }
 
     #[test]

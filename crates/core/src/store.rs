@@ -122,6 +122,22 @@ pub trait KeyStore: Send + Sync + 'static {
 
     /// Deletes usage older than `before`; returns how many hourly rows.
     fn prune_usage(&self, before: DateTime<Utc>) -> Result<usize, StoreError>;
+
+    /// Stores `keys`, brought from elsewhere, in one transaction, each audited as created
+    /// by `actor`; a key whose id or hash is already stored (or repeated in `keys`) is
+    /// skipped. `lengths` are the lengths of their secrets, remembered so that keys of
+    /// those lengths are looked up ([`Self::key_lengths`]). Returns how many were stored,
+    /// or with `dry_run` would have been (the transaction is then rolled back).
+    fn import(
+        &self,
+        keys: &[ApiKey],
+        lengths: &[u16],
+        actor: &Actor,
+        dry_run: bool,
+    ) -> Result<usize, StoreError>;
+
+    /// The lengths of imported secrets not of keygate's own shape.
+    fn key_lengths(&self) -> Result<Vec<u16>, StoreError>;
 }
 
 /// A position in the change feed, meaningful only to the store that gave it.

@@ -1,8 +1,9 @@
 //! [`Database`]: a connection pool for one backend, and the [`KeyStore`] queries over it.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool};
@@ -67,7 +68,8 @@ macro_rules! with_connection {
             Pools::Sqlite(pool) => {
                 #[allow(unused_imports)]
                 use crate::schema::sqlite::{
-                    api_keys as $t, credit_pools as $c, key_events as $e, key_usage as $u,
+                    api_keys as $t, credit_pools as $c, key_events as $e, key_lengths,
+                    key_usage as $u,
                 };
                 let mut pooled = pool.get().map_err(unavailable)?;
                 let $conn: &mut SqliteConnection = &mut pooled;
@@ -76,7 +78,8 @@ macro_rules! with_connection {
             Pools::Postgres(pool) => {
                 #[allow(unused_imports)]
                 use crate::schema::postgres::{
-                    api_keys as $t, credit_pools as $c, key_events as $e, key_usage as $u,
+                    api_keys as $t, credit_pools as $c, key_events as $e, key_lengths,
+                    key_usage as $u,
                 };
                 let mut pooled = pool.get().map_err(unavailable)?;
                 let $conn: &mut PgConnection = &mut pooled;
@@ -535,7 +538,7 @@ impl KeyStore for Database {
                     .map_err(query_error)?
             }
         };
-        let mut seen = std::collections::HashSet::with_capacity(hashes.len());
+        let mut seen = HashSet::with_capacity(hashes.len());
         let mut keys = Vec::with_capacity(hashes.len());
         for bytes in &hashes {
             let hash = KeyHash::from_bytes(bytes)
@@ -988,7 +991,118 @@ impl KeyStore for Database {
                 .map_err(query_error)
         })
     }
+
+    fn import(
+        &self,
+        keys: &[ApiKey],
+        lengths: &[u16],
+        actor: &Actor,
+        dry_run: bool,
+    ) -> Result<usize, StoreError> {
+        let actor = actor.to_string();
+        let now = Utc::now().trunc_subsecs(6);
+        let mut counted = 0;
+        let outcome = with_connection!(self, |conn, t, e, c, u| {
+            conn.bulk_cache(true).map_err(query_error)?;
+            let outcome = conn.write_transaction(|conn| {
+                if !lengths.is_empty() {
+                    let rows: Vec<_> = lengths
+                        .iter()
+                        .map(|length| key_lengths::length.eq(i32::from(*length)))
+                        .collect();
+                    diesel::insert_into(key_lengths::table)
+                        .values(&rows)
+                        .on_conflict_do_nothing()
+                        .execute(conn)?;
+                }
+                let mut fresh: Vec<&ApiKey> = Vec::with_capacity(keys.len());
+                for chunk in keys.chunks(IMPORT_CHUNK) {
+                    let ids: Vec<&str> = chunk.iter().map(|key| key.id.as_str()).collect();
+                    let hashes: Vec<&[u8]> =
+                        chunk.iter().map(|key| &key.hash.as_bytes()[..]).collect();
+                    let stored: Vec<(String, Vec<u8>)> = t::table
+                        .filter(t::api_key_id.eq_any(&ids).or(t::key_hash.eq_any(&hashes)))
+                        .select((t::api_key_id, t::key_hash))
+                        .load(conn)?;
+                    let stored_ids: HashSet<&str> =
+                        stored.iter().map(|(id, _)| id.as_str()).collect();
+                    let stored_hashes: HashSet<&[u8]> =
+                        stored.iter().map(|(_, hash)| hash.as_slice()).collect();
+                    fresh.extend(chunk.iter().filter(|key| {
+                        !stored_ids.contains(key.id.as_str())
+                            && !stored_hashes.contains(&key.hash.as_bytes()[..])
+                    }));
+                }
+                // Repeated within the batch: the first stands.
+                let mut seen_ids = HashSet::with_capacity(fresh.len());
+                let mut seen_hashes = HashSet::with_capacity(fresh.len());
+                fresh.retain(|key| {
+                    seen_ids.insert(key.id.as_str()) & seen_hashes.insert(key.hash.as_bytes())
+                });
+                for chunk in fresh.chunks(IMPORT_CHUNK) {
+                    let pools: Vec<_> = chunk
+                        .iter()
+                        .filter_map(|key| key.credits.as_ref().filter(|a| a.pool == key.id))
+                        .map(|account| pool_row!(c, account))
+                        .collect();
+                    if !pools.is_empty() {
+                        diesel::insert_into(c::table).values(&pools).execute(conn)?;
+                    }
+                    let scopes: Vec<String> =
+                        chunk.iter().map(|key| key.scopes.to_string()).collect();
+                    let rows: Vec<_> = chunk
+                        .iter()
+                        .zip(&scopes)
+                        .map(|(key, scopes)| key_row!(t, key, (*scopes)))
+                        .collect();
+                    diesel::insert_into(t::table).values(&rows).execute(conn)?;
+                    let events: Vec<_> = chunk
+                        .iter()
+                        .map(|key| {
+                            (
+                                e::api_key_id.eq(key.id.as_str()),
+                                e::kind.eq(EventKind::Created.as_str()),
+                                e::actor.eq(&actor),
+                                e::at.eq(now),
+                            )
+                        })
+                        .collect();
+                    diesel::insert_into(e::table)
+                        .values(&events)
+                        .execute(conn)?;
+                }
+                counted = fresh.len();
+                if dry_run {
+                    return Err(DieselError::RollbackTransaction);
+                }
+                Ok(counted)
+            });
+            conn.bulk_cache(false).map_err(query_error)?;
+            outcome
+        });
+        match outcome {
+            Err(DieselError::RollbackTransaction) if dry_run => Ok(counted),
+            other => other.map_err(query_error),
+        }
+    }
+
+    fn key_lengths(&self) -> Result<Vec<u16>, StoreError> {
+        let lengths: Vec<i32> = with_connection!(self, |conn, t, e, c, u| {
+            key_lengths::table
+                .select(key_lengths::length)
+                .load(conn)
+                .map_err(query_error)?
+        });
+        Ok(lengths
+            .into_iter()
+            .filter_map(|length| u16::try_from(length).ok())
+            .collect())
+    }
 }
+
+/// Keys per statement of an import: 16 columns a row keeps SQLite under its 32,766
+/// bound parameters.
+const IMPORT_CHUNK: usize = 1000;
 
 /// A transaction that writes: SQLite's takes the write lock at once (a transaction that
 /// reads first and writes later fails when another wrote in between), PostgreSQL's is
@@ -998,6 +1112,11 @@ trait WriteTransaction: Connection {
         &mut self,
         f: impl FnOnce(&mut Self) -> Result<T, DieselError>,
     ) -> Result<T, DieselError>;
+
+    /// Sizes the connection's page cache for a bulk write (`true`), or back (`false`).
+    fn bulk_cache(&mut self, _bulk: bool) -> Result<(), DieselError> {
+        Ok(())
+    }
 }
 
 impl WriteTransaction for SqliteConnection {
@@ -1006,6 +1125,13 @@ impl WriteTransaction for SqliteConnection {
         f: impl FnOnce(&mut Self) -> Result<T, DieselError>,
     ) -> Result<T, DieselError> {
         self.immediate_transaction(f)
+    }
+
+    /// SQLite's default cache (2 MiB) holds a few thousand keys' index pages; random key
+    /// hashes then evict and write each page again and again. 256 MiB, while importing.
+    fn bulk_cache(&mut self, bulk: bool) -> Result<(), DieselError> {
+        let kib = if bulk { 262_144 } else { 2_000 };
+        self.batch_execute(&format!("PRAGMA cache_size = -{kib}"))
     }
 }
 

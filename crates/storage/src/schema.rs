@@ -57,6 +57,12 @@ pub mod postgres {
         }
     }
 
+    diesel::table! {
+        key_lengths (length) {
+            length -> Integer,
+        }
+    }
+
     diesel::joinable!(key_events -> api_keys (api_key_id));
     diesel::joinable!(api_keys -> credit_pools (credit_pool));
     diesel::allow_tables_to_appear_in_same_query!(api_keys, key_events, credit_pools);
@@ -122,6 +128,12 @@ pub mod sqlite {
             denied -> BigInt,
             rate_limited -> BigInt,
             usage_exceeded -> BigInt,
+        }
+    }
+
+    diesel::table! {
+        key_lengths (length) {
+            length -> Integer,
         }
     }
 
