@@ -32,11 +32,14 @@ use crate::guard::Guard;
 /// Reads the change feed once, forgetting what it says changed; the cursor to read from
 /// next, or `None` (having said so) when it could not be read.
 pub async fn read_once(state: &Guard, cursor: Option<ChangeCursor>) -> Option<ChangeCursor> {
+    // The lengths of imported keys come with every read: a key imported elsewhere is
+    // looked up here from the next read on.
     match state
-        .read_store(move |store| store.changes_after(cursor))
+        .read_store(move |store| Ok((store.changes_after(cursor)?, store.key_lengths()?)))
         .await
     {
-        Ok(changes) => {
+        Ok((changes, lengths)) => {
+            state.learn_key_lengths(&lengths);
             if changes.reset || cursor.is_none() {
                 // Nothing says what changed before this read: hold nothing read before it.
                 if changes.reset {

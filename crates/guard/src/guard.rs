@@ -66,6 +66,27 @@ pub struct Guard {
     usage_flush: Duration,
     /// Rate limits and credits.
     meter: Meter,
+    /// The lengths of imported secrets not of keygate's own shape, one bit each.
+    foreign_lengths: KeyLengths,
+}
+
+/// A set of secret lengths (0 to [`MAX_PRESENTED_KEY`]), read on every request without
+/// a lock.
+#[derive(Debug, Default)]
+struct KeyLengths([AtomicU64; MAX_PRESENTED_KEY / 64 + 1]);
+
+impl KeyLengths {
+    fn contains(&self, length: usize) -> bool {
+        self.0
+            .get(length / 64)
+            .is_some_and(|word| word.load(Ordering::Relaxed) & (1 << (length % 64)) != 0)
+    }
+
+    fn insert(&self, length: usize) {
+        if let Some(word) = self.0.get(length / 64) {
+            word.fetch_or(1 << (length % 64), Ordering::Relaxed);
+        }
+    }
 }
 
 /// How the master key is recognised: by its digest, compared in constant time.
@@ -137,6 +158,7 @@ impl Guard {
             usage: Arc::new(UsageRecorder::default()),
             change_poll: settings.change_poll.max(Duration::from_millis(1)),
             usage_flush: settings.usage_flush.max(Duration::from_millis(1)),
+            foreign_lengths: KeyLengths::default(),
         }
     }
 
@@ -314,16 +336,16 @@ impl Guard {
             return Err(refusal(GuardError::InvalidKey));
         }
         let hash = KeyHash::of(presented);
-        let issued_shape = PlainKey::could_be_issued(presented);
+        let stored_shape = self.could_be_stored(presented);
         if let Some(wait) = refused
-            && !(issued_shape && self.keys.contains_key(&hash))
+            && !(stored_shape && self.keys.contains_key(&hash))
         {
             return Err(GuardError::RateLimited(wait));
         }
         if hash == *master {
             return Ok(Principal::Master);
         }
-        if !issued_shape {
+        if !stored_shape {
             return Err(GuardError::InvalidKey);
         }
         // A cache that has not heard of changes elsewhere for too long is not trusted.
@@ -394,6 +416,22 @@ impl Guard {
                 .elapsed()
                 .saturating_sub(Duration::from_millis(read))
                 <= self.max_staleness
+    }
+
+    /// Whether `presented` could be a stored key: of keygate's own shape, or printable
+    /// ASCII of a length some imported key has. Anything else is refused without a
+    /// lookup.
+    fn could_be_stored(&self, presented: &str) -> bool {
+        PlainKey::could_be_issued(presented)
+            || (self.foreign_lengths.contains(presented.len())
+                && PlainKey::could_be_imported(presented))
+    }
+
+    /// Admits presented keys of these lengths to a lookup: imported keys have them.
+    pub(crate) fn learn_key_lengths(&self, lengths: &[u16]) {
+        for length in lengths {
+            self.foreign_lengths.insert(usize::from(*length));
+        }
     }
 
     /// Forgets every cached key.
