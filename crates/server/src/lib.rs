@@ -12,6 +12,7 @@ pub mod cli;
 pub mod console;
 pub mod error;
 pub mod gateway;
+pub mod import;
 pub mod keys;
 pub mod logging;
 pub mod master_key;

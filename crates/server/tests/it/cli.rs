@@ -423,3 +423,189 @@ fn the_cli_sets_and_changes_metering_and_a_running_server_follows() {
         }
     }
 }
+
+/// A 10,000-line import file: keys of keygate's shape and of others', good lines,
+/// duplicates (of a line above, and of a key already stored) and bad lines, whose
+/// numbers are returned with a word of what each is refused for.
+fn import_file(
+    dir: &Path,
+    stored_secret: &str,
+) -> (std::path::PathBuf, Vec<(usize, &'static str)>, Vec<String>) {
+    use std::fmt::Write as _;
+    let mut text = String::new();
+    let mut bad = Vec::new();
+    let mut good = Vec::new();
+    let expires = support::next_year();
+    for number in 1..=10_000usize {
+        let line = match number % 500 {
+            // Bad lines, each a different fault.
+            7 => {
+                bad.push((number, "scopes"));
+                format!(
+                    r#"{{"key":"bad-scope-key-{number:08}","name":"x","owner":"acme","scopes":["nope:read"],"expires_at":"{expires}"}}"#
+                )
+            }
+            13 => {
+                bad.push((number, "key"));
+                format!(
+                    r#"{{"key":"short","name":"x","owner":"acme","scopes":["ledgers:read"],"expires_at":"{expires}"}}"#
+                )
+            }
+            17 => {
+                bad.push((number, "expires_at"));
+                format!(
+                    r#"{{"key":"past-key-{number:012}","name":"x","owner":"acme","scopes":["ledgers:read"],"expires_at":"2020-01-01T00:00:00Z"}}"#
+                )
+            }
+            19 => {
+                bad.push((number, "JSON"));
+                "{this is not json".to_owned()
+            }
+            23 => {
+                bad.push((number, "name"));
+                format!(
+                    r#"{{"key":"no-name-key-{number:010}","owner":"acme","scopes":["ledgers:read"],"expires_at":"{expires}"}}"#
+                )
+            }
+            // A duplicate of the line before, and of a key already stored.
+            29 => format!(
+                r#"{{"key":"foreign-{:024}","name":"again","owner":"acme","scopes":["ledgers:read"],"expires_at":"{expires}"}}"#,
+                number - 2
+            ),
+            31 => format!(
+                r#"{{"key":"{stored_secret}","name":"stored","owner":"acme","scopes":["ledgers:read"],"expires_at":"{expires}"}}"#
+            ),
+            _ => {
+                // Half of keygate's own shape, half another system's, with an id kept.
+                let secret = if number % 2 == 0 {
+                    format!("{:043}=", number).replace('0', "A")
+                } else {
+                    format!("foreign-{number:024}")
+                };
+                good.push(secret.clone());
+                format!(
+                    r#"{{"key":"{secret}","api_key_id":"api_key_imported-{number}","name":"imported {number}","owner":"acme","scopes":["ledgers:read"],"expires_at":"{expires}","created_at":"2025-06-01T12:00:00Z"}}"#
+                )
+            }
+        };
+        let _ = writeln!(text, "{line}");
+    }
+    let path = dir.join("keys.jsonl");
+    std::fs::write(&path, text).expect("the import file is written");
+    (path, bad, good)
+}
+
+#[test]
+fn keys_are_imported_in_bulk_and_a_running_server_finds_them() {
+    for db in TestDatabase::all() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let server = serve(dir.path(), &db.url_string);
+        let (stored, _) = {
+            let body = format!(
+                r#"{{"name":"made","owner":"acme","scopes":["ledgers:read"],"expires_at":"{}"}}"#,
+                support::next_year()
+            );
+            let (status, body) = server.post("/api-keys", MASTER, &body);
+            assert_eq!(status, 201, "{body}");
+            (support::process::field(&body, "key"), ())
+        };
+        let (file, bad, good) = import_file(dir.path(), &stored);
+        let file = file.to_string_lossy().into_owned();
+        let listed = |server: &Running| -> usize {
+            let (status, body) = server.get("/api-keys?owner=acme", Some(MASTER));
+            assert_eq!(status, 200, "{body}");
+            serde_json::from_str::<Vec<serde_json::Value>>(&body)
+                .expect("a list")
+                .len()
+        };
+
+        // Dry: every bad line named, the counts right, nothing stored.
+        let dry = keygate(
+            dir.path(),
+            &db.url_string,
+            &["keys", "import", &file, "--dry-run"],
+        );
+        assert!(!dry.status.success(), "refused lines fail the command");
+        let summary: serde_json::Value = serde_json::from_slice(&dry.stdout).expect("a summary");
+        let duplicates = 10_000 / 500 * 2;
+        assert_eq!(summary["refused"], bad.len(), "{summary}");
+        assert_eq!(summary["duplicates"], duplicates, "{summary}");
+        assert_eq!(summary["imported"], good.len(), "{summary}");
+        assert_eq!(summary["dry_run"], true);
+        let stderr = String::from_utf8_lossy(&dry.stderr);
+        for (number, word) in &bad {
+            let line = stderr
+                .lines()
+                .find(|line| line.starts_with(&format!("line {number}: ")))
+                .unwrap_or_else(|| panic!("line {number} is named: {stderr}"));
+            assert!(line.contains(word), "line {number} says {word}: {line}");
+        }
+        assert_eq!(stderr.matches("line ").count(), bad.len(), "{stderr}");
+        assert!(!stderr.contains("foreign-"), "no secret in a report");
+        assert_eq!(listed(&server), 1, "a dry run stores nothing");
+
+        // For real: the same counts, and then every key is there.
+        let real = keygate(dir.path(), &db.url_string, &["keys", "import", &file]);
+        let summary: serde_json::Value = serde_json::from_slice(&real.stdout).expect("a summary");
+        assert_eq!(summary["imported"], good.len(), "{summary}");
+        assert_eq!(summary["duplicates"], duplicates, "{summary}");
+        assert_eq!(listed(&server), good.len() + 1);
+
+        // The running server finds them, of either shape, within its poll period; their
+        // scopes hold; an unknown key of a foreign length is still refused.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for secret in [&good[0], &good[1], &good[good.len() - 1]] {
+            while gateway(&server, secret, "GET") != 200 {
+                assert!(Instant::now() < deadline, "an imported key is found");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            assert_eq!(
+                gateway(&server, secret, "POST"),
+                403,
+                "imported scopes hold"
+            );
+        }
+        let unknown = format!("foreign-{:024}", 999_999);
+        assert_eq!(gateway(&server, &unknown, "GET"), 401);
+
+        // Kept as they were: the id and the creation time, audited as imported.
+        let (status, body) = server.get("/api-keys/api_key_imported-3?owner=acme", Some(MASTER));
+        assert_eq!(status, 200, "{body}");
+        let key: serde_json::Value = serde_json::from_str(&body).expect("a key");
+        assert_eq!(key["created_at"], "2025-06-01T12:00:00Z");
+        assert_eq!(key["name"], "imported 3");
+        let (_, events) = server.get(
+            "/api-keys/api_key_imported-3/events?owner=acme",
+            Some(MASTER),
+        );
+        assert!(events.contains(r#""actor":"import""#), "{events}");
+
+        // Again: nothing new.
+        let again = keygate(dir.path(), &db.url_string, &["keys", "import", &file]);
+        let summary: serde_json::Value = serde_json::from_slice(&again.stdout).expect("a summary");
+        assert_eq!(summary["imported"], 0, "{summary}");
+        assert_eq!(listed(&server), good.len() + 1);
+        drop(server);
+        // A new server, started afterwards, finds them too.
+        let server = serve(dir.path(), &db.url_string);
+        assert_eq!(gateway(&server, &good[1], "GET"), 200);
+    }
+}
+
+/// What `/forward-auth` answers for `key` asking `method /ledgers`.
+fn gateway(server: &Running, key: &str, method: &str) -> u16 {
+    support::process::exchange(
+        None,
+        server.port,
+        "GET",
+        "/forward-auth",
+        &[
+            ("X-Original-Method", method),
+            ("X-Original-URI", "/ledgers"),
+            ("X-Blnk-Key", key),
+        ],
+        None,
+    )
+    .expect("keygate answers")
+    .status
+}

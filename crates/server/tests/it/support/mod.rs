@@ -484,4 +484,18 @@ impl KeyStore for CountingStore {
     ) -> Result<usize, keygate_core::StoreError> {
         self.inner.prune_usage(before)
     }
+
+    fn import(
+        &self,
+        keys: &[keygate_core::ApiKey],
+        lengths: &[u16],
+        actor: &keygate_core::Actor,
+        dry_run: bool,
+    ) -> Result<usize, keygate_core::StoreError> {
+        self.inner.import(keys, lengths, actor, dry_run)
+    }
+
+    fn key_lengths(&self) -> Result<Vec<u16>, keygate_core::StoreError> {
+        self.inner.key_lengths()
+    }
 }
