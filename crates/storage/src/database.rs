@@ -1020,14 +1020,19 @@ impl KeyStore for Database {
                     let ids: Vec<&str> = chunk.iter().map(|key| key.id.as_str()).collect();
                     let hashes: Vec<&[u8]> =
                         chunk.iter().map(|key| &key.hash.as_bytes()[..]).collect();
-                    let stored: Vec<(String, Vec<u8>)> = t::table
-                        .filter(t::api_key_id.eq_any(&ids).or(t::key_hash.eq_any(&hashes)))
-                        .select((t::api_key_id, t::key_hash))
+                    // Two lookups, each by its own unique index.
+                    let stored_ids: Vec<String> = t::table
+                        .filter(t::api_key_id.eq_any(&ids))
+                        .select(t::api_key_id)
+                        .load(conn)?;
+                    let stored_hashes: Vec<Vec<u8>> = t::table
+                        .filter(t::key_hash.eq_any(&hashes))
+                        .select(t::key_hash)
                         .load(conn)?;
                     let stored_ids: HashSet<&str> =
-                        stored.iter().map(|(id, _)| id.as_str()).collect();
+                        stored_ids.iter().map(String::as_str).collect();
                     let stored_hashes: HashSet<&[u8]> =
-                        stored.iter().map(|(_, hash)| hash.as_slice()).collect();
+                        stored_hashes.iter().map(Vec::as_slice).collect();
                     fresh.extend(chunk.iter().filter(|key| {
                         !stored_ids.contains(key.id.as_str())
                             && !stored_hashes.contains(&key.hash.as_bytes()[..])
@@ -1039,6 +1044,9 @@ impl KeyStore for Database {
                 fresh.retain(|key| {
                     seen_ids.insert(key.id.as_str()) & seen_hashes.insert(key.hash.as_bytes())
                 });
+                // In hash order, each statement's rows land near one another in the hash
+                // index rather than all over it.
+                fresh.sort_unstable_by(|a, b| a.hash.as_bytes().cmp(b.hash.as_bytes()));
                 for chunk in fresh.chunks(IMPORT_CHUNK) {
                     let pools: Vec<_> = chunk
                         .iter()
