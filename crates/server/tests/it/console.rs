@@ -477,6 +477,27 @@ fn row(id: &str) -> String {
     )
 }
 
+/// The `keygate` binary on a fresh SQLite database, with `extra` settings, and its folder.
+fn serve(extra: &[(&str, &str)]) -> (tempfile::TempDir, Running) {
+    let dir = tempfile::tempdir().expect("a folder");
+    let port = free_port();
+    let mut env = vec![
+        ("KEYGATE_SERVER__PORT", port.to_string()),
+        ("KEYGATE_SERVER__SECRET_KEY", MASTER.to_owned()),
+    ];
+    env.extend(
+        extra
+            .iter()
+            .map(|(name, value)| (*name, (*value).to_owned())),
+    );
+    let env: Vec<(&str, &str)> = env
+        .iter()
+        .map(|(name, value)| (*name, value.as_str()))
+        .collect();
+    let keygate = Running::start(dir.path(), port, &env);
+    (dir, keygate)
+}
+
 /// Creates a key through the API and returns its plaintext and id.
 fn create(keygate: &Running, owner: &str, name: &str, scopes: &[&str]) -> (String, String) {
     let body = json!({
@@ -519,16 +540,8 @@ fn fetch(keygate: &Running, id: &str, owner: &str) -> Value {
 
 #[test]
 fn the_console_serves_itself_under_a_strict_policy() {
-    let dir = tempfile::tempdir().expect("a folder");
-    let port = free_port();
-    let keygate = Running::start(
-        dir.path(),
-        port,
-        &[
-            ("KEYGATE_SERVER__PORT", &port.to_string()),
-            ("KEYGATE_SERVER__SECRET_KEY", MASTER),
-        ],
-    );
+    let (_dir, keygate) = serve(&[]);
+    let port = keygate.port;
     let page = exchange(None, port, "GET", "/console", &[], None).expect("an answer");
     assert_eq!(page.status, 200);
     assert!(
@@ -610,17 +623,8 @@ fn the_console_serves_itself_under_a_strict_policy() {
     drop(keygate);
 
     // Turned off, there is no console at all.
-    let dir = tempfile::tempdir().expect("a folder");
-    let port = free_port();
-    let _keygate = Running::start(
-        dir.path(),
-        port,
-        &[
-            ("KEYGATE_SERVER__PORT", &port.to_string()),
-            ("KEYGATE_SERVER__SECRET_KEY", MASTER),
-            ("KEYGATE_SERVER__CONSOLE", "false"),
-        ],
-    );
+    let (_dir, _keygate) = serve(&[("KEYGATE_SERVER__CONSOLE", "false")]);
+    let port = _keygate.port;
     for path in ["/console", "/console/console.js"] {
         let (status, _) = http(port, "GET", path, Some(MASTER), None).expect("an answer");
         assert_eq!(status, 404, "{path}");
@@ -632,16 +636,8 @@ async fn the_console_manages_keys_in_a_real_browser() {
     if !browser_installed() {
         return;
     }
-    let dir = tempfile::tempdir().expect("a folder");
-    let port = free_port();
-    let keygate = Running::start(
-        dir.path(),
-        port,
-        &[
-            ("KEYGATE_SERVER__PORT", &port.to_string()),
-            ("KEYGATE_SERVER__SECRET_KEY", MASTER),
-        ],
-    );
+    let (_dir, keygate) = serve(&[]);
+    let port = keygate.port;
     let (alpha_secret, alpha) = create(&keygate, "acme", "billing-service", &["ledgers:read"]);
     let (_, beta) = create(
         &keygate,
