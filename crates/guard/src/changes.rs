@@ -32,14 +32,20 @@ use crate::guard::Guard;
 /// Reads the change feed once, forgetting what it says changed; the cursor to read from
 /// next, or `None` (having said so) when it could not be read.
 pub async fn read_once(state: &Guard, cursor: Option<ChangeCursor>) -> Option<ChangeCursor> {
-    // The lengths of imported keys come with every read: a key imported elsewhere is
-    // looked up here from the next read on.
+    // The lengths of imported keys are read with every read of the feed, so a key
+    // imported elsewhere is looked up here from the next read on; failing to read them
+    // only delays that, and does not age the cache.
+    match state.read_store(|store| store.key_lengths()).await {
+        Ok(lengths) => state.learn_key_lengths(&lengths),
+        Err(error) => {
+            tracing::warn!(%error, "could not read the lengths of imported keys; will retry")
+        }
+    }
     match state
-        .read_store(move |store| Ok((store.changes_after(cursor)?, store.key_lengths()?)))
+        .read_store(move |store| store.changes_after(cursor))
         .await
     {
-        Ok((changes, lengths)) => {
-            state.learn_key_lengths(&lengths);
+        Ok(changes) => {
             if changes.reset || cursor.is_none() {
                 // Nothing says what changed before this read: hold nothing read before it.
                 if changes.reset {

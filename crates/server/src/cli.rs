@@ -12,9 +12,10 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use keygate_core::api_key::check_lifetime;
 use keygate_core::{
-    Actor, ApiKeyId, Credits, EventDetails, KeyPatch, KeyStore, NewEvent, RateLimit,
+    Actor, ApiKeyId, Credits, EventDetails, KeyHash, KeyPatch, KeyStore, NewEvent, RateLimit,
 };
 use keygate_storage::{Database, PoolOptions};
+use secrecy::ExposeSecret;
 
 use crate::import;
 use crate::keys::views::{parse_timestamp, spec_within};
@@ -296,9 +297,12 @@ fn import_keys(
     let summary = import::import(
         input,
         database,
-        Utc::now(),
-        settings.auth.max_key_lifetime_days,
-        dry_run,
+        &import::Rules {
+            now: Utc::now(),
+            max_days: settings.auth.max_key_lifetime_days,
+            dry_run,
+            reserved: &reserved_hashes(settings),
+        },
         |line, reason| {
             let message = format!("line {line}: {reason}");
             match &bar {
@@ -327,6 +331,26 @@ fn import_keys(
         ));
     }
     Ok(())
+}
+
+/// The digests no imported key may have: the master key's (configured, or kept in its
+/// file) and the metrics token's.
+fn reserved_hashes(settings: &Settings) -> Vec<KeyHash> {
+    let path = settings
+        .server
+        .secret_key_file
+        .clone()
+        .unwrap_or_else(|| crate::master_key::default_path(&settings.database.url));
+    let kept = std::fs::read_to_string(path).ok();
+    let configured = settings
+        .server
+        .secret_key
+        .iter()
+        .chain(&settings.server.metrics_token)
+        .map(|secret| KeyHash::of(secret.expose_secret()));
+    configured
+        .chain(kept.map(|text| KeyHash::of(text.trim())))
+        .collect()
 }
 
 fn update(settings: &Settings, database: &Database, args: &UpdateArgs) -> Result<(), String> {

@@ -6,8 +6,8 @@
 use std::collections::HashSet;
 use std::io::BufRead;
 
-use chrono::{DateTime, Utc};
-use keygate_core::{Actor, ApiKey, ApiKeyId, KeyStore, PlainKey};
+use chrono::{DateTime, SubsecRound, Utc};
+use keygate_core::{Actor, ApiKey, ApiKeyId, KeyHash, KeyStore, PlainKey};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -43,58 +43,114 @@ pub struct Summary {
     pub dry_run: bool,
 }
 
-/// Reads `input` to its end, storing its keys in `store` as of `now`. Each refused line
+/// How an import judges and stores lines.
+#[derive(Debug, Clone, Copy)]
+pub struct Rules<'a> {
+    /// The time lines are judged at (expiry in the future, creation not).
+    pub now: DateTime<Utc>,
+    /// The furthest an expiry may be, in days.
+    pub max_days: u32,
+    /// Count, store nothing.
+    pub dry_run: bool,
+    /// Digests no imported secret may have: the master key's, the metrics token's.
+    pub reserved: &'a [KeyHash],
+}
+
+/// Reads `input` to its end, storing its keys in `store` as of `now`; a secret whose
+/// digest is in `reserved` (the master key's, the metrics token's) is refused. Each refused line
 /// is passed to `refuse` with its number (from 1) and the reason; `progress` hears the
 /// number of lines read after each batch.
 pub fn import(
     input: impl BufRead,
     store: &dyn KeyStore,
-    now: DateTime<Utc>,
-    max_days: u32,
-    dry_run: bool,
+    rules: &Rules<'_>,
     mut refuse: impl FnMut(usize, &str),
     mut progress: impl FnMut(usize),
 ) -> Result<Summary, String> {
+    let Rules {
+        now,
+        max_days,
+        dry_run,
+        reserved,
+    } = *rules;
     let mut summary = Summary {
         dry_run,
         ..Summary::default()
     };
     let mut batch = Batch::default();
     let mut read = 0;
-    for (index, line) in input.lines().enumerate() {
-        let number = index + 1;
-        let line = line.map_err(|e| format!("line {number}: cannot be read: {e}"))?;
-        read = number;
-        if line.trim().is_empty() {
-            continue;
+    let mut input = input;
+    let mut bytes = Vec::new();
+    loop {
+        bytes.clear();
+        let got = input
+            .read_until(b'\n', &mut bytes)
+            .map_err(|e| stopped(read, &summary, &format!("cannot be read: {e}")))?;
+        if got == 0 {
+            break;
         }
-        match key_of(&line, now, max_days) {
+        read += 1;
+        let verdict = match std::str::from_utf8(&bytes) {
+            Ok(line) if line.trim().is_empty() => continue,
+            Ok(line) => key_of(line, now, max_days).and_then(|(key, length)| {
+                if reserved.contains(&key.hash) {
+                    Err("key: is the master key or the metrics token".to_owned())
+                } else {
+                    Ok((key, length))
+                }
+            }),
+            Err(_) => Err("not UTF-8 text".to_owned()),
+        };
+        match verdict {
             Ok((key, length)) => batch.push(key, length),
             Err(reason) => {
                 summary.refused += 1;
-                refuse(number, &reason);
+                refuse(read, &reason);
             }
         }
         if batch.keys.len() >= BATCH {
-            batch.store(store, dry_run, &mut summary)?;
+            batch
+                .store(store, dry_run, &mut summary)
+                .map_err(|e| stopped(read, &summary, &e))?;
             progress(read);
         }
     }
-    batch.store(store, dry_run, &mut summary)?;
+    batch
+        .store(store, dry_run, &mut summary)
+        .map_err(|e| stopped(read, &summary, &e))?;
     progress(read);
     Ok(summary)
 }
 
-/// Keys waiting to be stored, and the lengths of secrets not of keygate's own shape.
+/// Why an import stopped, and how far it got: earlier batches stay stored.
+fn stopped(read: usize, summary: &Summary, why: &str) -> String {
+    format!(
+        "stopped at line {read}: {why}; {} key(s) were stored before it ({} duplicates, {} refused)",
+        summary.imported, summary.duplicates, summary.refused
+    )
+}
+
+/// Keys waiting to be stored, the lengths of secrets not of keygate's own shape, and
+/// every id and secret met so far in the file.
 #[derive(Default)]
 struct Batch {
     keys: Vec<ApiKey>,
     lengths: HashSet<u16>,
+    seen_ids: HashSet<ApiKeyId>,
+    seen_hashes: HashSet<KeyHash>,
+    repeated: usize,
 }
 
 impl Batch {
+    /// Adds `key`, unless the file already had its id or its secret (the first stands).
     fn push(&mut self, key: ApiKey, length: Option<u16>) {
-        self.keys.extend([key]);
+        if self.seen_ids.contains(&key.id) || self.seen_hashes.contains(&key.hash) {
+            self.repeated += 1;
+            return;
+        }
+        self.seen_ids.insert(key.id.clone());
+        self.seen_hashes.insert(key.hash);
+        self.keys.push(key);
         self.lengths.extend(length);
     }
 
@@ -104,6 +160,7 @@ impl Batch {
         dry_run: bool,
         summary: &mut Summary,
     ) -> Result<(), String> {
+        summary.duplicates += std::mem::take(&mut self.repeated);
         if self.keys.is_empty() {
             return Ok(());
         }
@@ -118,20 +175,63 @@ impl Batch {
     }
 }
 
+/// The fields a line may have: any other is refused rather than dropped, so that a
+/// revocation, a misspelt limit or a field keygate does not import is never lost
+/// silently.
+const FIELDS: [&str; 9] = [
+    "key",
+    "api_key_id",
+    "created_at",
+    "name",
+    "owner",
+    "scopes",
+    "expires_at",
+    "ratelimit",
+    "credits",
+];
+
+/// Checks a line's shape field by field, so that no reason quotes a value (which may
+/// be the secret).
+fn shape(line: &str) -> Result<serde_json::Map<String, Value>, String> {
+    let Ok(Value::Object(object)) = serde_json::from_str::<Value>(line) else {
+        return Err("not a JSON object".into());
+    };
+    if let Some(unknown) = object.keys().find(|name| !FIELDS.contains(&name.as_str())) {
+        let unknown: String = unknown.chars().take(40).collect();
+        return Err(format!(
+            "{unknown:?}: not a field keygate imports (refused rather than dropped)"
+        ));
+    }
+    for (field, value) in &object {
+        let fits = match field.as_str() {
+            "scopes" => value.is_array(),
+            "ratelimit" | "credits" => value.is_object() || value.is_null(),
+            "api_key_id" | "created_at" => value.is_string() || value.is_null(),
+            _ => value.is_string(),
+        };
+        if !fits {
+            return Err(format!("{field}: wrong type"));
+        }
+    }
+    Ok(object)
+}
+
 /// The key a line describes, and its secret's length when that is not keygate's own
 /// shape; or why the line is refused.
 fn key_of(line: &str, now: DateTime<Utc>, max_days: u32) -> Result<(ApiKey, Option<u16>), String> {
-    let line: Line = serde_json::from_str(line).map_err(|e| {
-        // serde's message names the field at fault, and never the text itself (which
-        // may hold a secret); the position is always line 1 and is left out.
+    let object = shape(line)?;
+    let line: Line = serde_json::from_value(Value::Object(object)).map_err(|e| {
+        // Only a missing field is named; anything else would quote the value.
         let text = e.to_string();
-        let reason = text
-            .split_once(" at line ")
-            .map_or(text.as_str(), |(r, _)| r);
-        if e.is_data() {
-            reason.to_owned()
-        } else {
-            format!("not a JSON object: {reason}")
+        match text.strip_prefix("missing field ") {
+            Some(rest) => format!(
+                "{}: required",
+                rest.split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .trim_matches('`')
+            ),
+            None => "a field has the wrong type".to_owned(),
         }
     })?;
     if !PlainKey::could_be_imported(&line.key) {
@@ -152,7 +252,10 @@ fn key_of(line: &str, now: DateTime<Utc>, max_days: u32) -> Result<(ApiKey, Opti
         }
     };
     let plain = PlainKey::from_presented(&line.key);
-    let mut key = ApiKey::issue(spec, &plain, created_at);
+    // Opened now, so a refill falls due from now, not from a creation long past (which
+    // would reset the imported balance at once); the creation time is kept as it was.
+    let mut key = ApiKey::issue(spec, &plain, now);
+    key.created_at = created_at.trunc_subsecs(6);
     if let Some(id) = &line.api_key_id {
         key = key.renamed(imported_id(id)?);
     }

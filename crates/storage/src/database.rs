@@ -488,19 +488,17 @@ impl KeyStore for Database {
                         Some(_) => return Ok((Vec::new(), last, true)),
                         None => return Ok((Vec::new(), last, false)),
                     };
-                    let rows: Vec<(i64, String, Vec<u8>)> = e::table
+                    // Creations change no cached key, and an import makes thousands:
+                    // they are left out here rather than read and dropped. The read sees
+                    // one snapshot, so `last` is where the next read starts.
+                    let hashes: Vec<Vec<u8>> = e::table
                         .inner_join(t::table)
                         .filter(e::event_id.gt(after))
-                        .order(e::event_id.asc())
-                        .select((e::event_id, e::kind, t::key_hash))
+                        .filter(e::event_id.le(last))
+                        .filter(e::kind.ne(EventKind::Created.as_str()))
+                        .select(t::key_hash)
                         .load(conn)?;
-                    let next = rows.last().map_or(after, |(id, _, _)| *id);
-                    let hashes = rows
-                        .into_iter()
-                        .filter(|(_, kind, _)| kind != EventKind::Created.as_str())
-                        .map(|(_, _, hash)| hash)
-                        .collect();
-                    Ok((hashes, next, false))
+                    Ok((hashes, last, false))
                 })
                 .map_err(query_error)?
             }
@@ -1029,8 +1027,7 @@ impl KeyStore for Database {
                         .filter(t::key_hash.eq_any(&hashes))
                         .select(t::key_hash)
                         .load(conn)?;
-                    let stored_ids: HashSet<&str> =
-                        stored_ids.iter().map(String::as_str).collect();
+                    let stored_ids: HashSet<&str> = stored_ids.iter().map(String::as_str).collect();
                     let stored_hashes: HashSet<&[u8]> =
                         stored_hashes.iter().map(Vec::as_slice).collect();
                     fresh.extend(chunk.iter().filter(|key| {
@@ -1042,7 +1039,13 @@ impl KeyStore for Database {
                 let mut seen_ids = HashSet::with_capacity(fresh.len());
                 let mut seen_hashes = HashSet::with_capacity(fresh.len());
                 fresh.retain(|key| {
-                    seen_ids.insert(key.id.as_str()) & seen_hashes.insert(key.hash.as_bytes())
+                    let first = !seen_ids.contains(key.id.as_str())
+                        && !seen_hashes.contains(key.hash.as_bytes());
+                    if first {
+                        seen_ids.insert(key.id.as_str());
+                        seen_hashes.insert(key.hash.as_bytes());
+                    }
+                    first
                 });
                 // In hash order, each statement's rows land near one another in the hash
                 // index rather than all over it.

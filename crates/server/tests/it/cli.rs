@@ -467,6 +467,28 @@ fn import_file(
                     r#"{{"key":"no-name-key-{number:010}","owner":"acme","scopes":["ledgers:read"],"expires_at":"{expires}"}}"#
                 )
             }
+            37 => {
+                bad.push((number, "JSON object"));
+                format!(r#""bare-string-secret-{number:08}""#)
+            }
+            41 => {
+                bad.push((number, "key: wrong type"));
+                format!(
+                    r#"{{"key":12345678901234567,"name":"x","owner":"acme","scopes":["ledgers:read"],"expires_at":"{expires}"}}"#
+                )
+            }
+            43 => {
+                bad.push((number, "is_revoked"));
+                format!(
+                    r#"{{"key":"revoked-key-{number:010}","is_revoked":true,"name":"x","owner":"acme","scopes":["ledgers:read"],"expires_at":"{expires}"}}"#
+                )
+            }
+            47 => {
+                bad.push((number, "master key"));
+                format!(
+                    r#"{{"key":"{MASTER}","name":"x","owner":"acme","scopes":["ledgers:read"],"expires_at":"{expires}"}}"#
+                )
+            }
             // A duplicate of the line before, and of a key already stored.
             29 => format!(
                 r#"{{"key":"foreign-{:024}","name":"again","owner":"acme","scopes":["ledgers:read"],"expires_at":"{expires}"}}"#,
@@ -541,7 +563,16 @@ fn keys_are_imported_in_bulk_and_a_running_server_finds_them() {
             assert!(line.contains(word), "line {number} says {word}: {line}");
         }
         assert_eq!(stderr.matches("line ").count(), bad.len(), "{stderr}");
-        assert!(!stderr.contains("foreign-"), "no secret in a report");
+        for secret in [
+            "bad-scope-key-",
+            "past-key-",
+            "no-name-key-",
+            "bare-string-secret-",
+            "12345678901234567",
+            "revoked-key-",
+        ] {
+            assert!(!stderr.contains(secret), "no secret in a report: {secret}");
+        }
         assert_eq!(listed(&server), 1, "a dry run stores nothing");
 
         // For real: the same counts, and then every key is there.
@@ -584,11 +615,12 @@ fn keys_are_imported_in_bulk_and_a_running_server_finds_them() {
         let again = keygate(dir.path(), &db.url_string, &["keys", "import", &file]);
         let summary: serde_json::Value = serde_json::from_slice(&again.stdout).expect("a summary");
         assert_eq!(summary["imported"], 0, "{summary}");
+        assert_eq!(summary["duplicates"], good.len() + duplicates, "{summary}");
         assert_eq!(listed(&server), good.len() + 1);
         drop(server);
-        // A new server, started afterwards, finds them too.
+        // A new server, started afterwards, learns the lengths at start.
         let server = serve(dir.path(), &db.url_string);
-        assert_eq!(gateway(&server, &good[1], "GET"), 200);
+        assert_eq!(gateway(&server, &good[0], "GET"), 200);
     }
 }
 
