@@ -457,3 +457,63 @@ impl Guard {
         (self.keys.entry_count(), self.keys.weighted_size())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observer::Observer;
+    use crate::settings::GuardSettings;
+    use keygate_storage::test_support::TestDatabase;
+    use keygate_storage::{Database, PoolOptions};
+
+    /// Counts the keys that got past the shape check to a cache lookup.
+    #[derive(Default)]
+    struct Lookups(AtomicU64);
+
+    impl Observer for Lookups {
+        fn cache(&self, _hit: bool) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[actix_web::test]
+    async fn only_keys_of_an_imported_length_are_looked_up_beside_keygates_shape() {
+        let db = TestDatabase::sqlite();
+        let store = Database::connect(&db.url, &PoolOptions::default()).expect("a database");
+        let lookups = Arc::new(Lookups::default());
+        let settings = GuardSettings {
+            master_key: Some("a-long-random-master-key-0123456789".into()),
+            ..GuardSettings::default()
+        };
+        let guard = Guard::new(Arc::new(store), &settings, lookups.clone());
+        let looked_up = || lookups.0.load(Ordering::SeqCst);
+        let foreign = "x".repeat(33);
+
+        // Of no known shape: refused unread.
+        let refused = guard.authenticate(Some(&foreign)).await;
+        assert!(matches!(refused, Err(GuardError::InvalidKey)));
+        assert_eq!(looked_up(), 0);
+        // keygate's own shape is looked up.
+        let issued = PlainKey::generate().expect("a key");
+        let _ = guard.authenticate(Some(issued.expose())).await;
+        assert_eq!(looked_up(), 1);
+
+        // Once a key of 33 characters is imported, such text is looked up (and, unknown,
+        // refused); other lengths, and 33 bytes that are not printable ASCII, are not.
+        guard.learn_key_lengths(&[33]);
+        let refused = guard.authenticate(Some(&foreign)).await;
+        assert!(matches!(refused, Err(GuardError::InvalidKey)));
+        assert_eq!(looked_up(), 2);
+        for other in [
+            "x".repeat(34),
+            format!("{}\u{e9}", "x".repeat(31)),
+            format!("{}\t", "x".repeat(32)),
+        ] {
+            // 34 characters; then 33 bytes with a non-ASCII letter; then with a tab.
+            assert!([33, 34].contains(&other.len()));
+            let refused = guard.authenticate(Some(&other)).await;
+            assert!(matches!(refused, Err(GuardError::InvalidKey)));
+        }
+        assert_eq!(looked_up(), 2, "none of the others was looked up");
+    }
+}
