@@ -82,15 +82,14 @@ pub fn import(
     let mut input = input;
     let mut bytes = Vec::new();
     loop {
-        bytes.clear();
-        let got = input
-            .read_until(b'\n', &mut bytes)
-            .map_err(|e| stopped(read, &summary, &format!("cannot be read: {e}")))?;
-        if got == 0 {
-            break;
-        }
+        let whole = match next_line(&mut input, &mut bytes) {
+            Ok(Some(whole)) => whole,
+            Ok(None) => break,
+            Err(e) => return Err(stopped(read, &summary, &format!("cannot be read: {e}"))),
+        };
         read += 1;
         let verdict = match std::str::from_utf8(&bytes) {
+            _ if !whole => Err(format!("longer than {MAX_LINE} bytes")),
             Ok(line) if line.trim().is_empty() => continue,
             Ok(line) => key_of(line, now, max_days).and_then(|(key, length)| {
                 if reserved.contains(&key.hash) {
@@ -120,6 +119,26 @@ pub fn import(
         .map_err(|e| stopped(read, &summary, &e))?;
     progress(read);
     Ok(summary)
+}
+
+/// The longest line read: far more than any valid key needs (a 512-character secret,
+/// 255-character name and owner, 64 scopes), and a bound on what one line can make the
+/// import hold in memory.
+pub const MAX_LINE: usize = 64 * 1024;
+
+/// Reads the next line into `line`: `None` at the end, `Some(false)` for a line longer
+/// than [`MAX_LINE`], whose rest is skipped unread into memory.
+fn next_line(input: &mut impl BufRead, line: &mut Vec<u8>) -> std::io::Result<Option<bool>> {
+    line.clear();
+    let bound = u64::try_from(MAX_LINE + 1).unwrap_or(u64::MAX);
+    if std::io::Read::take(&mut *input, bound).read_until(b'\n', line)? == 0 {
+        return Ok(None);
+    }
+    if line.len() > MAX_LINE && line.last() != Some(&b'\n') {
+        input.skip_until(b'\n')?;
+        return Ok(Some(false));
+    }
+    Ok(Some(true))
 }
 
 /// Why an import stopped, and how far it got: earlier batches stay stored.
@@ -282,4 +301,21 @@ fn imported_id(id: &str) -> Result<ApiKeyId, String> {
 /// The JSON of a summary, as the command prints it.
 pub fn summary_json(summary: &Summary) -> Value {
     serde_json::to_value(summary).unwrap_or(Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_over_the_bound_is_skipped_without_being_held() {
+        let text = format!("{}\n{{\"short\": 1}}\n", "x".repeat(MAX_LINE * 3));
+        let mut input = std::io::BufReader::with_capacity(1024, text.as_bytes());
+        let mut line = Vec::new();
+        assert_eq!(next_line(&mut input, &mut line).ok(), Some(Some(false)));
+        assert!(line.len() <= MAX_LINE + 1, "held {} bytes", line.len());
+        assert_eq!(next_line(&mut input, &mut line).ok(), Some(Some(true)));
+        assert_eq!(line, b"{\"short\": 1}\n");
+        assert_eq!(next_line(&mut input, &mut line).ok(), Some(None));
+    }
 }
