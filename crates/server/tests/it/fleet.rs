@@ -182,11 +182,9 @@ fn two_instances_with_redis_share_one_window() {
     assert!((45..=55).contains(&allowed), "{allowed} admitted together");
 
     // Each on its own (local windows), they would have admitted 50 each.
-    let local_a = start(
-        tempfile::tempdir().expect("dir").path(),
-        &db.url_string,
-        &[],
-    );
+    // Its folder lives as long as it does (a temporary one would be gone at once).
+    let dir_local = tempfile::tempdir().expect("dir");
+    let local_a = start(dir_local.path(), &db.url_string, &[]);
     let (solo, _) = create(&local_a, r#""ratelimit":{"limit":50,"window_ms":20000}"#);
     let (alone, _) = hammer(&[local_a.port], &solo, 5);
     assert_eq!(alone, 50, "a local window admits exactly its limit");
