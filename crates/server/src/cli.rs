@@ -279,7 +279,7 @@ fn import_keys(
     dry_run: bool,
 ) -> Result<(), String> {
     let input: Box<dyn BufRead> = if file == "-" {
-        Box::new(BufReader::new(std::io::stdin().lock()))
+        Box::new(std::io::stdin().lock())
     } else {
         let opened = File::open(file).map_err(|e| format!("{file}: {e}"))?;
         Box::new(BufReader::with_capacity(1 << 20, opened))
@@ -336,12 +336,7 @@ fn import_keys(
 /// The digests no imported key may have: the master key's (configured, or kept in its
 /// file) and the metrics token's.
 fn reserved_hashes(settings: &Settings) -> Vec<KeyHash> {
-    let path = settings
-        .server
-        .secret_key_file
-        .clone()
-        .unwrap_or_else(|| crate::master_key::default_path(&settings.database.url));
-    let kept = std::fs::read_to_string(path).ok();
+    let kept = std::fs::read_to_string(crate::master_key_path(settings)).ok();
     let configured = settings
         .server
         .secret_key

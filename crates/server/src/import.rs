@@ -190,6 +190,12 @@ impl Batch {
         summary.imported += stored;
         summary.duplicates += self.keys.len() - stored;
         self.keys.clear();
+        // Stored keys are found as duplicates by the store itself; only a dry run, which
+        // stores nothing, must remember every key of the file.
+        if !dry_run {
+            self.seen_ids.clear();
+            self.seen_hashes.clear();
+        }
         Ok(())
     }
 }

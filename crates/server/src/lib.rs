@@ -72,18 +72,22 @@ pub async fn open_database(settings: &Settings) -> Result<Arc<Database>, StartEr
     Ok(Arc::new(database))
 }
 
+/// Where the master key is kept when none is configured.
+pub fn master_key_path(settings: &Settings) -> std::path::PathBuf {
+    settings
+        .server
+        .secret_key_file
+        .clone()
+        .unwrap_or_else(|| master_key::default_path(&settings.database.url))
+}
+
 /// The master key to use: configured, or kept in (and if need be generated into) its
 /// file. `None` when secure mode is off.
 pub fn master_key(settings: &Settings) -> Result<Option<SecretString>, StartError> {
     if !settings.server.secure {
         return Ok(None);
     }
-    let url = settings.database.url.clone();
-    let path = settings
-        .server
-        .secret_key_file
-        .clone()
-        .unwrap_or_else(|| master_key::default_path(&url));
+    let path = master_key_path(settings);
     let (key, origin) = master_key::resolve(settings.server.secret_key.clone(), &path)?;
     match origin {
         master_key::Origin::Configured => {}

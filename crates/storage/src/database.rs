@@ -1088,7 +1088,10 @@ impl KeyStore for Database {
                 }
                 Ok(counted)
             });
-            conn.bulk_cache(false).map_err(query_error)?;
+            // What was committed stands whether or not the cache is sized back.
+            if let Err(error) = conn.bulk_cache(false) {
+                tracing::warn!(%error, "could not size the page cache back after an import");
+            }
             outcome
         });
         match outcome {
