@@ -11,15 +11,13 @@ use chrono::{DateTime, Duration, Utc};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use keygate_core::api_key::check_lifetime;
-use keygate_core::{
-    Actor, ApiKeyId, Credits, EventDetails, KeyHash, KeyPatch, KeyStore, NewEvent, RateLimit,
-};
+use keygate_core::{Actor, ApiKeyId, Credits, KeyHash, KeyPatch, KeyStore, RateLimit};
 use keygate_storage::{Database, PoolOptions};
 use secrecy::ExposeSecret;
 
 use crate::import;
 use crate::keys::views::{parse_timestamp, spec_within};
-use crate::keys::{KeyView, issue_key};
+use crate::keys::{KeyView, Update, issue_key, update_key};
 use crate::settings::Settings;
 
 /// keygate: fine-grained API keys, compatible with Blnk.
@@ -382,20 +380,14 @@ fn update(settings: &Settings, database: &Database, args: &UpdateArgs) -> Result
     if key.is_revoked() {
         return Err(format!("key {:?} is revoked", args.id));
     }
-    let (updated, changes) = key.patched(&patch);
-    if !changes.is_empty() {
-        let event = NewEvent {
-            actor: Actor::Cli,
-            at: now,
-            details: Some(EventDetails::Updated(changes)),
+    let updated =
+        match update_key(database, &key, &patch, Actor::Cli, now).map_err(|e| e.to_string())? {
+            Update::Unchanged => key,
+            Update::Changed(updated) => *updated,
+            Update::LostRace => {
+                return Err("the key changed meanwhile (or was rotated); try again".into());
+            }
         };
-        if !database
-            .replace(&key, &updated, &event)
-            .map_err(|e| e.to_string())?
-        {
-            return Err("the key changed meanwhile (or was rotated); try again".into());
-        }
-    }
     print_json(&KeyView::new(&updated, &updated.hint))
 }
 

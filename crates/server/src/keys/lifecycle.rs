@@ -10,8 +10,8 @@ use keygate_core::{
 };
 
 use super::address::KeyAddress;
-use super::view;
 use super::views::{EventView, KeyView, RotateKey, UpdateKey, no_store, parse_timestamp};
+use super::{Update, update_key, view};
 use crate::error::ApiError;
 use crate::guard::Caller;
 use crate::openapi::ErrorBody;
@@ -120,25 +120,20 @@ pub async fn update(
         principal.may_grant(&key.owner_id, scopes)?;
     }
     principal.may_meter(patch.ratelimit, patch.credits)?;
-    let (updated, changes) = key.patched(&patch);
-    if changes.is_empty() {
-        return Ok(HttpResponse::Ok()
-            .insert_header(no_store())
-            .json(view(&state, &key, &key.hint)));
-    }
-    let event = NewEvent {
-        actor: Actor::from(&principal),
-        at: now,
-        details: Some(EventDetails::Updated(changes)),
-    };
-    let (old, new) = (key.clone(), updated.clone());
-    if !state
+    let (read, actor) = (key.clone(), Actor::from(&principal));
+    let updated = match state
         .guard()
-        .with_store(move |store| store.replace(&old, &new, &event))
+        .with_store(move |store| update_key(store, &read, &patch, actor, now))
         .await?
     {
-        return Err(lost_race(&state, &key).await);
-    }
+        Update::Unchanged => {
+            return Ok(HttpResponse::Ok()
+                .insert_header(no_store())
+                .json(view(&state, &key, &key.hint)));
+        }
+        Update::LostRace => return Err(lost_race(&state, &key).await),
+        Update::Changed(updated) => *updated,
+    };
     state.guard().forget(&key.hash);
     tracing::info!(api_key_id = %key.id, owner_id = %key.owner_id, "API key updated");
     Ok(HttpResponse::Ok()

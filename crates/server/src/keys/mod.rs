@@ -9,7 +9,9 @@ pub mod views;
 
 use actix_web::{HttpResponse, web};
 use chrono::{DateTime, Utc};
-use keygate_core::{Actor, ApiKey, KeySpec, KeyStore, PlainKey, StoreError};
+use keygate_core::{
+    Actor, ApiKey, EventDetails, KeyPatch, KeySpec, KeyStore, NewEvent, PlainKey, StoreError,
+};
 
 use crate::error::ApiError;
 use crate::guard::Caller;
@@ -72,6 +74,42 @@ pub(crate) async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
 /// Answers a path no route matches.
 pub async fn not_found() -> Result<HttpResponse, ApiError> {
     Err(ApiError::RouteNotFound)
+}
+
+/// What [`update_key`] did.
+#[derive(Debug)]
+pub enum Update {
+    /// The patch changes nothing; nothing was written.
+    Unchanged,
+    /// The key as it now is.
+    Changed(Box<ApiKey>),
+    /// Another change to the key was written since it was read; nothing was.
+    LostRace,
+}
+
+/// Applies `patch` to `key` (as read) as `actor` at `now`, with its `updated` event
+/// naming what changed. The API's PATCH and `keygate keys update` both update keys here.
+pub fn update_key(
+    store: &dyn KeyStore,
+    key: &ApiKey,
+    patch: &KeyPatch,
+    actor: Actor,
+    now: DateTime<Utc>,
+) -> Result<Update, StoreError> {
+    let (updated, changes) = key.patched(patch);
+    if changes.is_empty() {
+        return Ok(Update::Unchanged);
+    }
+    let event = NewEvent {
+        actor,
+        at: now,
+        details: Some(EventDetails::Updated(changes)),
+    };
+    Ok(if store.replace(key, &updated, &event)? {
+        Update::Changed(Box::new(updated))
+    } else {
+        Update::LostRace
+    })
 }
 
 /// Issues a key for `spec` at `now` and stores it (with its `created` event by `actor`):
