@@ -68,7 +68,8 @@ pub use error::{GuardError, envelope};
 pub use guard::{Guard, MAX_PRESENTED_KEY};
 pub use metering::{Admitted, Metered, RateState, rate_headers};
 pub use middleware::{
-    Caller, KEY_HEADER, bearer_token, decide, presented_key, refuse_method_parameter, require_key,
+    Caller, KEY_HEADER, KEY_HEADER_NAME, bearer_token, decide, presented_key,
+    refuse_method_parameter, require_key,
 };
 pub use observer::{Observer, Unobserved};
 pub use original::{OriginalRequest, canonical};

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
-use actix_web::http::header::{AUTHORIZATION, HeaderMap};
+use actix_web::http::header::{AUTHORIZATION, HeaderMap, HeaderName};
 use actix_web::middleware::Next;
 use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
 use keygate_core::CanonicalPath;
@@ -22,6 +22,10 @@ use crate::original;
 /// The header Blnk's clients send their key in.
 pub const KEY_HEADER: &str = "X-Blnk-Key";
 
+/// [`KEY_HEADER`] as a header name, built once: looking a header up by text parses the
+/// text (and copies a custom name) on every request.
+pub static KEY_HEADER_NAME: HeaderName = HeaderName::from_static("x-blnk-key");
+
 /// The authenticated, authorized caller of a request, as handlers receive it.
 #[derive(Debug, Clone)]
 pub struct Caller(pub Principal);
@@ -31,7 +35,7 @@ pub struct Caller(pub Principal);
 /// A key header sent twice is refused: a gateway would judge one copy while the API
 /// behind it might read the other.
 pub fn presented_key(headers: &HeaderMap) -> Result<Option<&str>, GuardError> {
-    let once = |name: &'static str, field: &'static str| {
+    let once = |name: &HeaderName, field: &'static str| {
         let mut values = headers.get_all(name);
         let first = values.next();
         match values.next() {
@@ -42,8 +46,8 @@ pub fn presented_key(headers: &HeaderMap) -> Result<Option<&str>, GuardError> {
             None => Ok(first),
         }
     };
-    let key = once(KEY_HEADER, KEY_HEADER)?;
-    let authorization = once(AUTHORIZATION.as_str(), "Authorization")?;
+    let key = once(&KEY_HEADER_NAME, KEY_HEADER)?;
+    let authorization = once(&AUTHORIZATION, "Authorization")?;
     if let Some(value) = key {
         let key = value.to_str().map_err(|_| GuardError::InvalidKey)?.trim();
         return Ok((!key.is_empty()).then_some(key));

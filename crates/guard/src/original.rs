@@ -7,27 +7,35 @@
 //! request that carries headers of both families, or any of them twice, is refused rather
 //! than guessed at.
 
-use actix_web::http::header::HeaderMap;
+use actix_web::http::header::{HeaderMap, HeaderName};
 use keygate_core::{CanonicalPath, PathError, ValidationError};
 
 use crate::error::GuardError;
 
 /// One way a gateway names the original method and URI.
 struct Family {
+    /// The headers' names as errors spell them.
     method: &'static str,
     uri: &'static str,
+    /// The same names, parsed once rather than on every lookup.
+    method_header: HeaderName,
+    uri_header: HeaderName,
     gateway: &'static str,
 }
 
-const FAMILIES: [Family; 2] = [
+static FAMILIES: [Family; 2] = [
     Family {
         method: "X-Original-Method",
         uri: "X-Original-URI",
+        method_header: HeaderName::from_static("x-original-method"),
+        uri_header: HeaderName::from_static("x-original-uri"),
         gateway: "nginx",
     },
     Family {
         method: "X-Forwarded-Method",
         uri: "X-Forwarded-Uri",
+        method_header: HeaderName::from_static("x-forwarded-method"),
+        uri_header: HeaderName::from_static("x-forwarded-uri"),
         gateway: "Traefik, Caddy",
     },
 ];
@@ -48,7 +56,7 @@ impl OriginalRequest {
     /// Reads the original request from a gateway's headers.
     pub fn from_headers(headers: &HeaderMap) -> Result<Self, GuardError> {
         let mut present = FAMILIES.iter().filter(|family| {
-            headers.contains_key(family.method) || headers.contains_key(family.uri)
+            headers.contains_key(&family.method_header) || headers.contains_key(&family.uri_header)
         });
         let family = match (present.next(), present.next()) {
             (Some(family), None) => family,
@@ -68,8 +76,13 @@ impl OriginalRequest {
                 .into());
             }
         };
-        let method = single(headers, family.method, family.gateway)?;
-        let uri = single(headers, family.uri, family.gateway)?;
+        let method = single(
+            headers,
+            &family.method_header,
+            family.method,
+            family.gateway,
+        )?;
+        let uri = single(headers, &family.uri_header, family.uri, family.gateway)?;
         Self::new(method, uri, family.method, family.uri)
     }
 
@@ -103,13 +116,14 @@ pub fn canonical(target: &str, field: &'static str) -> Result<CanonicalPath, Gua
         .map_err(|error: PathError| ValidationError::new(field, error.to_string()).into())
 }
 
-/// The one value of header `name`, required.
+/// The one value of header `header` (spelled `name` in errors), required.
 fn single<'a>(
     headers: &'a HeaderMap,
+    header: &HeaderName,
     name: &'static str,
     gateway: &str,
 ) -> Result<&'a str, GuardError> {
-    let mut values = headers.get_all(name);
+    let mut values = headers.get_all(header);
     let value = values
         .next()
         .ok_or_else(|| GuardError::Malformed(format!("{name} ({gateway}) is required")))?;

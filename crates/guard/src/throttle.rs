@@ -6,7 +6,7 @@ use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use actix_web::http::header::HeaderMap;
+use actix_web::http::header::{HeaderMap, X_FORWARDED_FOR};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use ipnet::IpNet;
@@ -97,7 +97,7 @@ impl Throttle {
         // it. A hop that cannot be read, or a chain of trusted proxies only, vouches for
         // nothing further (what lies beyond is the client's own text): the peer it is.
         let hops: Vec<&str> = headers
-            .get_all("X-Forwarded-For")
+            .get_all(&X_FORWARDED_FOR)
             .filter_map(|value| value.to_str().ok())
             .flat_map(|value| value.split(','))
             .map(str::trim)

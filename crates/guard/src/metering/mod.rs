@@ -170,12 +170,12 @@ impl Guard {
                 credits: None,
             });
         };
-        let pool = account.pool.clone();
         let cost = i64::try_from(cost).unwrap_or(i64::MAX);
         let spent = meter
             .leases
             .spend(account, cost, now, |request| {
-                let pool = pool.clone();
+                // Only a lease taken from the database needs the pool's name of its own.
+                let pool = account.pool.clone();
                 async move {
                     self.with_store(move |store| store.take_credits(&pool, request, now))
                         .await

@@ -14,7 +14,7 @@ use crate::error::ApiError;
 use crate::openapi::ErrorBody;
 use crate::state::AppState;
 use keygate_guard as guard;
-use keygate_guard::{Admitted, KEY_HEADER, OriginalRequest};
+use keygate_guard::{Admitted, OriginalRequest};
 
 /// The identity of an admitted caller for the upstream, and its rate-limit window:
 /// `X-Keygate-Key-Id`, `X-Keygate-Owner-Id` (API keys only), `X-Keygate-Scopes`, and
@@ -60,7 +60,7 @@ pub fn unset_identity_headers(set: &[(HeaderName, HeaderValue)]) -> Vec<&'static
 /// The request headers that carry the key, so a gateway can keep it from the upstream.
 pub fn key_headers(headers: &HeaderMap) -> Vec<&'static str> {
     let mut names = Vec::with_capacity(2);
-    if headers.contains_key(KEY_HEADER) {
+    if headers.contains_key(&guard::KEY_HEADER_NAME) {
         names.push("x-blnk-key");
     }
     let bearer = headers
