@@ -43,7 +43,7 @@ pub struct Throttle {
     limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
     refused_until: Cache<IpAddr, Instant>,
     trusted_proxies: Vec<IpNet>,
-    /// When this throttle was made, and the last second (since then) it was tidied in.
+    /// When this throttle was made, and the last second (since then) its size was checked.
     started: Instant,
     tidied_second: AtomicU64,
 }
@@ -124,12 +124,14 @@ impl Throttle {
     /// wait before it is heard again.
     pub fn failed(&self, client: Option<IpAddr>) -> Option<Duration> {
         let (limiter, client) = (self.limiter.as_ref()?, client?);
-        if limiter.len() > MAX_TRACKED {
-            // At most once a second: each pass walks the whole table.
-            let second = self.started.elapsed().as_secs();
-            if self.tidied_second.swap(second, Ordering::Relaxed) != second {
-                limiter.retain_recent();
-            }
+        // The table's size is looked at most once a second: counting it locks every
+        // shard, and this runs on every failure, which is what a flood is made of.
+        let second = self.started.elapsed().as_secs();
+        if self.tidied_second.load(Ordering::Relaxed) != second
+            && self.tidied_second.swap(second, Ordering::Relaxed) != second
+            && limiter.len() > MAX_TRACKED
+        {
+            limiter.retain_recent();
         }
         let refusal = limiter.check_key(&client).err()?;
         let wait = refusal.wait_time_from(DefaultClock::default().now());
