@@ -58,6 +58,10 @@ async fn keep_metering(guard: web::Data<Guard>) {
             _ = refills.tick() => Upkeep::Refills,
             _ = prunes.tick() => Upkeep::Prune,
         };
+        // No hop to the blocking pool every period for an instance that holds no lease.
+        if matches!(upkeep, Upkeep::Leases) && guard.meter_state().leases.is_idle() {
+            continue;
+        }
         let worker = guard.clone();
         match web::block(move || upkeep.run(&worker)).await {
             Ok(Ok(())) => {}

@@ -279,6 +279,11 @@ impl Leases {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Whether nothing is held, nor waiting to be given back: releasing would do nothing.
+    pub fn is_idle(&self) -> bool {
+        self.is_empty() && lock(&self.deferred).is_empty()
+    }
 }
 
 #[cfg(test)]
