@@ -139,16 +139,15 @@ impl VerifyRequest {
                 Ok((Resource::try_from(resource.as_str()).ok(), Ok(action)))
             }
             (None, None, Some(method), Some(path)) => {
-                let (path, query) = path.split_once('?').unwrap_or((path, ""));
-                crate::guard::refuse_method_parameter(query, "path")
-                    .map_err(|_| ValidationError::new("path", "a _method parameter is refused"))?;
-                let path = crate::guard::canonical(path, "path").map_err(|error| match error {
-                    GuardError::Validation(error) => error,
-                    other => ValidationError::new("path", other.to_string()),
-                })?;
+                // Read exactly as the gateways read an original request.
+                let original = crate::guard::OriginalRequest::new(method, path, "method", "path")
+                    .map_err(|error| match error {
+                        GuardError::Validation(error) => error,
+                        other => ValidationError::new("path", other.to_string()),
+                    })?;
                 Ok((
-                    resource_for(&path),
-                    action_for_method(method).ok_or(method.as_str()),
+                    resource_for(&original.path),
+                    action_for_method(&original.method).ok_or(method.as_str()),
                 ))
             }
             _ => Err(ValidationError::new(
