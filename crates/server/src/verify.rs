@@ -142,9 +142,9 @@ impl VerifyRequest {
                 // Read exactly as the gateways read an original request.
                 let original = crate::guard::OriginalRequest::new(method, path, "method", "path")
                     .map_err(|error| match error {
-                        GuardError::Validation(error) => error,
-                        other => ValidationError::new("path", other.to_string()),
-                    })?;
+                    GuardError::Validation(error) => error,
+                    other => ValidationError::new("path", other.to_string()),
+                })?;
                 Ok((
                     resource_for(&original.path),
                     action_for_method(&original.method).ok_or(method.as_str()),
