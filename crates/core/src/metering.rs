@@ -78,6 +78,7 @@ impl RateLimit {
                 "must be an object {\"limit\": n, \"window_ms\": ms}, or null",
             )
         })?;
+        only(object, "ratelimit", &["limit", "window_ms"])?;
         let limit = whole(object.get("limit"), "ratelimit.limit")?;
         let window_ms = whole(object.get("window_ms"), "ratelimit.window_ms")?;
         Self::new(limit, window_ms).map(Some)
@@ -184,6 +185,25 @@ pub struct Credits {
     pub refill: Option<Refill>,
 }
 
+/// Refuses a field of `object` (the value of `field`) other than `known`: a misspelt
+/// `refil` would otherwise leave credits that never refill, silently.
+fn only(
+    object: &serde_json::Map<String, Value>,
+    field: &'static str,
+    known: &[&str],
+) -> Result<(), ValidationError> {
+    match object.keys().find(|name| !known.contains(&name.as_str())) {
+        None => Ok(()),
+        Some(name) => {
+            let name: String = name.chars().take(40).collect();
+            Err(ValidationError::new(
+                field,
+                format!("has no field {name:?}; it takes {}", known.join(" and ")),
+            ))
+        }
+    }
+}
+
 impl Credits {
     /// `{"remaining": n, "refill"?: {"amount": n, "interval": "daily"|"monthly"}}` from
     /// a request; `null` is `None` (no credits: unlimited use).
@@ -197,10 +217,12 @@ impl Credits {
                 "must be an object {\"remaining\": n, \"refill\": {...}}, or null",
             )
         })?;
+        only(object, "credits", &["remaining", "refill"])?;
         let remaining = credit_count(object.get("remaining"), "credits.remaining", 0)?;
         let refill = match object.get("refill") {
             None | Some(Value::Null) => None,
             Some(Value::Object(refill)) => {
+                only(refill, "credits.refill", &["amount", "interval"])?;
                 let amount = credit_count(refill.get("amount"), "credits.refill.amount", 1)?;
                 let interval = refill
                     .get("interval")
@@ -440,6 +462,35 @@ mod tests {
 
     fn at(text: &str) -> DateTime<Utc> {
         text.parse().expect("a time")
+    }
+
+    #[test]
+    fn a_misspelt_field_of_a_limit_or_credits_is_refused_not_dropped() {
+        let refused = |field: &str, result: Result<(), ValidationError>| {
+            let error = result.expect_err("refused");
+            assert_eq!(error.field, field);
+            assert!(error.message.contains("has no field"), "{}", error.message);
+        };
+        refused(
+            "ratelimit",
+            RateLimit::from_json(&json!({"limit": 5, "window_ms": 60000, "burst": 9})).map(drop),
+        );
+        refused(
+            "credits",
+            Credits::from_json(
+                &json!({"remaining": 5, "refil": {"amount": 5, "interval": "daily"}}),
+            )
+            .map(drop),
+        );
+        refused(
+            "credits.refill",
+            Credits::from_json(
+                &json!({"remaining": 5, "refill": {"amount": 5, "interval": "daily", "at": 1}}),
+            )
+            .map(drop),
+        );
+        let good = json!({"remaining": 5, "refill": {"amount": 5, "interval": "daily"}});
+        assert!(Credits::from_json(&good).is_ok());
     }
 
     #[test]
