@@ -125,8 +125,16 @@ fn range(
         (Duration::hours(1), MAX_HOURS)
     };
     let align = |at| if by_day { day_of(at) } else { hour_of(at) };
-    // An offset's `+` arrives as a space when the client did not percent-encode it.
-    let timestamp = |field, text: &str| parse_timestamp(field, &text.replace(' ', "+"));
+    // An offset's `+` arrives as a space when the client did not percent-encode it; only
+    // there (after the date and time) is a space read back as `+`, so that a space
+    // between date and time (which RFC 3339 allows) stays one.
+    let timestamp = |field, text: &str| {
+        let restored = match text.get(..19).zip(text.get(19..)) {
+            Some((date_time, rest)) => format!("{date_time}{}", rest.replace(' ', "+")),
+            None => text.to_owned(),
+        };
+        parse_timestamp(field, &restored)
+    };
     let to = match &query.to {
         Some(text) => timestamp("to", text)?,
         None => align(now) + unit,
