@@ -180,11 +180,11 @@ async fn observe(
         .request()
         .match_pattern()
         .unwrap_or_else(|| "unmatched".to_owned());
-    let status = response.status().as_u16();
+    let status = response.status();
     // With request logging off (RUST_LOG above info), spend nothing on the span's fields.
     if !span.is_disabled() {
         span.record("route", route.as_str());
-        span.record("status", status);
+        span.record("status", status.as_u16());
         span.record("latency_ms", elapsed.as_secs_f64() * 1000.0);
         let actor = response
             .request()
@@ -197,7 +197,7 @@ async fn observe(
         span.in_scope(|| tracing::info!("answered"));
     }
     if let Some(state) = state {
-        state.metrics().request(method, route, status, elapsed);
+        state.metrics().request(method, &route, status, elapsed);
     }
     Ok(response)
 }

@@ -1,15 +1,13 @@
 //! Prometheus metrics, all named `keygate_*`, served at `GET /metrics` to the master key
 //! or to the bearer of `server.metrics_token`.
 
-use std::collections::HashMap;
-use std::sync::{PoisonError, RwLock};
 use std::time::Duration;
 
-use actix_web::http::Method;
+use actix_web::http::{Method, StatusCode};
 use actix_web::{HttpRequest, HttpResponse, web};
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::error::ApiError;
@@ -34,14 +32,7 @@ pub struct Metrics {
     /// `keygate_auth_decisions_total{outcome="ok"}`, resolved once: counted on every
     /// admitted request.
     auth_ok: IntCounter,
-    /// The request series already resolved, by method, route and status: label sets
-    /// are few and fixed, and resolving them costs two hashes and an allocation per
-    /// request.
-    resolved: RwLock<HashMap<Series, (IntCounter, Histogram)>>,
 }
-
-/// A request series: method, route and status.
-type Series = (&'static str, String, u16);
 
 /// The outcomes of `keygate_metering_decisions_total`, in the order of `Metrics::metering`.
 const METERING_OUTCOMES: [&str; 3] = ["allowed", "rate_limited", "usage_exceeded"];
@@ -122,35 +113,25 @@ impl Metrics {
             metering: METERING_OUTCOMES.map(|outcome| metering.with_label_values(&[outcome])),
             redis_fallback,
             auth_ok,
-            resolved: RwLock::new(HashMap::new()),
         })
     }
 
     /// Counts one answered request. `method` is one of [`method_label`]'s, `route` a
-    /// route template or `unmatched`: a fixed set.
-    pub fn request(&self, method: &'static str, route: String, status: u16, elapsed: Duration) {
-        let key = (method, route, status);
-        let known = self
-            .resolved
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&key)
-            .cloned();
-        let (count, latency) = known.unwrap_or_else(|| {
-            let (method, route, status) = &key;
-            let series = (
-                self.requests
-                    .with_label_values(&[method, route.as_str(), &status.to_string()]),
-                self.latency.with_label_values(&[method, route.as_str()]),
-            );
-            self.resolved
-                .write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(key.clone(), series.clone());
-            series
-        });
-        count.inc();
-        latency.observe(elapsed.as_secs_f64());
+    /// route template or `unmatched`: a fixed set. Prometheus keeps each label set's
+    /// series once resolved.
+    pub fn request(
+        &self,
+        method: &'static str,
+        route: &str,
+        status: StatusCode,
+        elapsed: Duration,
+    ) {
+        self.requests
+            .with_label_values(&[method, route, status.as_str()])
+            .inc();
+        self.latency
+            .with_label_values(&[method, route])
+            .observe(elapsed.as_secs_f64());
     }
 
     /// Counts one authentication decision: `ok`, or the refusal's error code.

@@ -205,6 +205,12 @@ fn denied(refusal: &GuardError) -> (CheckResponse, u16) {
     (check, status)
 }
 
+/// The HTTP status a check answered as (always one an HTTP answer could carry).
+fn http_status(status: u16) -> actix_web::http::StatusCode {
+    actix_web::http::StatusCode::from_u16(status)
+        .unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR)
+}
+
 #[tonic::async_trait]
 impl Authorization for Checker {
     async fn check(
@@ -216,7 +222,7 @@ impl Authorization for Checker {
         let (response, status) = self.decide(peer, request.get_ref()).await;
         self.state
             .metrics()
-            .request("POST", CHECK_ROUTE.to_owned(), status, started.elapsed());
+            .request("POST", CHECK_ROUTE, http_status(status), started.elapsed());
         Ok(tonic::Response::new(response))
     }
 }
