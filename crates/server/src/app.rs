@@ -186,13 +186,12 @@ async fn observe(
         span.record("route", route.as_str());
         span.record("status", status.as_u16());
         span.record("latency_ms", elapsed.as_secs_f64() * 1000.0);
-        let actor = response
-            .request()
-            .extensions()
-            .get::<Caller>()
-            .map(|Caller(principal)| keygate_core::Actor::from(principal).to_string());
-        if let Some(actor) = actor {
-            span.record("api_key_id", actor.as_str());
+        if let Some(Caller(principal)) = response.request().extensions().get::<Caller>() {
+            let actor = match principal {
+                keygate_core::Principal::Master => "master",
+                keygate_core::Principal::Key(key) => key.id.as_str(),
+            };
+            span.record("api_key_id", actor);
         }
         span.in_scope(|| tracing::info!("answered"));
     }
