@@ -236,7 +236,9 @@ impl Leases {
 
     /// What this instance holds of `pool` in `epoch`, not yet spent.
     pub fn held(&self, pool: &ApiKeyId, epoch: i64) -> i64 {
-        lock(&self.held).get(pool).map_or(0, |lease| {
+        // The map's lock is let go before the lease's is taken (see `release_idle`).
+        let lease = lock(&self.held).get(pool).cloned();
+        lease.map_or(0, |lease| {
             let state = lock(&lease.state);
             if state.epoch == epoch { state.left } else { 0 }
         })
@@ -246,22 +248,36 @@ impl Leases {
     /// returns what they held, to be given back.
     pub fn release_idle(&self, idle: Duration) -> Vec<Unspent> {
         let mut unspent = std::mem::take(&mut *lock(&self.deferred));
-        let mut held = lock(&self.held);
-        held.retain(|pool, lease| {
+        // Locks are taken in one order everywhere: a lease's state, then the map. `spend`
+        // holds a state while it asks the map whether its lease is current, so the map
+        // is not held here while a state is waited for.
+        let leases: Vec<(ApiKeyId, Arc<Lease>)> = lock(&self.held)
+            .iter()
+            .map(|(pool, lease)| (pool.clone(), lease.clone()))
+            .collect();
+        for (pool, lease) in leases {
             let mut state = lock(&lease.state);
             if state.used.elapsed() < idle {
-                return true;
+                continue;
             }
+            let mut held = lock(&self.held);
+            // Replaced meanwhile: the new lease is not this one's to release.
+            if !held
+                .get(&pool)
+                .is_some_and(|current| Arc::ptr_eq(current, &lease))
+            {
+                continue;
+            }
+            held.remove(&pool);
             if state.left > 0 {
                 unspent.push(Unspent {
-                    pool: pool.clone(),
+                    pool,
                     amount: state.left,
                     epoch: state.epoch,
                 });
             }
             state.left = 0;
-            false
-        });
+        }
         unspent
     }
 
@@ -322,6 +338,89 @@ mod tests {
                 refill_at: None,
             }))
         }
+    }
+
+    /// Spending, releasing idle leases and reading what is held, all at once from
+    /// several threads: nothing waits forever (the locks are taken in one order), and
+    /// not one credit is made or lost.
+    #[test]
+    fn spends_and_releases_at_once_neither_deadlock_nor_lose_credits() {
+        // On a thread of its own, so that a deadlock fails the test instead of hanging it.
+        let (finished, outcome) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .build()
+                .expect("a runtime");
+            let _ = finished.send(runtime.block_on(spend_and_release_at_once()));
+        });
+        let (admitted, returned) = outcome
+            .recv_timeout(Duration::from_secs(60))
+            .expect("spending and releasing at once must not deadlock");
+        assert_eq!(admitted, 20_000, "plenty of credits: every spend admitted");
+        assert_eq!(
+            returned + admitted,
+            TOTAL,
+            "every credit is spent or back in the pool"
+        );
+    }
+
+    const TOTAL: i64 = 1_000_000;
+
+    /// Four tasks spending while a thread releases idle leases and reads what is held:
+    /// how many spends were admitted, and what the pool holds at the end.
+    async fn spend_and_release_at_once() -> (i64, i64) {
+        let pool = Arc::new(Pool {
+            remaining: AtomicI64::new(TOTAL),
+            epoch: AtomicI64::new(0),
+        });
+        let leases = Arc::new(Leases::default());
+        let account = account(TOTAL);
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let releaser = {
+            let (leases, pool, done, pool_id) = (
+                leases.clone(),
+                pool.clone(),
+                done.clone(),
+                account.pool.clone(),
+            );
+            std::thread::spawn(move || {
+                while !done.load(Ordering::SeqCst) {
+                    for unspent in leases.release_idle(Duration::ZERO) {
+                        pool.remaining.fetch_add(unspent.amount, Ordering::SeqCst);
+                    }
+                    let _ = leases.held(&pool_id, 0);
+                }
+            })
+        };
+        let spenders: Vec<_> = (0..4)
+            .map(|_| {
+                let (leases, pool, account) = (leases.clone(), pool.clone(), account.clone());
+                tokio::spawn(async move {
+                    let mut admitted = 0;
+                    for _ in 0..5_000 {
+                        let spent = leases
+                            .spend(&account, 1, Utc::now(), |r| {
+                                std::future::ready(pool.take(r))
+                            })
+                            .await
+                            .expect("no store error");
+                        admitted += i64::from(spent.admitted);
+                    }
+                    admitted
+                })
+            })
+            .collect();
+        let mut admitted = 0;
+        for spender in spenders {
+            admitted += spender.await.expect("a spender");
+        }
+        done.store(true, Ordering::SeqCst);
+        releaser.join().expect("the releaser");
+        for unspent in leases.release_idle(Duration::ZERO) {
+            pool.remaining.fetch_add(unspent.amount, Ordering::SeqCst);
+        }
+        (admitted, pool.remaining.load(Ordering::SeqCst))
     }
 
     #[tokio::test]
