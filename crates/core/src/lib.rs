@@ -16,6 +16,7 @@ pub mod actor;
 pub mod api_key;
 pub mod catalogue;
 pub mod clock;
+pub mod legacy;
 pub mod metering;
 pub mod path;
 pub mod principal;
@@ -27,6 +28,7 @@ pub mod store;
 pub use actor::Actor;
 pub use api_key::{ApiKey, ApiKeyId, Change, KeyPatch, KeySpec, KeyStatus, ValidationError};
 pub use clock::{Clock, ShiftedClock, SystemClock};
+pub use legacy::LegacyHash;
 pub use metering::{
     CreditAccount, CreditGrant, CreditRequest, Credits, RateLimit, Refill, RefillInterval,
     UsageCount, UsageOutcome,
@@ -36,5 +38,6 @@ pub use principal::{Principal, RuleError};
 pub use scope::{Action, Resource, Scope, ScopeError, ScopeSet};
 pub use secret::{KeyHash, PlainKey};
 pub use store::{
-    ChangeCursor, Changes, EventDetails, EventKind, KeyEvent, KeyStore, NewEvent, StoreError,
+    ChangeCursor, Changes, EventDetails, EventKind, ImportBatch, KeyEvent, KeyShapes, KeyStore,
+    NewEvent, StoreError,
 };

@@ -100,6 +100,14 @@ impl KeyHash {
             .map(|array| KeyHash(blake3::Hash::from_bytes(array)))
     }
 
+    /// 32 random bytes from the operating system's CSPRNG in place of a digest: no text
+    /// is known to hash to it, so it stands for a key that cannot be presented.
+    pub fn unguessable() -> Result<Self, rand::rand_core::OsError> {
+        let mut bytes = [0u8; 32];
+        OsRng.try_fill_bytes(&mut bytes)?;
+        Ok(KeyHash(blake3::Hash::from_bytes(bytes)))
+    }
+
     /// The digest's 32 bytes, as stored.
     pub fn as_bytes(&self) -> &[u8; 32] {
         self.0.as_bytes()

@@ -5,6 +5,7 @@ use thiserror::Error;
 
 use crate::actor::Actor;
 use crate::api_key::{ApiKey, ApiKeyId, Change};
+use crate::legacy::LegacyHash;
 use crate::metering::{CreditGrant, CreditRequest, Credits, RateLimit, UsageCount};
 use crate::scope::ScopeSet;
 use crate::secret::KeyHash;
@@ -123,21 +124,56 @@ pub trait KeyStore: Send + Sync + 'static {
     /// Deletes usage older than `before`; returns how many hourly rows.
     fn prune_usage(&self, before: DateTime<Utc>) -> Result<usize, StoreError>;
 
-    /// Stores `keys`, brought from elsewhere, in one transaction, each audited as created
-    /// by `actor`; a key whose id or hash is already stored (or repeated in `keys`) is
-    /// skipped. `lengths` are the lengths of their secrets, remembered so that keys of
-    /// those lengths are looked up ([`Self::key_lengths`]). Returns how many were stored,
-    /// or with `dry_run` would have been (the transaction is then rolled back).
+    /// Stores `batch`, keys brought from elsewhere, in one transaction, each audited as
+    /// created by `actor`; a key whose id or hash is already stored (or repeated in the
+    /// batch) is skipped, and with it its legacy hash. Returns how many were stored, or
+    /// with `dry_run` would have been (the transaction is then rolled back).
     fn import(
         &self,
-        keys: &[ApiKey],
-        lengths: &[u16],
+        batch: &ImportBatch<'_>,
         actor: &Actor,
         dry_run: bool,
     ) -> Result<usize, StoreError>;
 
+    /// What a presented key must look like to be worth a lookup, beyond keygate's own
+    /// shape: the lengths of imported secrets, and whether legacy keys await their
+    /// first use.
+    fn key_shapes(&self) -> Result<KeyShapes, StoreError>;
+
+    /// The legacy hashes kept under `prefix` ([`LegacyHash::prefix_of`]), of keys not yet
+    /// presented.
+    fn legacy_hashes(&self, prefix: &str) -> Result<Vec<LegacyHash>, StoreError>;
+
+    /// Stores `hash`, the digest of a presented key that `legacy` accepted, as its key's
+    /// digest, and forgets `legacy`, in one transaction; then returns the key stored
+    /// under `hash`. Whoever upgrades a key first wins; a later call finds it upgraded.
+    fn upgrade_legacy(
+        &self,
+        legacy: &LegacyHash,
+        hash: &KeyHash,
+    ) -> Result<Option<ApiKey>, StoreError>;
+}
+
+/// Keys to import, with what is needed to find those not of keygate's own shape.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ImportBatch<'a> {
+    /// The keys.
+    pub keys: &'a [ApiKey],
+    /// The lengths of their secrets not of keygate's own shape, remembered so that keys of
+    /// those lengths are looked up ([`KeyShapes::lengths`]).
+    pub lengths: &'a [u16],
+    /// For keys whose plaintext is unknown (stored under a placeholder digest), their
+    /// hashes in the system they came from.
+    pub legacy: &'a [LegacyHash],
+}
+
+/// What a presented key may look like to be worth a lookup, beyond keygate's own shape.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyShapes {
     /// The lengths of imported secrets not of keygate's own shape.
-    fn key_lengths(&self) -> Result<Vec<u16>, StoreError>;
+    pub lengths: Vec<u16>,
+    /// Whether some keys wait under a legacy hash for their first use.
+    pub legacy_pending: bool,
 }
 
 /// A position in the change feed, meaningful only to the store that gave it.

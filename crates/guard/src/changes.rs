@@ -32,13 +32,13 @@ use crate::guard::Guard;
 /// Reads the change feed once, forgetting what it says changed; the cursor to read from
 /// next, or `None` (having said so) when it could not be read.
 pub async fn read_once(state: &Guard, cursor: Option<ChangeCursor>) -> Option<ChangeCursor> {
-    // The lengths of imported keys are read with every read of the feed, so a key
+    // The shapes of imported keys are read with every read of the feed, so a key
     // imported elsewhere is looked up here from the next read on; failing to read them
     // only delays that, and does not age the cache.
-    match state.read_store(|store| store.key_lengths()).await {
-        Ok(lengths) => state.learn_key_lengths(&lengths),
+    match state.read_store(|store| store.key_shapes()).await {
+        Ok(shapes) => state.learn_key_shapes(&shapes),
         Err(error) => {
-            tracing::warn!(%error, "could not read the lengths of imported keys; will retry")
+            tracing::warn!(%error, "could not read the shapes of imported keys; will retry")
         }
     }
     match state

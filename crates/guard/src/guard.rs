@@ -5,13 +5,14 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use actix_web::web;
 use chrono::{DateTime, Utc};
 use keygate_core::{
-    ApiKey, Clock, KeyHash, KeyStatus, KeyStore, PlainKey, Principal, StoreError, SystemClock,
+    ApiKey, Clock, KeyHash, KeyShapes, KeyStatus, KeyStore, LegacyHash, PlainKey, Principal,
+    StoreError, SystemClock,
 };
 use moka::sync::Cache;
 use secrecy::ExposeSecret;
@@ -68,7 +69,17 @@ pub struct Guard {
     meter: Meter,
     /// The lengths of imported secrets not of keygate's own shape, one bit each.
     foreign_lengths: KeyLengths,
+    /// Whether keys imported under a legacy (bcrypt) hash await their first use, as the
+    /// last read of the feed found.
+    legacy_pending: AtomicBool,
+    /// bcrypt checks running at once: at most one per core, so that presented legacy
+    /// keys cannot take every blocking thread from storage calls.
+    legacy_slots: Semaphore,
 }
+
+/// The most legacy hashes one presented key is checked against. Prefixes are 16
+/// characters of random keys: two keys share one only in a doctored table.
+const MAX_LEGACY_CANDIDATES: usize = 2;
 
 /// A set of secret lengths (0 to [`MAX_PRESENTED_KEY`]), read on every request without
 /// a lock.
@@ -159,6 +170,10 @@ impl Guard {
             change_poll: settings.change_poll.max(Duration::from_millis(1)),
             usage_flush: settings.usage_flush.max(Duration::from_millis(1)),
             foreign_lengths: KeyLengths::default(),
+            legacy_pending: AtomicBool::new(false),
+            legacy_slots: Semaphore::new(
+                std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+            ),
         }
     }
 
@@ -353,7 +368,13 @@ impl Guard {
         self.observer.cache(cached.is_some());
         let entry = match cached {
             Some(entry) => entry,
-            None => self.load(hash).await?.ok_or(GuardError::InvalidKey)?,
+            None => match self.load(hash).await? {
+                Some(entry) => entry,
+                None => self
+                    .upgrade_legacy(presented, hash)
+                    .await?
+                    .ok_or(GuardError::InvalidKey)?,
+            },
         };
         let now = self.clock.now();
         match entry.key.status(now) {
@@ -376,12 +397,15 @@ impl Guard {
     /// Unknown keys are never kept, so a flood of them cannot evict known ones.
     async fn load(&self, hash: KeyHash) -> Result<Option<Arc<CachedKey>>, GuardError> {
         let generation = self.invalidations.load(Ordering::SeqCst);
-        let Some(key) = self
+        let key = self
             .read_store(move |store| store.find_by_hash(&hash))
-            .await?
-        else {
-            return Ok(None);
-        };
+            .await?;
+        Ok(key.map(|key| self.remember(hash, key, generation)))
+    }
+
+    /// Keeps `key`, read under `hash` when the cache's generation was `generation`,
+    /// unless a change raced the read.
+    fn remember(&self, hash: KeyHash, key: ApiKey, generation: u64) -> Arc<CachedKey> {
         let entry = Arc::new(CachedKey {
             key: Arc::new(key),
             noted_second: AtomicI64::new(i64::MIN),
@@ -393,7 +417,65 @@ impl Guard {
                 self.keys.invalidate(&hash);
             }
         }
-        Ok(Some(entry))
+        entry
+    }
+
+    /// A key imported under a legacy (bcrypt) hash, presented for the first time: found
+    /// by its prefix, checked with bcrypt on the blocking pool, and then stored under
+    /// `hash`, its digest, so that every later use (on any instance, after any restart)
+    /// is an ordinary lookup. `None` when no legacy hash accepts `presented`; that is a
+    /// failed authentication like any other, and throttled as one.
+    async fn upgrade_legacy(
+        &self,
+        presented: &str,
+        hash: KeyHash,
+    ) -> Result<Option<Arc<CachedKey>>, GuardError> {
+        if !self.legacy_pending.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let Some(prefix) = LegacyHash::prefix_of(presented).map(str::to_owned) else {
+            return Ok(None);
+        };
+        let candidates = self
+            .read_store(move |store| store.legacy_hashes(&prefix))
+            .await?;
+        if candidates.is_empty() {
+            return Ok(None);
+        }
+        let Ok(Ok(_slot)) =
+            tokio::time::timeout(self.storage_timeout, self.legacy_slots.acquire()).await
+        else {
+            tracing::warn!("no bcrypt check could start in time");
+            return Err(GuardError::Unavailable);
+        };
+        let plain = PlainKey::from_presented(presented);
+        let observer = self.observer.clone();
+        let matched = web::block(move || {
+            candidates
+                .into_iter()
+                .take(MAX_LEGACY_CANDIDATES)
+                .find(|candidate| {
+                    let matched = candidate.matches(plain.expose());
+                    observer.legacy_check(matched);
+                    matched
+                })
+        })
+        .await
+        .map_err(|error| {
+            tracing::error!(%error, "a bcrypt check failed to run");
+            GuardError::Internal
+        })?;
+        let Some(legacy) = matched else {
+            return Ok(None);
+        };
+        let generation = self.invalidations.load(Ordering::SeqCst);
+        let key = self
+            .with_store(move |store| store.upgrade_legacy(&legacy, &hash))
+            .await?;
+        if key.is_some() {
+            tracing::info!("a legacy key was presented and now is found by its digest");
+        }
+        Ok(key.map(|key| self.remember(hash, key, generation)))
     }
 
     /// Notes a successful read of the change feed: cached keys are up to date.
@@ -427,11 +509,15 @@ impl Guard {
                 && PlainKey::could_be_imported(presented))
     }
 
-    /// Admits presented keys of these lengths to a lookup: imported keys have them.
-    pub(crate) fn learn_key_lengths(&self, lengths: &[u16]) {
-        for length in lengths {
+    /// Learns what imported keys look like: presented keys of these lengths are looked
+    /// up, and, while legacy keys await their first use, unknown keys are looked for
+    /// among them.
+    pub(crate) fn learn_key_shapes(&self, shapes: &KeyShapes) {
+        for length in &shapes.lengths {
             self.foreign_lengths.insert(usize::from(*length));
         }
+        self.legacy_pending
+            .store(shapes.legacy_pending, Ordering::Relaxed);
     }
 
     /// Forgets every cached key.
@@ -500,7 +586,10 @@ mod tests {
 
         // Once a key of 33 characters is imported, such text is looked up (and, unknown,
         // refused); other lengths, and 33 bytes that are not printable ASCII, are not.
-        guard.learn_key_lengths(&[33]);
+        guard.learn_key_shapes(&KeyShapes {
+            lengths: vec![33],
+            legacy_pending: false,
+        });
         let refused = guard.authenticate(Some(&foreign)).await;
         assert!(matches!(refused, Err(GuardError::InvalidKey)));
         assert_eq!(looked_up(), 2);

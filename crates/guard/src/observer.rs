@@ -9,6 +9,10 @@ pub trait Observer: Send + Sync + 'static {
     /// A key verification answered from memory (`true`) or from the database.
     fn cache(&self, _hit: bool) {}
 
+    /// A bcrypt check of a presented key against a legacy (imported) hash, and whether
+    /// it matched. Each costs tens of milliseconds of CPU; a key is checked so once.
+    fn legacy_check(&self, _matched: bool) {}
+
     /// A metered key's request: `allowed`, `rate_limited` or `usage_exceeded`.
     fn metering_decision(&self, _outcome: &'static str) {}
 

@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use keygate_core::api_key::check_lifetime;
 use keygate_core::{Actor, ApiKeyId, Credits, KeyHash, KeyPatch, KeyStore, RateLimit};
+use keygate_storage::blnk::BlnkSource;
 use keygate_storage::{Database, PoolOptions};
 use secrecy::ExposeSecret;
 
@@ -42,6 +43,29 @@ enum Command {
     /// Create, list, update and revoke keys directly in the database.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Bring keys from another system, keeping their secrets.
+    #[command(subcommand)]
+    Import(ImportCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ImportCommand {
+    /// Move a Blnk deployment's keys (its `api_keys` table), keeping ids, owners, scopes,
+    /// expiry, revocation and times, so its clients keep their keys. Blnk kept only
+    /// bcrypt hashes: each key is checked with bcrypt the first time a client presents it,
+    /// and from then on found by its blake3 digest. Running it again skips what is there.
+    Blnk {
+        /// Blnk's PostgreSQL, as a `postgres://` URL (or in KEYGATE_IMPORT_FROM, which
+        /// keeps its password out of the process list).
+        #[arg(long, env = "KEYGATE_IMPORT_FROM", hide_env_values = true)]
+        from: String,
+        /// The schema holding Blnk's `api_keys`.
+        #[arg(long, default_value = "blnk")]
+        schema: String,
+        /// Validate and count, storing nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -200,6 +224,11 @@ pub fn main() -> ExitCode {
             Ok(())
         }
         Command::Keys(command) => keys(&settings, command),
+        Command::Import(ImportCommand::Blnk {
+            from,
+            schema,
+            dry_run,
+        }) => import_blnk(&settings, &from, &schema, dry_run),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -282,15 +311,7 @@ fn import_keys(
         let opened = File::open(file).map_err(|e| format!("{file}: {e}"))?;
         Box::new(BufReader::with_capacity(1 << 20, opened))
     };
-    // A spinner with the count on a terminal; nothing where output is read by a program.
-    let bar = std::io::stderr().is_terminal().then(|| {
-        let bar = ProgressBar::new_spinner();
-        bar.set_style(
-            ProgressStyle::with_template("{spinner} {pos} lines read ({per_sec}) {elapsed}")
-                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-        );
-        bar
-    });
+    let spinner = Spinner::new("lines");
     let started = std::time::Instant::now();
     let summary = import::import(
         input,
@@ -301,34 +322,86 @@ fn import_keys(
             dry_run,
             reserved: &reserved_hashes(settings),
         },
-        |line, reason| {
-            let message = format!("line {line}: {reason}");
-            match &bar {
-                Some(bar) => bar.println(message),
-                None => eprintln!("{message}"),
-            }
-        },
-        |read| {
-            if let Some(bar) = &bar {
-                bar.set_position(read as u64);
-            }
-        },
+        |line, reason| spinner.say(&format!("line {line}: {reason}")),
+        |read| spinner.at(read),
     );
-    if let Some(bar) = &bar {
-        bar.finish_and_clear();
-    }
+    spinner.finish();
+    report(summary?, started, "line(s)")
+}
+
+fn import_blnk(settings: &Settings, from: &str, schema: &str, dry_run: bool) -> Result<(), String> {
+    let database = open(settings)?;
+    let mut source = BlnkSource::connect(from, schema).map_err(|e| e.to_string())?;
+    let total = source.count().map_err(|e| e.to_string())?;
+    let spinner = Spinner::new("keys");
+    let started = std::time::Instant::now();
+    let summary = import::blnk::import(
+        &mut source,
+        &*database,
+        Utc::now(),
+        dry_run,
+        |id, reason| spinner.say(&format!("{id}: {reason}")),
+        |read| spinner.at(read),
+    );
+    spinner.finish();
     let summary = summary?;
+    eprintln!(
+        "keygate: {total} key(s) in {schema}.api_keys; each is checked with bcrypt once, when a client first presents it"
+    );
+    report(summary, started, "key(s)")
+}
+
+/// Prints an import's summary as JSON; an error if anything was refused.
+fn report(summary: import::Summary, started: std::time::Instant, what: &str) -> Result<(), String> {
     let seconds = started.elapsed().as_secs_f64();
     let mut json = import::summary_json(&summary);
     json["seconds"] = serde_json::json!((seconds * 1000.0).round() / 1000.0);
     print_json(&json)?;
     if summary.refused > 0 {
         return Err(format!(
-            "{} line(s) refused; nothing of them was stored",
+            "{} {what} refused; nothing of them was stored",
             summary.refused
         ));
     }
     Ok(())
+}
+
+/// A spinner with a count on a terminal; nothing where output is read by a program,
+/// where messages go to standard error as lines.
+struct Spinner(Option<ProgressBar>);
+
+impl Spinner {
+    fn new(unit: &str) -> Self {
+        Spinner(std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new_spinner();
+            bar.set_style(
+                ProgressStyle::with_template(&format!(
+                    "{{spinner}} {{pos}} {unit} read ({{per_sec}}) {{elapsed}}"
+                ))
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            bar
+        }))
+    }
+
+    fn say(&self, message: &str) {
+        match &self.0 {
+            Some(bar) => bar.println(message),
+            None => eprintln!("{message}"),
+        }
+    }
+
+    fn at(&self, read: usize) {
+        if let Some(bar) = &self.0 {
+            bar.set_position(read as u64);
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.0 {
+            bar.finish_and_clear();
+        }
+    }
 }
 
 /// The digests no imported key may have: the master key's (configured, or kept in its

@@ -25,10 +25,14 @@ pub struct Metrics {
     cache_misses: IntCounter,
     pool_connections: IntGauge,
     pool_idle: IntGauge,
+    cache_entries: IntGauge,
+    cache_bytes: IntGauge,
     /// `keygate_metering_decisions_total` by outcome, resolved once: this is counted on
     /// every request of a metered key.
     metering: [IntCounter; 3],
     redis_fallback: IntGauge,
+    /// `keygate_legacy_checks_total`: matched, then mismatched.
+    legacy_checks: [IntCounter; 2],
     /// `keygate_auth_decisions_total{outcome="ok"}`, resolved once: counted on every
     /// admitted request.
     auth_ok: IntCounter,
@@ -80,6 +84,14 @@ impl Metrics {
             "keygate_db_pool_idle_connections",
             "Idle database connections",
         )?;
+        let cache_entries =
+            IntGauge::new("keygate_key_cache_entries", "Verified keys held in memory")?;
+        let cache_bytes = IntGauge::new(
+            "keygate_key_cache_bytes",
+            "Approximate bytes the keys held in memory take (bounded by auth.cache_max_bytes)",
+        )?;
+        registry.register(Box::new(cache_entries.clone()))?;
+        registry.register(Box::new(cache_bytes.clone()))?;
         let metering = IntCounterVec::new(
             Opts::new(
                 "keygate_metering_decisions_total",
@@ -91,6 +103,14 @@ impl Metrics {
             "keygate_metering_redis_fallback",
             "1 while rate limits are counted in this process because Redis cannot be reached",
         )?;
+        let legacy_checks = IntCounterVec::new(
+            Opts::new(
+                "keygate_legacy_checks_total",
+                "bcrypt checks of presented keys against imported (Blnk) hashes, by outcome: matched or mismatched; each key is checked so only until its first use",
+            ),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(legacy_checks.clone()))?;
         registry.register(Box::new(metering.clone()))?;
         registry.register(Box::new(redis_fallback.clone()))?;
         registry.register(Box::new(requests.clone()))?;
@@ -110,8 +130,12 @@ impl Metrics {
             cache_misses,
             pool_connections,
             pool_idle,
+            cache_entries,
+            cache_bytes,
             metering: METERING_OUTCOMES.map(|outcome| metering.with_label_values(&[outcome])),
             redis_fallback,
+            legacy_checks: ["matched", "mismatched"]
+                .map(|outcome| legacy_checks.with_label_values(&[outcome])),
             auth_ok,
         })
     }
@@ -152,11 +176,22 @@ impl Metrics {
         }
     }
 
-    fn render(&self, pool: Option<(u32, u32)>) -> Result<String, prometheus::Error> {
+    /// The metrics as Prometheus text, with the pool's state (open and idle connections)
+    /// and the key cache's (entries and bytes) as of now.
+    fn render(
+        &self,
+        pool: Option<(u32, u32)>,
+        cache: (u64, u64),
+    ) -> Result<String, prometheus::Error> {
         if let Some((connections, idle)) = pool {
             self.pool_connections.set(i64::from(connections));
             self.pool_idle.set(i64::from(idle));
         }
+        let (entries, bytes) = cache;
+        self.cache_entries
+            .set(i64::try_from(entries).unwrap_or(i64::MAX));
+        self.cache_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
         let mut buffer = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut buffer)?;
         Ok(String::from_utf8_lossy(&buffer).into_owned())
@@ -180,6 +215,10 @@ impl keygate_guard::Observer for Metrics {
 
     fn redis_fallback(&self, falling_back: bool) {
         self.redis_fallback.set(i64::from(falling_back));
+    }
+
+    fn legacy_check(&self, matched: bool) {
+        self.legacy_checks[usize::from(!matched)].inc();
     }
 }
 
@@ -220,7 +259,7 @@ pub async fn serve(
     guard.admit_operator(client, presented_key(request.headers())?)?;
     let text = state
         .metrics()
-        .render(guard.store().pool_state())
+        .render(guard.store().pool_state(), guard.cache_size())
         .map_err(|error| {
             tracing::error!(%error, "could not render metrics");
             ApiError::INTERNAL

@@ -13,7 +13,8 @@ use diesel::{PgConnection, SqliteConnection};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use keygate_core::{
     Actor, ApiKey, ApiKeyId, ChangeCursor, Changes, CreditGrant, CreditRequest, EventDetails,
-    EventKind, KeyEvent, KeyHash, KeyStore, NewEvent, RefillInterval, StoreError, UsageCount,
+    EventKind, ImportBatch, KeyEvent, KeyHash, KeyShapes, KeyStore, LegacyHash, NewEvent,
+    RefillInterval, StoreError, UsageCount,
 };
 
 use crate::rows::{EventRow, KeyWithPool, PoolRow};
@@ -69,7 +70,7 @@ macro_rules! with_connection {
                 #[allow(unused_imports)]
                 use crate::schema::sqlite::{
                     api_keys as $t, credit_pools as $c, key_events as $e, key_lengths,
-                    key_usage as $u,
+                    key_usage as $u, legacy_hashes,
                 };
                 let mut pooled = pool.get().map_err(unavailable)?;
                 let $conn: &mut SqliteConnection = &mut pooled;
@@ -79,7 +80,7 @@ macro_rules! with_connection {
                 #[allow(unused_imports)]
                 use crate::schema::postgres::{
                     api_keys as $t, credit_pools as $c, key_events as $e, key_lengths,
-                    key_usage as $u,
+                    key_usage as $u, legacy_hashes,
                 };
                 let mut pooled = pool.get().map_err(unavailable)?;
                 let $conn: &mut PgConnection = &mut pooled;
@@ -992,11 +993,15 @@ impl KeyStore for Database {
 
     fn import(
         &self,
-        keys: &[ApiKey],
-        lengths: &[u16],
+        batch: &ImportBatch<'_>,
         actor: &Actor,
         dry_run: bool,
     ) -> Result<usize, StoreError> {
+        let ImportBatch {
+            keys,
+            lengths,
+            legacy,
+        } = *batch;
         let actor = actor.to_string();
         let now = Utc::now().trunc_subsecs(6);
         let mut counted = 0;
@@ -1082,6 +1087,25 @@ impl KeyStore for Database {
                         .values(&events)
                         .execute(conn)?;
                 }
+                if !legacy.is_empty() {
+                    let stored: HashSet<&str> = fresh.iter().map(|key| key.id.as_str()).collect();
+                    let rows: Vec<_> = legacy
+                        .iter()
+                        .filter(|legacy| stored.contains(legacy.key.as_str()))
+                        .map(|legacy| {
+                            (
+                                legacy_hashes::api_key_id.eq(legacy.key.as_str()),
+                                legacy_hashes::key_prefix.eq(&legacy.prefix),
+                                legacy_hashes::bcrypt_hash.eq(&legacy.bcrypt),
+                            )
+                        })
+                        .collect();
+                    for chunk in rows.chunks(IMPORT_CHUNK) {
+                        diesel::insert_into(legacy_hashes::table)
+                            .values(chunk)
+                            .execute(conn)?;
+                    }
+                }
                 counted = fresh.len();
                 if dry_run {
                     return Err(DieselError::RollbackTransaction);
@@ -1100,17 +1124,79 @@ impl KeyStore for Database {
         }
     }
 
-    fn key_lengths(&self) -> Result<Vec<u16>, StoreError> {
-        let lengths: Vec<i32> = with_connection!(self, |conn, t, e, c, u| {
-            key_lengths::table
-                .select(key_lengths::length)
+    fn key_shapes(&self) -> Result<KeyShapes, StoreError> {
+        let (lengths, legacy_pending): (Vec<i32>, bool) =
+            with_connection!(self, |conn, t, e, c, u| {
+                let lengths = key_lengths::table
+                    .select(key_lengths::length)
+                    .load(conn)
+                    .map_err(query_error)?;
+                let pending = diesel::select(diesel::dsl::exists(
+                    legacy_hashes::table.select(legacy_hashes::api_key_id),
+                ))
+                .get_result(conn)
+                .map_err(query_error)?;
+                (lengths, pending)
+            });
+        Ok(KeyShapes {
+            lengths: lengths
+                .into_iter()
+                .filter_map(|length| u16::try_from(length).ok())
+                .collect(),
+            legacy_pending,
+        })
+    }
+
+    fn legacy_hashes(&self, prefix: &str) -> Result<Vec<LegacyHash>, StoreError> {
+        let rows: Vec<(String, String, String)> = with_connection!(self, |conn, t, e, c, u| {
+            legacy_hashes::table
+                .filter(legacy_hashes::key_prefix.eq(prefix))
+                .select((
+                    legacy_hashes::api_key_id,
+                    legacy_hashes::key_prefix,
+                    legacy_hashes::bcrypt_hash,
+                ))
                 .load(conn)
                 .map_err(query_error)?
         });
-        Ok(lengths
+        Ok(rows
             .into_iter()
-            .filter_map(|length| u16::try_from(length).ok())
+            .map(|(key, prefix, bcrypt)| LegacyHash {
+                key: ApiKeyId::new(key),
+                prefix,
+                bcrypt,
+            })
             .collect())
+    }
+
+    fn upgrade_legacy(
+        &self,
+        legacy: &LegacyHash,
+        hash: &KeyHash,
+    ) -> Result<Option<ApiKey>, StoreError> {
+        let row: Option<KeyWithPool> = with_connection!(self, |conn, t, e, c, u| {
+            conn.write_transaction(|conn| {
+                // The delete takes the row's lock: of two instances upgrading the same
+                // key, the second waits, deletes nothing and changes nothing.
+                let claimed = diesel::delete(
+                    legacy_hashes::table
+                        .filter(legacy_hashes::api_key_id.eq(legacy.key.as_str()))
+                        .filter(legacy_hashes::bcrypt_hash.eq(&legacy.bcrypt)),
+                )
+                .execute(conn)?;
+                if claimed == 1 {
+                    diesel::update(t::table.filter(t::api_key_id.eq(legacy.key.as_str())))
+                        .set(t::key_hash.eq(&hash.as_bytes()[..]))
+                        .execute(conn)?;
+                }
+                keys!(t, c)
+                    .filter(t::key_hash.eq(&hash.as_bytes()[..]))
+                    .get_result(conn)
+                    .optional()
+            })
+            .map_err(query_error)?
+        });
+        row.map(ApiKey::try_from).transpose()
     }
 }
 

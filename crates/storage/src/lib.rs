@@ -6,6 +6,7 @@
 //! embedded migrations of `migrations/<backend>/`. Both backends share one set of
 //! queries: each is written once and compiled for each backend's schema.
 
+pub mod blnk;
 mod database;
 mod rows;
 mod schema;

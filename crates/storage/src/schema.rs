@@ -63,6 +63,14 @@ pub mod postgres {
         }
     }
 
+    diesel::table! {
+        legacy_hashes (api_key_id) {
+            api_key_id -> Text,
+            key_prefix -> Text,
+            bcrypt_hash -> Text,
+        }
+    }
+
     diesel::joinable!(key_events -> api_keys (api_key_id));
     diesel::joinable!(api_keys -> credit_pools (credit_pool));
     diesel::allow_tables_to_appear_in_same_query!(api_keys, key_events, credit_pools);
@@ -134,6 +142,14 @@ pub mod sqlite {
     diesel::table! {
         key_lengths (length) {
             length -> Integer,
+        }
+    }
+
+    diesel::table! {
+        legacy_hashes (api_key_id) {
+            api_key_id -> Text,
+            key_prefix -> Text,
+            bcrypt_hash -> Text,
         }
     }
 

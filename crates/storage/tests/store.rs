@@ -971,3 +971,64 @@ fn changing_credits_opens_an_epoch_and_a_shared_pool_stays_shared() {
         assert_eq!(epoch(db), Some(account.epoch + 1));
     });
 }
+
+#[test]
+fn a_legacy_key_waits_under_its_prefix_until_one_upgrade_stores_its_digest() {
+    use keygate_core::{ImportBatch, KeyHash, LegacyHash};
+    on_each_backend(|db| {
+        let (plain, mut key) = new_key("owner_1", &["ledgers:read"], now());
+        key.hash = LegacyHash::placeholder().expect("randomness");
+        let secret = plain.expose();
+        let bcrypt = "$2b$04$abcdefghijklmnopqrstuu5Gf0W1c9oMfC8uq3yPp4HjhR.7xQ2fG".to_owned();
+        let legacy = LegacyHash {
+            key: key.id.clone(),
+            prefix: secret[..16].to_owned(),
+            bcrypt,
+        };
+        assert!(!db.key_shapes().expect("shapes").legacy_pending);
+        let batch = ImportBatch {
+            keys: std::slice::from_ref(&key),
+            lengths: &[],
+            legacy: std::slice::from_ref(&legacy),
+        };
+        // Dry, nothing; for real, the key and its legacy hash; again, a duplicate.
+        assert_eq!(db.import(&batch, &Actor::Import, true).expect("dry"), 1);
+        assert!(!db.key_shapes().expect("shapes").legacy_pending);
+        assert_eq!(db.import(&batch, &Actor::Import, false).expect("import"), 1);
+        assert_eq!(db.import(&batch, &Actor::Import, false).expect("again"), 0);
+        assert!(db.key_shapes().expect("shapes").legacy_pending);
+        assert_eq!(
+            db.legacy_hashes(&secret[..16]).expect("read"),
+            vec![legacy.clone()]
+        );
+        assert_eq!(db.legacy_hashes("0123456789abcdef").expect("read"), vec![]);
+        let digest = KeyHash::of(secret);
+        assert_eq!(db.find_by_hash(&digest).expect("read"), None);
+
+        // Two instances upgrade at once: both find the key under its digest, and the
+        // legacy hash is gone.
+        let upgraded = std::thread::scope(|scope| {
+            let upgrades: Vec<_> = (0..2)
+                .map(|_| scope.spawn(|| db.upgrade_legacy(&legacy, &digest)))
+                .collect();
+            upgrades
+                .into_iter()
+                .map(|upgrade| upgrade.join().expect("no panic").expect("upgraded"))
+                .collect::<Vec<_>>()
+        });
+        for found in upgraded {
+            let found = found.expect("the key");
+            assert_eq!(found.id, key.id);
+            assert_eq!(found.hash, digest);
+        }
+        assert_eq!(
+            db.find_by_hash(&digest).expect("read").map(|k| k.id),
+            Some(key.id.clone())
+        );
+        assert_eq!(db.legacy_hashes(&secret[..16]).expect("read"), vec![]);
+        assert!(!db.key_shapes().expect("shapes").legacy_pending);
+        // Importing it again still finds it by id, and brings no legacy hash back.
+        assert_eq!(db.import(&batch, &Actor::Import, false).expect("again"), 0);
+        assert_eq!(db.legacy_hashes(&secret[..16]).expect("read"), vec![]);
+    });
+}

@@ -641,3 +641,212 @@ fn gateway(server: &Running, key: &str, method: &str) -> u16 {
     .expect("keygate answers")
     .status
 }
+
+/// One key of a Blnk deployment, as Blnk kept it: a bcrypt hash (cost 10, Blnk's) and
+/// the first 16 characters.
+struct BlnkRow {
+    id: String,
+    secret: String,
+    prefix: Option<String>,
+    scopes: &'static str,
+    expires_at: &'static str,
+    revoked: bool,
+}
+
+impl BlnkRow {
+    fn new(id: &str, scopes: &'static str) -> Self {
+        let secret = keygate_core::PlainKey::generate()
+            .expect("a key")
+            .expose()
+            .to_owned();
+        BlnkRow {
+            id: format!("api_key_{id}"),
+            prefix: Some(secret[..16].to_owned()),
+            secret,
+            scopes,
+            expires_at: "2099-01-01T00:00:00Z",
+            revoked: false,
+        }
+    }
+
+    fn insert(&self, schema: &str) -> String {
+        let hash = bcrypt::hash(&self.secret, 10).expect("a bcrypt hash");
+        let prefix = self
+            .prefix
+            .as_ref()
+            .map_or("NULL".to_owned(), |prefix| format!("'{prefix}'"));
+        let revoked_at = if self.revoked { "now()" } else { "NULL" };
+        format!(
+            "INSERT INTO {schema}.api_keys (api_key_id, key, key_prefix, name, owner_id, scopes, \
+             expires_at, created_at, last_used_at, is_revoked, revoked_at) VALUES ('{}', '{hash}', \
+             {prefix}, 'blnk {}', 'acme', '{}', '{}', '2025-03-01T10:00:00Z', \
+             '2025-03-01T10:00:00Z', {}, {revoked_at});\n",
+            self.id, self.id, self.scopes, self.expires_at, self.revoked
+        )
+    }
+}
+
+/// `keygate_legacy_checks_total` with `outcome`, read from `/metrics`.
+fn legacy_checks(server: &Running, outcome: &str) -> u64 {
+    let (status, body) = server.get("/metrics", Some(MASTER));
+    assert_eq!(status, 200, "{body}");
+    let series = format!("keygate_legacy_checks_total{{outcome=\"{outcome}\"}} ");
+    body.lines()
+        .find_map(|line| line.strip_prefix(&series))
+        .unwrap_or_else(|| panic!("{series} in {body}"))
+        .parse()
+        .expect("a count")
+}
+
+#[test]
+fn a_blnk_deployments_keys_move_as_they_are_and_cost_bcrypt_once() {
+    let Some(blnk) = TestDatabase::postgres() else {
+        return;
+    };
+    let (server_url, schema) = blnk.postgres_schema().expect("a PostgreSQL schema");
+    // Blnk's DDL, with its later key_prefix column.
+    let mut sql = format!(
+        "CREATE TABLE {schema}.api_keys (
+            id SERIAL PRIMARY KEY,
+            api_key_id TEXT NOT NULL UNIQUE,
+            key TEXT NOT NULL UNIQUE,
+            name TEXT NOT NULL,
+            owner_id TEXT NOT NULL,
+            scopes TEXT[] NOT NULL DEFAULT '{{}}',
+            expires_at TIMESTAMP WITH TIME ZONE NOT NULL,
+            created_at TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT NOW(),
+            last_used_at TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT NOW(),
+            is_revoked BOOLEAN NOT NULL DEFAULT FALSE,
+            revoked_at TIMESTAMP WITH TIME ZONE
+        );
+        ALTER TABLE {schema}.api_keys ADD COLUMN IF NOT EXISTS key_prefix VARCHAR(16);\n"
+    );
+    let reader = BlnkRow::new("reader", "{ledgers:read}");
+    let writer = BlnkRow::new("writer", "{ledgers:read,ledgers:write}");
+    let revoked = BlnkRow {
+        revoked: true,
+        ..BlnkRow::new("revoked", "{ledgers:read}")
+    };
+    let expired = BlnkRow {
+        expires_at: "2025-06-01T00:00:00Z",
+        ..BlnkRow::new("expired", "{ledgers:read}")
+    };
+    let unused = BlnkRow::new("unused", "{ledgers:read}");
+    // Refused: a scope keygate does not know; no prefix (findable only by a bcrypt check
+    // against every key).
+    let bad_scope = BlnkRow::new("bad-scope", "{ledgers:fly}");
+    let no_prefix = BlnkRow {
+        prefix: None,
+        ..BlnkRow::new("no-prefix", "{ledgers:read}")
+    };
+    let good = [&reader, &writer, &revoked, &expired, &unused];
+    for row in good.iter().copied().chain([&bad_scope, &no_prefix]) {
+        sql.push_str(&row.insert(schema));
+    }
+    let created = Command::new("psql")
+        .args([server_url, "-v", "ON_ERROR_STOP=1", "-qc", &sql])
+        .output()
+        .expect("psql runs");
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+
+    for db in TestDatabase::all() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let import = |dry: bool| {
+            let mut args = vec!["import", "blnk", "--schema", schema];
+            if dry {
+                args.push("--dry-run");
+            }
+            let output = Command::new(env!("CARGO_BIN_EXE_keygate"))
+                .current_dir(dir.path())
+                .env_clear()
+                .env("KEYGATE_DATABASE__URL", &db.url_string)
+                .env("KEYGATE_SERVER__SECRET_KEY", MASTER)
+                .env("KEYGATE_IMPORT_FROM", &blnk.url_string)
+                .args(&args)
+                .output()
+                .expect("the binary runs");
+            let summary: serde_json::Value =
+                serde_json::from_slice(&output.stdout).expect("a summary");
+            (output, summary)
+        };
+
+        // Dry: the refusals named by id and field, nothing stored.
+        let (dry, summary) = import(true);
+        assert!(!dry.status.success(), "refused rows fail the command");
+        assert_eq!(summary["imported"], 5, "{summary}");
+        assert_eq!(summary["refused"], 2, "{summary}");
+        let stderr = String::from_utf8_lossy(&dry.stderr);
+        assert!(stderr.contains("api_key_bad-scope: scopes"), "{stderr}");
+        assert!(stderr.contains("api_key_no-prefix: key_prefix"), "{stderr}");
+        assert!(!stderr.contains("$2"), "no hash in a report: {stderr}");
+        let server = serve(dir.path(), &db.url_string);
+        let (_, listed) = server.get("/api-keys?owner=acme", Some(MASTER));
+        assert_eq!(listed, "[]", "a dry run stores nothing");
+
+        // For real; the running server finds them within its poll period.
+        let (_, summary) = import(false);
+        assert_eq!(summary["imported"], 5, "{summary}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while gateway(&server, &reader.secret, "GET") != 200 {
+            assert!(Instant::now() < deadline, "an imported Blnk key works");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Their scopes hold; revoked and expired keys do not authenticate; a key with a
+        // known prefix and another ending does not either.
+        assert_eq!(gateway(&server, &reader.secret, "POST"), 403);
+        assert_eq!(gateway(&server, &writer.secret, "POST"), 200);
+        assert_eq!(gateway(&server, &revoked.secret, "GET"), 401);
+        assert_eq!(gateway(&server, &expired.secret, "GET"), 401);
+        let forged = format!("{}{}", &unused.secret[..16], &reader.secret[16..]);
+        assert_eq!(gateway(&server, &forged, "GET"), 401);
+        // One bcrypt check for each key presented (reader, writer, revoked, expired),
+        // whatever the number of uses; the forgery's check failed.
+        assert_eq!(legacy_checks(&server, "matched"), 4);
+        assert_eq!(legacy_checks(&server, "mismatched"), 1);
+        for _ in 0..3 {
+            assert_eq!(gateway(&server, &reader.secret, "GET"), 200);
+            assert_eq!(gateway(&server, &expired.secret, "GET"), 401);
+        }
+        assert_eq!(
+            legacy_checks(&server, "matched"),
+            4,
+            "no second bcrypt check"
+        );
+
+        // Kept as they were: id, owner, name, scopes, times, revocation; a hint of four
+        // characters, never a hash.
+        let (status, body) = server.get("/api-keys/api_key_revoked?owner=acme", Some(MASTER));
+        assert_eq!(status, 200, "{body}");
+        let key: serde_json::Value = serde_json::from_str(&body).expect("a key");
+        assert_eq!(key["created_at"], "2025-03-01T10:00:00Z");
+        assert_eq!(key["name"], "blnk api_key_revoked");
+        assert_eq!(key["is_revoked"], true);
+        assert_eq!(key["key"], format!("{}...", &revoked.secret[..4]));
+        let (_, listed) = server.get("/api-keys?owner=acme", Some(MASTER));
+        assert!(!listed.contains("$2"), "{listed}");
+        let (_, events) = server.get("/api-keys/api_key_unused/events?owner=acme", Some(MASTER));
+        assert!(events.contains(r#""actor":"import""#), "{events}");
+
+        // After a restart, the first use costs no bcrypt: the digest is stored. The key
+        // never presented still takes its one check.
+        drop(server);
+        let server = serve(dir.path(), &db.url_string);
+        assert_eq!(gateway(&server, &reader.secret, "GET"), 200);
+        assert_eq!(gateway(&server, &writer.secret, "POST"), 200);
+        assert_eq!(gateway(&server, &revoked.secret, "GET"), 401);
+        assert_eq!(legacy_checks(&server, "matched"), 0);
+        assert_eq!(gateway(&server, &unused.secret, "GET"), 200);
+        assert_eq!(legacy_checks(&server, "matched"), 1);
+
+        // Again: nothing changes.
+        let (_, summary) = import(false);
+        assert_eq!(summary["imported"], 0, "{summary}");
+        assert_eq!(summary["duplicates"], 5, "{summary}");
+        assert_eq!(gateway(&server, &reader.secret, "GET"), 200);
+        assert_eq!(legacy_checks(&server, "matched"), 1);
+    }
+}

@@ -487,15 +487,29 @@ impl KeyStore for CountingStore {
 
     fn import(
         &self,
-        keys: &[keygate_core::ApiKey],
-        lengths: &[u16],
+        batch: &keygate_core::ImportBatch<'_>,
         actor: &keygate_core::Actor,
         dry_run: bool,
     ) -> Result<usize, keygate_core::StoreError> {
-        self.inner.import(keys, lengths, actor, dry_run)
+        self.inner.import(batch, actor, dry_run)
     }
 
-    fn key_lengths(&self) -> Result<Vec<u16>, keygate_core::StoreError> {
-        self.inner.key_lengths()
+    fn key_shapes(&self) -> Result<keygate_core::KeyShapes, keygate_core::StoreError> {
+        self.inner.key_shapes()
+    }
+
+    fn legacy_hashes(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<keygate_core::LegacyHash>, keygate_core::StoreError> {
+        self.inner.legacy_hashes(prefix)
+    }
+
+    fn upgrade_legacy(
+        &self,
+        legacy: &keygate_core::LegacyHash,
+        hash: &keygate_core::KeyHash,
+    ) -> Result<Option<keygate_core::ApiKey>, keygate_core::StoreError> {
+        self.inner.upgrade_legacy(legacy, hash)
     }
 }

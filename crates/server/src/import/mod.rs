@@ -7,12 +7,14 @@ use std::collections::HashSet;
 use std::io::BufRead;
 
 use chrono::{DateTime, SubsecRound, Utc};
-use keygate_core::{Actor, ApiKey, ApiKeyId, KeyHash, KeyStore, PlainKey};
+use keygate_core::{Actor, ApiKey, ApiKeyId, ImportBatch, KeyHash, KeyStore, LegacyHash, PlainKey};
 use serde::Deserialize;
 use serde_json::Value;
 
 use crate::keys::CreateKey;
 use crate::keys::views::parse_timestamp;
+
+pub mod blnk;
 
 /// Keys stored per transaction.
 pub const BATCH: usize = 50_000;
@@ -155,6 +157,7 @@ fn stopped(read: usize, summary: &Summary, why: &str) -> String {
 struct Batch {
     keys: Vec<ApiKey>,
     lengths: HashSet<u16>,
+    legacy: Vec<LegacyHash>,
     seen_ids: HashSet<ApiKeyId>,
     seen_hashes: HashSet<KeyHash>,
     repeated: usize,
@@ -173,6 +176,18 @@ impl Batch {
         self.lengths.extend(length);
     }
 
+    /// Adds `key`, stored under a placeholder digest, and `legacy`, its hash in the
+    /// system it came from.
+    fn push_legacy(&mut self, key: ApiKey, legacy: LegacyHash) {
+        if self.seen_ids.contains(&key.id) {
+            self.repeated += 1;
+            return;
+        }
+        self.seen_ids.insert(key.id.clone());
+        self.keys.push(key);
+        self.legacy.push(legacy);
+    }
+
     fn store(
         &mut self,
         store: &dyn KeyStore,
@@ -184,12 +199,18 @@ impl Batch {
             return Ok(());
         }
         let lengths: Vec<u16> = self.lengths.drain().collect();
+        let batch = ImportBatch {
+            keys: &self.keys,
+            lengths: &lengths,
+            legacy: &self.legacy,
+        };
         let stored = store
-            .import(&self.keys, &lengths, &Actor::Import, dry_run)
+            .import(&batch, &Actor::Import, dry_run)
             .map_err(|e| format!("database: {e}"))?;
         summary.imported += stored;
         summary.duplicates += self.keys.len() - stored;
         self.keys.clear();
+        self.legacy.clear();
         // Stored keys are found as duplicates by the store itself; only a dry run, which
         // stores nothing, must remember every key of the file.
         if !dry_run {
@@ -291,7 +312,7 @@ fn key_of(line: &str, now: DateTime<Utc>, max_days: u32) -> Result<(ApiKey, Opti
 }
 
 /// An id kept from elsewhere: `api_key_` and then letters, digits, `-` or `_`.
-fn imported_id(id: &str) -> Result<ApiKeyId, String> {
+pub(crate) fn imported_id(id: &str) -> Result<ApiKeyId, String> {
     let rest = id.strip_prefix("api_key_").unwrap_or_default();
     let good = (1..=200).contains(&rest.len())
         && rest
