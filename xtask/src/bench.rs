@@ -7,6 +7,8 @@
 //! the same run: nginx answering `return 204;` itself (`worker_processes auto`),
 //! `/forward-auth`, and gRPC `Check` (64 streams over 4 connections).
 
+mod scale;
+
 use std::fmt::Write as _;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -140,6 +142,8 @@ type Metering = Paired;
 pub struct Options {
     pub seconds: u32,
     pub backends: Vec<&'static str>,
+    /// `--keys N`: the scale scenarios with N imported keys, instead of the others.
+    pub keys: Option<usize>,
 }
 
 impl Options {
@@ -154,6 +158,7 @@ impl Options {
         let mut options = Options {
             seconds: 10,
             backends: vec!["sqlite", "postgres"],
+            keys: None,
         };
         let mut args = args.iter();
         while let Some(arg) = args.next() {
@@ -172,6 +177,13 @@ impl Options {
                         Some("none") => Vec::new(),
                         _ => return Err("--backend takes sqlite, postgres, both or none".into()),
                     };
+                }
+                "--keys" => {
+                    options.keys = Some(
+                        args.next()
+                            .and_then(|s| s.replace(['_', ','], "").parse().ok())
+                            .ok_or("--keys takes a whole number")?,
+                    );
                 }
                 other => return Err(format!("unknown bench option {other:?}")),
             }
@@ -203,6 +215,9 @@ pub fn run(options: &Options) -> Result<(), String> {
     fs::create_dir_all(&work).map_err(|e| format!("cannot create {}: {e}", work.display()))?;
     fs::write(work.join("load.lua"), SCRIPT).map_err(|e| e.to_string())?;
 
+    if let Some(keys) = options.keys {
+        return run_scale(&root, &binary, &work, keys, options);
+    }
     let gateways = bench_gateways(&root, &binary, &work, options.seconds)?;
     let mut reports = Vec::new();
     for backend in &options.backends {
@@ -214,6 +229,46 @@ pub fn run(options: &Options) -> Result<(), String> {
     }
     gateways.print();
     println!("\nresults written to {}", results.display());
+    Ok(())
+}
+
+/// The scale scenarios on each backend, printed and written to bench-results/.
+fn run_scale(
+    root: &Path,
+    binary: &Path,
+    work: &Path,
+    keys: usize,
+    options: &Options,
+) -> Result<(), String> {
+    let mut results = Vec::new();
+    for backend in &options.backends {
+        let scale = scale::bench(backend, binary, work, keys, options.seconds)?;
+        scale.print();
+        results.push(scale);
+    }
+    let stamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let backends: Vec<String> = results
+        .iter()
+        .map(|scale| format!("\"{}\": {}", scale.backend, scale.json()))
+        .collect();
+    let json = format!(
+        "{{\n  \"unix_time\": {stamp},\n  \"machine\": \"{}\",\n  \"seconds_per_scenario\": {},\n  \"rounds\": {ROUNDS},\n  \"connections\": {CONNECTIONS},\n  \"scale\": {{{}}}\n}}\n",
+        machine().replace('"', "'"),
+        options.seconds,
+        backends.join(", ")
+    );
+    let dir = root.join("bench-results");
+    fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let path = dir.join(format!("scale-{stamp}.json"));
+    fs::write(&path, json).map_err(|e| e.to_string())?;
+    println!("\nmachine: {}", machine());
+    for scale in &results {
+        scale.print();
+    }
+    println!("\nresults written to {}", path.display());
     Ok(())
 }
 
@@ -543,6 +598,10 @@ fn fresh_postgres_schema() -> Result<String, String> {
 struct Server(Child);
 
 impl Server {
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
     fn start(binary: &Path, dir: &Path, port: u16, url: &str) -> Result<Self, String> {
         Self::start_with(binary, dir, port, url, &[])
     }
@@ -580,7 +639,7 @@ impl Server {
             {
                 return Ok(server);
             }
-            thread::sleep(Duration::from_millis(50));
+            thread::sleep(Duration::from_millis(5));
         }
         Err("the server did not start; see its server.log".into())
     }
