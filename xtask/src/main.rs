@@ -16,6 +16,8 @@ tasks:
          (with the PostgreSQL tests; KEYGATE_TEST_POSTGRES_URL defaults to the local server)
   bench  [--seconds N] [--backend sqlite|postgres|both|none]: the release server under wrk
          load, 10,000 keys, 64 connections; prints and writes bench-results/*.json
+         --keys N: instead, N imported keys (e.g. 1000000): import rate, start-up, hot
+         against mostly-cold keys, memory
   openapi  write the OpenAPI description to openapi.json (a test fails while it is stale)
   dev    run the server for development: debug logs, ./target/dev.db, master key `dev-master-key-0123456789`
   help   this text
