@@ -919,16 +919,24 @@ impl KeyStore for Database {
         with_connection!(self, |conn, t, e, c, u| {
             use diesel::upsert::excluded;
             conn.write_transaction(|conn| {
-                for count in &counts {
+                // Many rows a statement: a flush of 20,000 keys' counts is 40 statements,
+                // not 20,000.
+                for chunk in counts.chunks(USAGE_CHUNK) {
+                    let rows: Vec<_> = chunk
+                        .iter()
+                        .map(|count| {
+                            (
+                                u::api_key_id.eq(count.key.as_str()),
+                                u::hour.eq(count.at),
+                                u::allowed.eq(count.allowed),
+                                u::denied.eq(count.denied),
+                                u::rate_limited.eq(count.rate_limited),
+                                u::usage_exceeded.eq(count.usage_exceeded),
+                            )
+                        })
+                        .collect();
                     diesel::insert_into(u::table)
-                        .values((
-                            u::api_key_id.eq(count.key.as_str()),
-                            u::hour.eq(count.at),
-                            u::allowed.eq(count.allowed),
-                            u::denied.eq(count.denied),
-                            u::rate_limited.eq(count.rate_limited),
-                            u::usage_exceeded.eq(count.usage_exceeded),
-                        ))
+                        .values(&rows)
                         .on_conflict((u::api_key_id, u::hour))
                         .do_update()
                         .set((
@@ -1206,6 +1214,10 @@ impl KeyStore for Database {
         row.map(ApiKey::try_from).transpose()
     }
 }
+
+/// Hourly counts per statement of a usage flush: 6 columns a row keeps SQLite under its
+/// 32,766 bound parameters.
+const USAGE_CHUNK: usize = 500;
 
 /// Keys per statement of an import: 16 columns a row keeps SQLite under its 32,766
 /// bound parameters.
