@@ -65,6 +65,8 @@ pub struct Guard {
     /// How often the change feed is read and usage written, for the background tasks.
     change_poll: Duration,
     usage_flush: Duration,
+    /// [`GuardSettings::last_used_resolution`], in whole seconds (at least one).
+    last_used_resolution: i64,
     /// Rate limits and credits.
     meter: Meter,
     /// The lengths of imported secrets not of keygate's own shape, one bit each.
@@ -106,8 +108,9 @@ struct Master(KeyHash);
 /// A verified key held in memory.
 struct CachedKey {
     key: Arc<ApiKey>,
-    /// The last second (Unix time) in which a use of this key was noted, so that a busy
-    /// key costs the usage recorder one entry a second, not one a request.
+    /// The second (Unix time) of the latest use of this key that was noted (or, before
+    /// any, of its stored `last_used_at`): the next is noted a resolution later, so that
+    /// a busy key costs the usage recorder one entry a resolution, not one a request.
     noted_second: AtomicI64,
 }
 
@@ -169,6 +172,9 @@ impl Guard {
             usage: Arc::new(UsageRecorder::default()),
             change_poll: settings.change_poll.max(Duration::from_millis(1)),
             usage_flush: settings.usage_flush.max(Duration::from_millis(1)),
+            last_used_resolution: i64::try_from(settings.last_used_resolution.as_secs())
+                .unwrap_or(i64::MAX)
+                .max(1),
             foreign_lengths: KeyLengths::default(),
             legacy_pending: AtomicBool::new(false),
             legacy_slots: Semaphore::new(
@@ -386,9 +392,20 @@ impl Guard {
         }
     }
 
+    /// Notes a use of `entry`'s key at `now` for `last_used_at`, if the use noted
+    /// before it (or the one stored) is at least a resolution old: the stored time lags
+    /// the latest use by less than that, and a key costs one row write a resolution
+    /// however busy it is. A key read from the database, last used within the
+    /// resolution, costs none: a million keys each used now and then write little.
     fn note_use(&self, entry: &CachedKey, now: DateTime<Utc>) {
         let second = now.timestamp();
-        if entry.noted_second.fetch_max(second, Ordering::Relaxed) < second {
+        let noted = entry.noted_second.load(Ordering::Relaxed);
+        if second >= noted.saturating_add(self.last_used_resolution)
+            && entry
+                .noted_second
+                .compare_exchange(noted, second, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
             self.usage.record(&entry.key.id, now);
         }
     }
@@ -407,8 +424,8 @@ impl Guard {
     /// unless a change raced the read.
     fn remember(&self, hash: KeyHash, key: ApiKey, generation: u64) -> Arc<CachedKey> {
         let entry = Arc::new(CachedKey {
+            noted_second: AtomicI64::new(key.last_used_at.map_or(i64::MIN, |at| at.timestamp())),
             key: Arc::new(key),
-            noted_second: AtomicI64::new(i64::MIN),
         });
         if self.invalidations.load(Ordering::SeqCst) == generation {
             self.keys.insert(hash, entry.clone());

@@ -28,6 +28,9 @@ pub struct GuardSettings {
     pub max_staleness: Duration,
     /// How often pending `last_used_at` updates are written, in one batch.
     pub usage_flush: Duration,
+    /// How far a key's stored `last_used_at` may lag its latest use: a use is written
+    /// only once this long has passed since the one written before it.
+    pub last_used_resolution: Duration,
     /// How long a storage call may take, waiting included, before it is a 503.
     pub storage_timeout: Duration,
     /// Storage calls in flight at once (the connection pool's size).
@@ -98,6 +101,7 @@ impl Default for GuardSettings {
             change_poll: Duration::from_millis(250),
             max_staleness: Duration::from_secs(10),
             usage_flush: Duration::from_secs(1),
+            last_used_resolution: Duration::from_secs(60),
             storage_timeout: Duration::from_secs(5),
             storage_slots: 8,
             throttle: ThrottleSettings::default(),

@@ -209,6 +209,10 @@ pub struct AuthSettings {
     pub cache_max_bytes: u64,
     /// How often pending `last_used_at` updates are written, in milliseconds.
     pub last_used_flush_ms: u64,
+    /// How far a key's `last_used_at` may lag its latest use, in milliseconds (whole
+    /// seconds count): a use is written only once this long after the last one written,
+    /// so a key costs one row write this often however busy it is.
+    pub last_used_resolution_ms: u64,
     /// The furthest in the future a key's `expires_at` may be, in days.
     pub max_key_lifetime_days: u32,
 }
@@ -271,6 +275,7 @@ cache_ttl_ms = 60000
 max_staleness_ms = 10000
 cache_max_bytes = 67108864
 last_used_flush_ms = 1000
+last_used_resolution_ms = 60000
 max_key_lifetime_days = 3650
 "#;
 
@@ -337,6 +342,7 @@ impl Settings {
             change_poll: self.auth.change_poll(),
             max_staleness: self.auth.max_staleness(),
             usage_flush: self.auth.last_used_flush(),
+            last_used_resolution: Duration::from_millis(self.auth.last_used_resolution_ms),
             storage_timeout: self.database.pool_timeout(),
             storage_slots: usize::try_from(self.database.pool_size).unwrap_or(usize::MAX),
             throttle: keygate_guard::ThrottleSettings {
@@ -405,6 +411,11 @@ impl Settings {
             "auth.last_used_flush_ms",
             auth.last_used_flush_ms,
             10..=3_600_000,
+        )?;
+        in_range(
+            "auth.last_used_resolution_ms",
+            auth.last_used_resolution_ms,
+            1000..=86_400_000,
         )?;
         in_range(
             "auth.max_key_lifetime_days",
@@ -723,6 +734,11 @@ mod tests {
                 "KEYGATE_AUTH__LAST_USED_FLUSH_MS",
                 "0",
                 "auth.last_used_flush_ms",
+            ),
+            (
+                "KEYGATE_AUTH__LAST_USED_RESOLUTION_MS",
+                "999",
+                "auth.last_used_resolution_ms",
             ),
             (
                 "KEYGATE_AUTH__MAX_STALENESS_MS",

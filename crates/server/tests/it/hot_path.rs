@@ -14,6 +14,7 @@ use support::{CountingStore, MASTER, start, start_observed, start_peer};
 on_both_backends!(
     a_second_instance_sees_a_revocation_within_the_poll_bound,
     requests_write_nothing_and_usage_is_written_in_one_batch,
+    last_used_is_written_once_a_resolution_however_busy_the_key,
     keys_that_cannot_be_ours_cost_no_lookup,
 );
 
@@ -117,6 +118,68 @@ async fn requests_write_nothing_and_usage_is_written_in_one_batch(db: TestDataba
     for key in listed.json.as_array().expect("array") {
         assert_ne!(key["last_used_at"], "0001-01-01T00:00:00Z", "{key}");
     }
+}
+
+async fn last_used_is_written_once_a_resolution_however_busy_the_key(db: TestDatabase) {
+    let (observe, counting) = CountingStore::observer();
+    let app = start_observed(
+        db,
+        |settings| {
+            settings.auth.last_used_flush_ms = 3_600_000;
+            settings.auth.last_used_resolution_ms = 60_000;
+        },
+        observe,
+    )
+    .await;
+    let counting = counting.get().expect("the store was wrapped").clone();
+    let store: Arc<dyn KeyStore> = counting.clone();
+    let (key, _) = app.new_key("alice", &["api-keys:read"]).await;
+    let flush = || app.state.guard().usage().flush(&*store).expect("flush");
+    let last_used = || async {
+        let listed = app
+            .call(Method::GET, "/api-keys?owner=alice", Some(MASTER), None)
+            .await;
+        support::text(&listed.json[0]["last_used_at"])
+    };
+    let use_key = || async {
+        let reply = app.call(Method::GET, "/api-keys", Some(&key), None).await;
+        assert_eq!(reply.status, 200, "{}", reply.json);
+    };
+
+    // The first use is written; 20 more within the minute are not.
+    use_key().await;
+    assert_eq!(flush(), 1);
+    let first = last_used().await;
+    assert_ne!(first, "0001-01-01T00:00:00Z");
+    for _ in 0..20 {
+        use_key().await;
+    }
+    app.clock.advance(chrono::TimeDelta::seconds(59));
+    use_key().await;
+    assert_eq!(flush(), 0, "uses within the resolution write nothing");
+    assert_eq!(last_used().await, first);
+
+    // A minute after the written use, the next one is written.
+    app.clock.advance(chrono::TimeDelta::seconds(2));
+    use_key().await;
+    assert_eq!(flush(), 1);
+    let second = last_used().await;
+    assert!(second > first, "{second} after {first}");
+
+    // Read again from the database (as after a restart or an eviction), a key last used
+    // within the resolution writes nothing either; past it, it does.
+    app.state
+        .guard()
+        .forget(&PlainKey::from_presented(&key).hash());
+    use_key().await;
+    assert_eq!(flush(), 0, "the stored time is recent enough");
+    app.state
+        .guard()
+        .forget(&PlainKey::from_presented(&key).hash());
+    app.clock.advance(chrono::TimeDelta::seconds(61));
+    use_key().await;
+    assert_eq!(flush(), 1);
+    assert!(last_used().await > second);
 }
 
 async fn keys_that_cannot_be_ours_cost_no_lookup(db: TestDatabase) {
