@@ -41,7 +41,9 @@ pub struct Guard {
     store: Arc<dyn KeyStore>,
     /// `None` when secure mode is off: every request then acts as the master key.
     master: Option<Master>,
-    keys: Cache<KeyHash, Arc<CachedKey>>,
+    /// Verified keys by digest. Hashed with foldhash rather than SipHash: the digests are
+    /// blake3's, uniform whatever text was presented, and only verified keys are kept.
+    keys: Cache<KeyHash, Arc<CachedKey>, foldhash::fast::RandomState>,
     /// Storage calls in flight at once: no more than the pool has connections, so
     /// waiting happens here, cheaply, rather than in blocked threads.
     storage_slots: Semaphore,
@@ -162,7 +164,7 @@ impl Guard {
                 .weigher(|_, entry: &Arc<CachedKey>| entry.weight())
                 .max_capacity(settings.cache_max_bytes)
                 .time_to_live(settings.cache_ttl)
-                .build(),
+                .build_with_hasher(foldhash::fast::RandomState::default()),
             storage_slots: Semaphore::new(settings.storage_slots.max(1)),
             storage_timeout: settings.storage_timeout,
             invalidations: AtomicU64::new(0),
