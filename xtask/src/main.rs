@@ -1,6 +1,7 @@
 //! Developer tasks: `cargo xtask <task>`. Run `cargo xtask help` for the list.
 
 mod bench;
+mod container;
 
 use std::env;
 use std::process::{Command, ExitCode};
@@ -19,6 +20,8 @@ tasks:
          --keys N: instead, N imported keys (e.g. 1000000): import rate, start-up, hot
          against mostly-cold keys, memory
   openapi  write the OpenAPI description to openapi.json (a test fails while it is stale)
+  container  build the Dockerfile and run it and docker-compose.yml for real on podman
+         (base images built here, none pulled), then tear everything down
   dev    run the server for development: debug logs, ./target/dev.db, master key `dev-master-key-0123456789`
   help   this text
 ";
@@ -29,6 +32,7 @@ fn main() -> ExitCode {
         "ci" => ci(),
         "dev" => dev(),
         "openapi" => openapi(),
+        "container" => container::run(),
         "bench" => {
             let args: Vec<String> = env::args().skip(2).collect();
             bench::Options::parse(&args).and_then(|options| bench::run(&options))
