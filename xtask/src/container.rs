@@ -453,7 +453,7 @@ impl Drop for Engine {
     }
 }
 
-/// Podman's settings for this machine: no default rlimits (the sandbox's hard limit on
+/// Podman's settings for this machine: no default rlimits (the machine's hard limit on
 /// open files is below podman's default, which the runtime then fails to set), CNI with
 /// its dnsname plugin (so Compose's services find each other by name), and runc where
 /// crun refuses the machine's hybrid cgroups (a cgroup v2 hierarchy with controllers
