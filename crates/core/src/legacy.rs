@@ -18,6 +18,9 @@ pub const LEGACY_PREFIX_LEN: usize = 16;
 /// and a hash of a higher cost would let one presented key occupy a core for minutes.
 pub const MAX_BCRYPT_COST: u32 = 14;
 
+/// The most bytes of a key bcrypt reads (Blnk could not hash longer ones).
+const BCRYPT_MAX_BYTES: usize = 72;
+
 /// A key's hash in its old system, kept until the key is first presented.
 #[derive(Clone, PartialEq, Eq)]
 pub struct LegacyHash {
@@ -70,7 +73,10 @@ impl LegacyHash {
     /// and bcrypt accepts it. Costs one bcrypt check (tens of milliseconds): run it off
     /// any async worker, and only for a presented key whose prefix matched.
     pub fn matches(&self, presented: &str) -> bool {
-        presented.starts_with(&self.prefix)
+        // bcrypt reads 72 bytes at most: past them, texts that differ only in their tail
+        // would all match, and each would be stored as a digest of its own.
+        presented.len() <= BCRYPT_MAX_BYTES
+            && presented.starts_with(&self.prefix)
             && bcrypt::verify(presented.as_bytes(), &self.bcrypt).unwrap_or(false)
     }
 
@@ -121,6 +127,20 @@ mod tests {
         assert_eq!(LegacyHash::prefix_of("short"), None);
         assert_eq!(legacy.hint(), "Zm9v...");
         assert!(!format!("{legacy:?}").contains("$2"), "no hash in Debug");
+    }
+
+    #[test]
+    fn only_texts_bcrypt_reads_whole_can_match() {
+        let long = format!("{KEY}{}", "x".repeat(28));
+        assert_eq!(long.len(), 72);
+        let hash = bcrypt::hash(&long, 4).expect("a hash");
+        let legacy =
+            LegacyHash::new(ApiKeyId::new("api_key_1"), &long[..16], &hash).expect("valid");
+        assert!(legacy.matches(&long));
+        // bcrypt alone would accept any tail past 72 bytes.
+        let longer = format!("{long}tail");
+        assert!(bcrypt::verify(&longer, &hash).expect("verifies"));
+        assert!(!legacy.matches(&longer));
     }
 
     #[test]
