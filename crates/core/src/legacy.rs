@@ -18,6 +18,11 @@ pub const LEGACY_PREFIX_LEN: usize = 16;
 /// and a hash of a higher cost would let one presented key occupy a core for minutes.
 pub const MAX_BCRYPT_COST: u32 = 14;
 
+/// The most legacy hashes one presented key is read with and checked against. Prefixes
+/// are 16 characters of random keys: two keys share one only in a doctored table, and
+/// then no more than this many bcrypt checks are run, nor rows read.
+pub const MAX_LEGACY_CANDIDATES: usize = 2;
+
 /// The most bytes of a key bcrypt reads (Blnk could not hash longer ones).
 const BCRYPT_MAX_BYTES: usize = 72;
 

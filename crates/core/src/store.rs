@@ -141,7 +141,7 @@ pub trait KeyStore: Send + Sync + 'static {
     fn key_shapes(&self) -> Result<KeyShapes, StoreError>;
 
     /// The legacy hashes kept under `prefix` ([`LegacyHash::prefix_of`]), of keys not yet
-    /// presented.
+    /// presented; at most [`crate::legacy::MAX_LEGACY_CANDIDATES`].
     fn legacy_hashes(&self, prefix: &str) -> Result<Vec<LegacyHash>, StoreError>;
 
     /// Stores `hash`, the digest of a presented key that `legacy` accepted, as its key's

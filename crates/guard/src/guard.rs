@@ -81,10 +81,6 @@ pub struct Guard {
     legacy_slots: Semaphore,
 }
 
-/// The most legacy hashes one presented key is checked against. Prefixes are 16
-/// characters of random keys: two keys share one only in a doctored table.
-const MAX_LEGACY_CANDIDATES: usize = 2;
-
 /// A set of secret lengths (0 to [`MAX_PRESENTED_KEY`]), read on every request without
 /// a lock.
 #[derive(Debug, Default)]
@@ -426,7 +422,11 @@ impl Guard {
     /// unless a change raced the read.
     fn remember(&self, hash: KeyHash, key: ApiKey, generation: u64) -> Arc<CachedKey> {
         let entry = Arc::new(CachedKey {
-            noted_second: AtomicI64::new(key.last_used_at.map_or(i64::MIN, |at| at.timestamp())),
+            // A stored time ahead of this clock (another instance's, or an import's)
+            // must not hold back the next write.
+            noted_second: AtomicI64::new(key.last_used_at.map_or(i64::MIN, |at| {
+                at.timestamp().min(self.clock.now().timestamp())
+            })),
             key: Arc::new(key),
         });
         if self.invalidations.load(Ordering::SeqCst) == generation {
@@ -472,7 +472,7 @@ impl Guard {
         let matched = web::block(move || {
             candidates
                 .into_iter()
-                .take(MAX_LEGACY_CANDIDATES)
+                .take(keygate_core::legacy::MAX_LEGACY_CANDIDATES)
                 .find(|candidate| {
                     let matched = candidate.matches(plain.expose());
                     observer.legacy_check(matched);

@@ -11,6 +11,7 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::sql_types::{BigInt, Text, Timestamptz, TimestamptzSqlite};
 use diesel::{PgConnection, SqliteConnection};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+use keygate_core::legacy::MAX_LEGACY_CANDIDATES;
 use keygate_core::{
     Actor, ApiKey, ApiKeyId, ChangeCursor, Changes, CreditGrant, CreditRequest, EventDetails,
     EventKind, ImportBatch, KeyEvent, KeyHash, KeyShapes, KeyStore, LegacyHash, NewEvent,
@@ -1166,6 +1167,7 @@ impl KeyStore for Database {
         let rows: Vec<(String, String, String)> = with_connection!(self, |conn, t, e, c, u| {
             legacy_hashes::table
                 .filter(legacy_hashes::key_prefix.eq(prefix))
+                .limit(i64::try_from(MAX_LEGACY_CANDIDATES).unwrap_or(i64::MAX))
                 .select((
                     legacy_hashes::api_key_id,
                     legacy_hashes::key_prefix,
