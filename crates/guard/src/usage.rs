@@ -156,7 +156,10 @@ pub async fn flush_periodically(
     store: Arc<dyn KeyStore>,
     period: Duration,
 ) {
-    let mut ticker = tokio::time::interval(period);
+    // The first write is a period after the start, not whenever this task first runs:
+    // an interval's first tick is at once, and a task started late on a busy machine
+    // would write the first uses at a moment nothing chose.
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
