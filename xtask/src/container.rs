@@ -17,7 +17,7 @@ use std::process::{self, Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// The label that keys a locally built base image to the recipe it was built from.
 const RECIPE_LABEL: &str = "org.keygate.xtask.recipe";
@@ -44,13 +44,12 @@ pub(crate) fn run() -> Result<(), String> {
         .join("..")
         .canonicalize()
         .map_err(|e| format!("cannot find the workspace: {e}"))?;
-    let started = SystemTime::now();
     let mut steps = Steps::default();
     let mut engine = steps.time("start podman's Docker API", || Engine::start(&root))?;
     steps.time("base images", || {
         build_bases(&engine, &bases_named(&engine.context)?)
     })?;
-    let size = steps.time("docker build", || build(&engine, started))?;
+    let size = steps.time("docker build", || build(&engine))?;
     steps.time("docker run on SQLite", || run_on_sqlite(&engine))?;
     steps.time("docker compose on PostgreSQL", || compose(&engine))?;
     steps.time("teardown", || engine.teardown())?;
@@ -859,7 +858,13 @@ fn deb822_sources(text: &str) -> Vec<(String, Vec<String>)> {
 
 /// `docker build -t keygate .` with the unchanged Dockerfile, then the Compose build (the
 /// same layers); checks the image. Returns its size in MB.
-fn build(engine: &Engine, run_started: SystemTime) -> Result<f64, String> {
+fn build(engine: &Engine) -> Result<f64, String> {
+    // The builds this one supersedes, removed once it stands: only images of these tags,
+    // never anything else in the machine's image store.
+    let superseded: Vec<String> = [IMAGE, BUILD_STAGE_TAG]
+        .iter()
+        .filter_map(|tag| engine.image_id(tag))
+        .collect();
     run_shown(&mut engine.docker(&["build", "--tag", IMAGE, "."]))?;
     let dockerfile = read(&engine.context.join("Dockerfile"))?;
     let stage = dockerfile.lines().find_map(|line| {
@@ -886,18 +891,13 @@ fn build(engine: &Engine, run_started: SystemTime) -> Result<f64, String> {
             .env("KEYGATE_MASTER_KEY", "unused")
             .env("POSTGRES_PASSWORD", "unused"),
     )?;
-    if stage.is_some() {
-        // The builds this one superseded: untagged, unused, and older than this run.
-        let since = run_started
-            .duration_since(UNIX_EPOCH)
-            .map_err(|e| format!("clock: {e}"))?
-            .as_secs();
-        let _ = output(
-            engine
-                .podman()
-                .args(["image", "prune", "--force", "--filter"])
-                .arg(format!("until={since}")),
-        );
+    let current: Vec<String> = [IMAGE, BUILD_STAGE_TAG]
+        .iter()
+        .filter_map(|tag| engine.image_id(tag))
+        .collect();
+    for old in superseded.iter().filter(|id| !current.contains(id)) {
+        // Still in use (by a container of another run) is fine: it stays.
+        let _ = output(engine.podman().args(["rmi", old]));
     }
 
     let size: f64 = engine
@@ -1194,7 +1194,10 @@ fn compose(engine: &Engine) -> Result<(), String> {
         "--tuples-only",
         "--no-align",
         "--command",
-        &format!("SELECT count(*) FROM api_keys WHERE api_key_id = '{id}'"),
+        &format!(
+            "SELECT count(*) FROM api_keys WHERE api_key_id = '{}'",
+            sql_safe(&id)?
+        ),
     ]))?;
     if rows.trim() != "1" {
         return Err(format!(
@@ -1551,6 +1554,33 @@ fn remove_stale_dirs() {
     }
 }
 
+/// A mount point as `/proc/self/mountinfo` writes it, with its octal escapes (`\040` for
+/// a space, `\134` for a backslash, ...) decoded.
+fn unescape_mount_point(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        let escape = bytes.get(at + 1..at + 4).filter(|digits| {
+            bytes[at] == b'\\' && digits.iter().all(|d| (b'0'..=b'7').contains(d))
+        });
+        match escape {
+            Some(digits) => {
+                let value = digits
+                    .iter()
+                    .fold(0u32, |value, d| value * 8 + u32::from(d - b'0'));
+                out.push(u8::try_from(value).unwrap_or(b'?'));
+                at += 4;
+            }
+            None => {
+                out.push(bytes[at]);
+                at += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Removes a folder of ours, unmounting first anything mounted under it (debootstrap
 /// mounts /proc and /sys, or binds /dev, inside its target while it works); a folder
 /// that still has mounts is left alone rather than emptied through them.
@@ -1558,12 +1588,15 @@ fn remove_dir(dir: &Path) {
     if !dir.exists() {
         return;
     }
+    // Mount points are listed resolved, with spaces and the like escaped in octal.
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    let dir = dir.as_path();
     let mounted = || -> Vec<String> {
         let prefix = format!("{}/", dir.display());
         let mut points: Vec<String> = fs::read_to_string("/proc/self/mountinfo")
             .unwrap_or_default()
             .lines()
-            .filter_map(|line| line.split_whitespace().nth(4).map(str::to_owned))
+            .filter_map(|line| line.split_whitespace().nth(4).map(unescape_mount_point))
             .filter(|point| point.starts_with(&prefix))
             .collect();
         points.sort_by_key(|point| std::cmp::Reverse(point.len()));
@@ -1642,6 +1675,21 @@ fn describe(command: &Command) -> String {
     words.join(" ")
 }
 
+/// `id` if it is a key id as keygate makes them (`api_key_` and letters, digits, `-`), so
+/// that it can stand inside an SQL literal.
+fn sql_safe(id: &str) -> Result<&str, String> {
+    let plain = id.starts_with("api_key_")
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if plain {
+        Ok(id)
+    } else {
+        Err(format!("an unexpected key id: {id:?}"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1700,5 +1748,14 @@ mod tests {
     fn fingerprints_differ_with_their_parts() {
         assert_eq!(fingerprint(&[b"a", b"b"]), fingerprint(&[b"a", b"b"]));
         assert_ne!(fingerprint(&[b"ab"]), fingerprint(&[b"a", b"b"]));
+    }
+
+    #[test]
+    fn mount_points_are_read_with_their_escapes_decoded() {
+        assert_eq!(unescape_mount_point("/tmp/a\\040b/proc"), "/tmp/a b/proc");
+        assert_eq!(unescape_mount_point("/plain/dev"), "/plain/dev");
+        assert_eq!(unescape_mount_point("/odd\\9"), "/odd\\9");
+        assert_eq!(sql_safe("api_key_1f-2"), Ok("api_key_1f-2"));
+        assert!(sql_safe("api_key_x' OR '1'='1").is_err());
     }
 }
