@@ -14,7 +14,8 @@ use keygate_core::{
     ApiKey, Clock, KeyHash, KeyShapes, KeyStatus, KeyStore, LegacyHash, PlainKey, Principal,
     StoreError, SystemClock,
 };
-use moka::sync::Cache;
+use quick_cache::Weighter;
+use quick_cache::sync::{Cache, DefaultLifecycle};
 use secrecy::ExposeSecret;
 use tokio::sync::Semaphore;
 
@@ -43,7 +44,11 @@ pub struct Guard {
     master: Option<Master>,
     /// Verified keys by digest. Hashed with foldhash rather than SipHash: the digests are
     /// blake3's, uniform whatever text was presented, and only verified keys are kept.
-    keys: Cache<KeyHash, Arc<CachedKey>, foldhash::fast::RandomState>,
+    /// quick_cache rather than a cache with a shared read log: a hit is a shard's read
+    /// lock and a flag, so workers on other cores do not contend on every request.
+    keys: Cache<KeyHash, Arc<CachedKey>, ByWeight, foldhash::fast::RandomState>,
+    /// How long a cached key is trusted before it is read again, in milliseconds.
+    cache_ttl_ms: i64,
     /// Storage calls in flight at once: no more than the pool has connections, so
     /// waiting happens here, cheaply, rather than in blocked threads.
     storage_slots: Semaphore,
@@ -106,6 +111,9 @@ struct Master(KeyHash);
 /// A verified key held in memory.
 struct CachedKey {
     key: Arc<ApiKey>,
+    /// When it was read (Unix milliseconds, by the guard's clock): it is read again
+    /// [`GuardSettings::cache_ttl`] later.
+    read_ms: i64,
     /// The second (Unix time) of the latest use of this key that was noted (or, before
     /// any, of its stored `last_used_at`): the next is noted a resolution later, so that
     /// a busy key costs the usage recorder one entry a resolution, not one a request.
@@ -113,8 +121,14 @@ struct CachedKey {
 }
 
 impl CachedKey {
+    /// Whether it may still be used at `ms` (Unix milliseconds): read less than `ttl_ms`
+    /// before, and not after (a clock set back reads it again).
+    fn is_fresh(&self, ms: i64, ttl_ms: i64) -> bool {
+        (0..ttl_ms).contains(&ms.saturating_sub(self.read_ms))
+    }
+
     /// Roughly how many bytes the entry holds, for the cache's memory bound.
-    fn weight(&self) -> u32 {
+    fn weight(&self) -> u64 {
         let key = &self.key;
         let text = key.id.as_str().len() + key.hint.len() + key.name.len() + key.owner_id.len();
         let size = std::mem::size_of::<ApiKey>()
@@ -122,9 +136,23 @@ impl CachedKey {
             + 96
             + text
             + 8 * key.scopes.len();
-        u32::try_from(size).unwrap_or(u32::MAX)
+        u64::try_from(size).unwrap_or(u64::MAX)
     }
 }
+
+/// Weighs cached keys by [`CachedKey::weight`], for the cache's memory bound.
+#[derive(Debug, Clone, Copy)]
+struct ByWeight;
+
+impl Weighter<KeyHash, Arc<CachedKey>> for ByWeight {
+    fn weight(&self, _: &KeyHash, entry: &Arc<CachedKey>) -> u64 {
+        entry.weight()
+    }
+}
+
+/// About what a cached key weighs: the cache expects its bound divided by this many
+/// keys (it sizes its record of recently evicted keys by that).
+const TYPICAL_ENTRY_BYTES: u64 = 512;
 
 impl Guard {
     /// A guard over `store` with `settings`, reporting to `observer`. With secure mode
@@ -156,11 +184,15 @@ impl Guard {
             throttle: Throttle::new(&settings.throttle),
             store,
             master,
-            keys: Cache::builder()
-                .weigher(|_, entry: &Arc<CachedKey>| entry.weight())
-                .max_capacity(settings.cache_max_bytes)
-                .time_to_live(settings.cache_ttl)
-                .build_with_hasher(foldhash::fast::RandomState::default()),
+            keys: Cache::with(
+                usize::try_from((settings.cache_max_bytes / TYPICAL_ENTRY_BYTES).max(64))
+                    .unwrap_or(usize::MAX),
+                settings.cache_max_bytes.max(1),
+                ByWeight,
+                foldhash::fast::RandomState::default(),
+                DefaultLifecycle::default(),
+            ),
+            cache_ttl_ms: i64::try_from(settings.cache_ttl.as_millis()).unwrap_or(i64::MAX),
             storage_slots: Semaphore::new(settings.storage_slots.max(1)),
             storage_timeout: settings.storage_timeout,
             invalidations: AtomicU64::new(0),
@@ -282,6 +314,12 @@ impl Guard {
         self.usage.clone()
     }
 
+    /// The pending usage, borrowed: on every request, where cloning the `Arc` would
+    /// have every worker write its shared count.
+    pub(crate) fn usage_recorder(&self) -> &UsageRecorder {
+        &self.usage
+    }
+
     /// Runs a blocking storage call on the blocking pool, never on an async worker, and
     /// answers within the storage timeout (and a little): waiting for a storage
     /// slot, for a connection and for the database all count against it, so a locked
@@ -368,7 +406,12 @@ impl Guard {
             return Err(GuardError::InvalidKey);
         }
         // A cache that has not heard of changes elsewhere for too long is not trusted.
-        let cached = self.keys.get(&hash).filter(|_| self.feed_is_fresh());
+        let now = self.clock.now();
+        let now_ms = now.timestamp_millis();
+        let cached = self
+            .keys
+            .get(&hash)
+            .filter(|entry| entry.is_fresh(now_ms, self.cache_ttl_ms) && self.feed_is_fresh());
         self.observer.cache(cached.is_some());
         let entry = match cached {
             Some(entry) => entry,
@@ -380,7 +423,6 @@ impl Guard {
                     .ok_or(GuardError::InvalidKey)?,
             },
         };
-        let now = self.clock.now();
         match entry.key.status(now) {
             KeyStatus::Active => {
                 self.note_use(&entry, now);
@@ -421,19 +463,23 @@ impl Guard {
     /// Keeps `key`, read under `hash` when the cache's generation was `generation`,
     /// unless a change raced the read.
     fn remember(&self, hash: KeyHash, key: ApiKey, generation: u64) -> Arc<CachedKey> {
+        let now = self.clock.now();
         let entry = Arc::new(CachedKey {
             // A stored time ahead of this clock (another instance's, or an import's)
             // must not hold back the next write.
-            noted_second: AtomicI64::new(key.last_used_at.map_or(i64::MIN, |at| {
-                at.timestamp().min(self.clock.now().timestamp())
-            })),
+            noted_second: AtomicI64::new(
+                key.last_used_at
+                    .map_or(i64::MIN, |at| at.timestamp().min(now.timestamp())),
+            ),
+            read_ms: now.timestamp_millis(),
             key: Arc::new(key),
         });
-        if self.invalidations.load(Ordering::SeqCst) == generation {
+        // With no time to live (auth.cache_ttl_ms = 0), nothing is kept.
+        if self.cache_ttl_ms > 0 && self.invalidations.load(Ordering::SeqCst) == generation {
             self.keys.insert(hash, entry.clone());
             // A change may have slipped in between the check and the insert.
             if self.invalidations.load(Ordering::SeqCst) != generation {
-                self.keys.invalidate(&hash);
+                self.keys.remove(&hash);
             }
         }
         entry
@@ -542,13 +588,13 @@ impl Guard {
     /// Forgets every cached key.
     pub(crate) fn forget_all(&self) {
         self.invalidations.fetch_add(1, Ordering::SeqCst);
-        self.keys.invalidate_all();
+        self.keys.clear();
     }
 
     /// Forgets a key that changed, so the very next request reads it anew.
     pub fn forget(&self, hash: &KeyHash) {
         self.invalidations.fetch_add(1, Ordering::SeqCst);
-        self.keys.invalidate(hash);
+        self.keys.remove(hash);
     }
 
     /// Whether the key with this digest is held in memory.
@@ -558,8 +604,10 @@ impl Guard {
 
     /// How many keys are held in memory, and roughly how many bytes they take.
     pub fn cache_size(&self) -> (u64, u64) {
-        self.keys.run_pending_tasks();
-        (self.keys.entry_count(), self.keys.weighted_size())
+        (
+            u64::try_from(self.keys.len()).unwrap_or(u64::MAX),
+            self.keys.weight(),
+        )
     }
 }
 
@@ -578,6 +626,83 @@ mod tests {
     impl Observer for Lookups {
         fn cache(&self, _hit: bool) {
             self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A key stored in `store`, and its text.
+    fn stored_key(store: &Database) -> PlainKey {
+        let now = Utc::now();
+        let spec = keygate_core::KeySpec::new(
+            "cached",
+            "owner_1",
+            &["ledgers:read"],
+            now + chrono::TimeDelta::days(30),
+            now,
+        )
+        .expect("a valid spec");
+        let plain = PlainKey::generate().expect("a key");
+        store
+            .insert(&ApiKey::issue(spec, &plain, now), &keygate_core::Actor::Cli)
+            .expect("stored");
+        plain
+    }
+
+    #[actix_web::test]
+    async fn a_cached_key_is_read_again_once_its_time_to_live_has_passed() {
+        let db = TestDatabase::sqlite();
+        let store = Database::connect(&db.url, &PoolOptions::default()).expect("a database");
+        let plain = stored_key(&store);
+        let hash = plain.hash();
+        let clock = Arc::new(keygate_core::ShiftedClock::default());
+        let lookups = Arc::new(Lookups::default());
+        let settings = GuardSettings {
+            master_key: Some("a-long-random-master-key-0123456789".into()),
+            cache_ttl: Duration::from_secs(60),
+            ..GuardSettings::default()
+        };
+        let guard =
+            Guard::new(Arc::new(store), &settings, lookups.clone()).with_clock(clock.clone());
+        guard.feed_was_read();
+
+        let authenticated = guard.authenticate(Some(plain.expose())).await;
+        assert!(matches!(authenticated, Ok(Principal::Key(_))));
+        assert!(guard.is_cached(&hash));
+        let entry = guard.keys.get(&hash).expect("cached");
+        // Within its time to live the same entry answers; once it has passed the key is
+        // read again (a new entry); a clock set back before the read reads it again too.
+        clock.advance(chrono::TimeDelta::seconds(59));
+        let _ = guard.authenticate(Some(plain.expose())).await;
+        let same = guard.keys.get(&hash).expect("cached");
+        assert!(
+            Arc::ptr_eq(&entry, &same),
+            "read again within its time to live"
+        );
+        clock.advance(chrono::TimeDelta::seconds(2));
+        let authenticated = guard.authenticate(Some(plain.expose())).await;
+        assert!(matches!(authenticated, Ok(Principal::Key(_))));
+        let reread = guard.keys.get(&hash).expect("cached again");
+        assert!(
+            !Arc::ptr_eq(&entry, &reread),
+            "not read again after its time to live"
+        );
+
+        // With no time to live nothing is kept, and every use reads the key.
+        let db = TestDatabase::sqlite();
+        let store = Database::connect(&db.url, &PoolOptions::default()).expect("a database");
+        let plain = stored_key(&store);
+        let uncached = Guard::new(
+            Arc::new(store),
+            &GuardSettings {
+                cache_ttl: Duration::ZERO,
+                ..settings
+            },
+            lookups,
+        );
+        uncached.feed_was_read();
+        for _ in 0..2 {
+            let authenticated = uncached.authenticate(Some(plain.expose())).await;
+            assert!(matches!(authenticated, Ok(Principal::Key(_))));
+            assert!(!uncached.is_cached(&plain.hash()));
         }
     }
 

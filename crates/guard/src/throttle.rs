@@ -10,7 +10,7 @@ use actix_web::http::header::{HeaderMap, X_FORWARDED_FOR};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use ipnet::IpNet;
-use moka::sync::Cache;
+use quick_cache::sync::Cache;
 
 use crate::settings::ThrottleSettings;
 
@@ -65,10 +65,8 @@ impl Throttle {
             started: Instant::now(),
             tidied_second: AtomicU64::new(u64::MAX),
             limiter,
-            refused_until: Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(Duration::from_secs(3600))
-                .build(),
+            // Held until evicted by newer refusals; an expired refusal refuses nothing.
+            refused_until: Cache::new(MAX_TRACKED),
             trusted_proxies,
         }
     }

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
-use moka::sync::Cache;
+use quick_cache::sync::Cache;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 /// The longest window honoured; longer windows are clamped to it.
@@ -28,7 +28,7 @@ const MAX_WINDOW: Duration = Duration::from_secs(86_400);
 /// The shortest window honoured; shorter windows are clamped to it.
 const MIN_WINDOW: Duration = Duration::from_millis(1);
 /// How many keys the local state keeps at most.
-const MAX_LOCAL_KEYS: u64 = 1_000_000;
+const MAX_LOCAL_KEYS: usize = 1_000_000;
 /// How long a check waits for Redis before it answers from the local state.
 const REDIS_TIMEOUT: Duration = Duration::from_millis(100);
 /// How long connecting to Redis may take.
@@ -198,10 +198,9 @@ impl Local {
     fn new() -> Self {
         Self {
             epoch: Instant::now(),
-            slots: Cache::builder()
-                .max_capacity(MAX_LOCAL_KEYS)
-                .time_to_idle(MAX_WINDOW)
-                .build(),
+            // A slot idle for a window holds nothing a fresh one would not, so slots are
+            // simply evicted when the table is full, least used first.
+            slots: Cache::new(MAX_LOCAL_KEYS),
         }
     }
 
@@ -211,17 +210,13 @@ impl Local {
 
     /// The state of `key`, fresh when the key is new.
     fn slot(&self, key: &str) -> Arc<Slot> {
-        if let Some(slot) = self.slots.get(key) {
-            return slot;
-        }
         self.slots
-            .entry_by_ref(key)
-            .or_insert_with(|| {
-                Arc::new(Slot {
+            .get_or_insert_with(key, || {
+                Ok::<_, std::convert::Infallible>(Arc::new(Slot {
                     tat: AtomicU64::new(0),
-                })
+                }))
             })
-            .into_value()
+            .unwrap_or_else(|never| match never {})
     }
 
     fn check(&self, key: &str, quota: Quota, cost: u64) -> Decision {
@@ -541,7 +536,7 @@ impl RateLimiter {
 
     /// Forgets what this process counted for `key`, for example because its limit changed.
     pub fn forget(&self, key: &str) {
-        self.local.slots.invalidate(key);
+        self.local.slots.remove(key);
     }
 }
 
