@@ -119,7 +119,8 @@ impl Guard {
         };
         let now = self.clock().now();
         if let Err(rule) = principal.authorize(resource, action) {
-            self.usage().count(&key.id, UsageOutcome::Denied, now);
+            self.usage_recorder()
+                .count(&key.id, UsageOutcome::Denied, now);
             return Err(rule.into());
         }
         let metered = match self.meter(&key, cost.max(1), now).await {
@@ -129,14 +130,15 @@ impl Guard {
                     GuardError::KeyRateLimited(_) => (UsageOutcome::RateLimited, "rate_limited"),
                     _ => (UsageOutcome::UsageExceeded, "usage_exceeded"),
                 };
-                self.usage().count(&key.id, outcome, now);
+                self.usage_recorder().count(&key.id, outcome, now);
                 self.observer().metering_decision(label);
                 return Err(refusal);
             }
             // Not the key's doing (the database is away): not counted.
             Err(other) => return Err(other),
         };
-        self.usage().count(&key.id, UsageOutcome::Allowed, now);
+        self.usage_recorder()
+            .count(&key.id, UsageOutcome::Allowed, now);
         if key.ratelimit.is_some() || key.credits.is_some() {
             self.observer().metering_decision("allowed");
         }
