@@ -5,8 +5,8 @@ use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::error::{JsonPayloadError, QueryPayloadError};
 use actix_web::http::StatusCode;
-use actix_web::http::header::CONTENT_TYPE;
-use actix_web::middleware::{DefaultHeaders, Next, from_fn};
+use actix_web::http::header::{CONTENT_TYPE, HeaderValue, X_CONTENT_TYPE_OPTIONS};
+use actix_web::middleware::{Next, from_fn};
 use actix_web::{App, HttpMessage, HttpRequest, HttpResponse, ResponseError, web};
 use actix_web::{FromRequest, Handler, Responder};
 use serde_json::json;
@@ -46,8 +46,6 @@ pub fn app(
         )
         .app_data(web::QueryConfig::default().error_handler(query_error))
         .app_data(web::PayloadConfig::default().limit(BODY_LIMIT))
-        .wrap(from_fn(json_errors))
-        .wrap(DefaultHeaders::new().add(("X-Content-Type-Options", "nosniff")))
         .wrap(from_fn(observe))
         .service(read("/", root))
         .service(read("/health", health))
@@ -93,18 +91,14 @@ where
 
 /// Makes every error answer the JSON envelope, including those that actix-web's own
 /// extractors answer in plain text (a body over the limit, an unreadable path).
-async fn json_errors(
-    request: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
-    let response = next.call(request).await?;
+fn json_errors<B>(response: ServiceResponse<B>) -> ServiceResponse<EitherBody<B>> {
     let status = response.status();
     let is_json = response
         .headers()
         .get(CONTENT_TYPE)
         .is_some_and(|value| value.as_bytes().starts_with(b"application/json"));
     if is_json || !(status.is_client_error() || status.is_server_error()) {
-        return Ok(response.map_into_left_body());
+        return response.map_into_left_body();
     }
     let error = match status {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(BODY_LIMIT),
@@ -113,11 +107,11 @@ async fn json_errors(
         StatusCode::BAD_REQUEST => ApiError::malformed("The request could not be read"),
         StatusCode::SERVICE_UNAVAILABLE => ApiError::UNAVAILABLE,
         StatusCode::INTERNAL_SERVER_ERROR => ApiError::INTERNAL,
-        _ => return Ok(response.map_into_left_body()),
+        _ => return response.map_into_left_body(),
     };
     let (request, _) = response.into_parts();
     let answer = error.error_response();
-    Ok(ServiceResponse::new(request, answer).map_into_right_body())
+    ServiceResponse::new(request, answer).map_into_right_body()
 }
 
 async fn root() -> HttpResponse {
@@ -157,12 +151,14 @@ fn query_error(error: QueryPayloadError, _: &HttpRequest) -> actix_web::Error {
     ApiError::invalid_query(error).into()
 }
 
-/// Logs every request in a span (method, route, status, latency, and the acting key's id,
-/// never the key) and counts it in the metrics.
-async fn observe(
+/// Every answer's outer layer: errors as JSON ([`json_errors`]), `X-Content-Type-Options:
+/// nosniff`, and a log line in a span (method, route, status, latency, and the acting
+/// key's id, never the key) with the request counted in the metrics. One layer rather
+/// than three: each layer costs every request a boxed future.
+async fn observe<B: MessageBody + 'static>(
     request: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    next: Next<B>,
+) -> Result<ServiceResponse<EitherBody<B>>, actix_web::Error> {
     let started = Instant::now();
     let method = metrics::method_label(request.method());
     let state = request.app_data::<web::Data<AppState>>().cloned();
@@ -174,7 +170,11 @@ async fn observe(
         latency_ms = tracing::field::Empty,
         api_key_id = tracing::field::Empty,
     );
-    let response = next.call(request).instrument(span.clone()).await?;
+    let mut response = json_errors(next.call(request).instrument(span.clone()).await?);
+    let headers = response.headers_mut();
+    if !headers.contains_key(X_CONTENT_TYPE_OPTIONS) {
+        headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    }
     let elapsed = started.elapsed();
     let route = response
         .request()

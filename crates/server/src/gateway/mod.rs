@@ -36,7 +36,7 @@ pub fn identity_headers(admitted: &Admitted) -> Vec<(HeaderName, HeaderValue)> {
         Principal::Key(key) => {
             add("x-keygate-key-id", key.id.as_str());
             add("x-keygate-owner-id", &key.owner_id);
-            add("x-keygate-scopes", &key.scopes.to_string());
+            add("x-keygate-scopes", &key.scopes.text());
         }
     }
     if let Some(rate) = &admitted.metered.rate {
@@ -95,19 +95,19 @@ pub async fn forward_auth(state: web::Data<AppState>, request: HttpRequest) -> H
     };
     match decision {
         Ok(admitted) => {
-            let mut response = HttpResponse::Ok();
+            let mut response = HttpResponse::Ok().finish();
+            let headers = response.headers_mut();
             let set = identity_headers(&admitted);
             // Those keygate does not set (the master key's owner) are sent empty, so that
             // gateways that copy headers only when present (Caddy, Traefik) still
             // replace a client's own.
             for name in unset_identity_headers(&set) {
-                response
-                    .insert_header((HeaderName::from_static(name), HeaderValue::from_static("")));
+                headers.insert(HeaderName::from_static(name), HeaderValue::from_static(""));
             }
-            for header in set {
-                response.insert_header(header);
+            for (name, value) in set {
+                headers.insert(name, value);
             }
-            response.finish()
+            response
         }
         // nginx's auth_request keeps only the status and headers of a refusal: the code
         // travels in a header too, for the gateway to answer with it.
