@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use actix_web::http::header::{HeaderMap, X_FORWARDED_FOR};
@@ -42,6 +42,8 @@ fn budget_of(address: IpAddr) -> IpAddr {
 pub struct Throttle {
     limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
     refused_until: Cache<IpAddr, Instant>,
+    /// Whether any address was ever refused: until one is, no request looks it up.
+    any_refused: AtomicBool,
     trusted_proxies: Vec<IpNet>,
     /// When this throttle was made, and the last second (since then) its size was checked.
     started: Instant,
@@ -67,6 +69,7 @@ impl Throttle {
             limiter,
             // Held until evicted by newer refusals; an expired refusal refuses nothing.
             refused_until: Cache::new(MAX_TRACKED),
+            any_refused: AtomicBool::new(false),
             trusted_proxies,
         }
     }
@@ -112,6 +115,9 @@ impl Throttle {
 
     /// How long `client` must still wait, if it is refused now.
     pub fn refused(&self, client: Option<IpAddr>) -> Option<Duration> {
+        if !self.any_refused.load(Ordering::Acquire) {
+            return None;
+        }
         let until = self.refused_until.get(&client?)?;
         until
             .checked_duration_since(Instant::now())
@@ -134,6 +140,7 @@ impl Throttle {
         let refusal = limiter.check_key(&client).err()?;
         let wait = refusal.wait_time_from(DefaultClock::default().now());
         self.refused_until.insert(client, Instant::now() + wait);
+        self.any_refused.store(true, Ordering::Release);
         Some(wait)
     }
 
