@@ -17,7 +17,7 @@ pub use credits::{Leases, Spent, Unspent};
 pub use rate::{RateLimiter, RateState};
 
 use crate::error::GuardError;
-use crate::guard::Guard;
+use crate::guard::{Guard, Identity};
 use crate::observer::Observer;
 use crate::settings::{MeteringBackend, MeteringSettings};
 
@@ -62,6 +62,8 @@ pub struct Admitted {
     pub principal: Principal,
     /// Its rate-limit window and credits.
     pub metered: Metered,
+    /// An API key's identity headers, when the guard's decision made them.
+    pub identity: Option<Arc<Identity>>,
 }
 
 /// Rate limits and credits of the keys this guard admits.
@@ -113,6 +115,7 @@ impl Guard {
                 return Ok(Admitted {
                     principal,
                     metered: Metered::default(),
+                    identity: None,
                 });
             }
             Principal::Key(key) => key.clone(),
@@ -142,7 +145,11 @@ impl Guard {
         if key.ratelimit.is_some() || key.credits.is_some() {
             self.observer().metering_decision("allowed");
         }
-        Ok(Admitted { principal, metered })
+        Ok(Admitted {
+            principal,
+            metered,
+            identity: None,
+        })
     }
 
     async fn meter(

@@ -557,6 +557,28 @@ async fn forward_auth_decides_like_the_guard(db: TestDatabase) {
         "any method reaches forward-auth; a bearer key works"
     );
 
+    // The identity headers follow a change of the key's scopes at once.
+    let narrowed = app
+        .call(
+            Method::PATCH,
+            &format!("/api-keys/{reader_id}?owner=alice"),
+            Some(MASTER),
+            Some(json!({"scopes": ["ledgers:read"]})),
+        )
+        .await;
+    assert_eq!(narrowed.status, 200, "{}", narrowed.json);
+    let allowed = app
+        .send(forward("GET", "/ledgers/ldg_1", Some(&reader), false))
+        .await;
+    assert_eq!(allowed.status, 200, "{}", allowed.json);
+    assert_eq!(
+        allowed
+            .headers
+            .get("x-keygate-scopes")
+            .and_then(|v| v.to_str().ok()),
+        Some("ledgers:read")
+    );
+
     let id = reader_id;
     assert_eq!(app.revoke(&id, "alice").await.status, 204);
     app.send(forward("GET", "/ledgers", Some(&reader), false))
