@@ -3,9 +3,10 @@
 //! batches.
 
 use std::collections::HashMap;
-use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
+
+use thread_local::ThreadLocal;
 
 use chrono::{DateTime, Utc};
 use keygate_core::metering::hour_of;
@@ -15,22 +16,30 @@ use keygate_core::{ApiKeyId, KeyStore, StoreError, UsageCount, UsageOutcome};
 /// SipHash (the ids are the service's own, random, so there is no flooding to resist).
 type ByKey<V> = HashMap<ApiKeyId, V, foldhash::fast::RandomState>;
 
-/// Counts by key, one entry per hour (rarely more than one), in shards by key: every
-/// request of an API key counts, and one lock would have every worker wait on it.
+/// Counts by key, one entry per hour (rarely more than one), kept by each thread for
+/// itself: every request of an API key counts, and counts shared by all workers would
+/// have them write the same memory (a lock, a table) on every request. A flush gathers
+/// every thread's.
 #[derive(Debug, Default)]
-struct Counts([Mutex<ByKey<Vec<UsageCount>>>; 16]);
+struct Counts(ThreadLocal<Mutex<ByKey<Vec<UsageCount>>>>);
 
 impl Counts {
-    /// The shard holding `id`'s counts, locked.
-    fn of(&self, id: &ApiKeyId) -> MutexGuard<'_, ByKey<Vec<UsageCount>>> {
-        let hash = foldhash::fast::FixedState::default().hash_one(id);
-        let index = usize::try_from(hash % self.0.len() as u64).unwrap_or_default();
-        lock(&self.0[index])
+    /// This thread's counts, locked (by no one else but a flush or a read).
+    fn mine(&self) -> MutexGuard<'_, ByKey<Vec<UsageCount>>> {
+        lock(self.0.get_or_default())
     }
 
-    /// Every shard, locked in turn.
+    /// Every thread's counts, locked in turn.
     fn each(&self) -> impl Iterator<Item = MutexGuard<'_, ByKey<Vec<UsageCount>>>> {
         self.0.iter().map(lock)
+    }
+}
+
+/// Adds `count` to the count of its hour in `hours`.
+fn merge_into(hours: &mut Vec<UsageCount>, count: &UsageCount) {
+    match hours.iter_mut().find(|held| held.at == count.at) {
+        Some(held) => held.merge(count),
+        None => hours.push(count.clone()),
     }
 }
 
@@ -52,7 +61,7 @@ impl UsageRecorder {
     /// Counts one request of `id` that ended as `outcome` at `at`.
     pub fn count(&self, id: &ApiKeyId, outcome: UsageOutcome, at: DateTime<Utc>) {
         let hour = hour_of(at);
-        let mut counts = self.counts.of(id);
+        let mut counts = self.counts.mine();
         let hours = match counts.get_mut(id) {
             Some(hours) => hours,
             None => counts.entry(id.clone()).or_default(),
@@ -78,24 +87,22 @@ impl UsageRecorder {
     ) -> Result<Vec<UsageCount>, StoreError> {
         let _writing = lock(&self.writing);
         let mut counts = store.usage(id, from, to)?;
-        let unwritten = self.counts.of(id).get(id).cloned().unwrap_or_default();
-        counts.extend(
-            unwritten
-                .into_iter()
-                .filter(|count| from <= count.at && count.at < to),
-        );
+        for shard in self.counts.each() {
+            let unwritten = shard.get(id).into_iter().flatten();
+            counts.extend(
+                unwritten
+                    .filter(|count| from <= count.at && count.at < to)
+                    .cloned(),
+            );
+        }
         Ok(counts)
     }
 
     /// Counts not yet written, merged into `counts`' hours.
     fn put_back(&self, batch: Vec<UsageCount>) {
+        let mut counts = self.counts.mine();
         for count in batch {
-            let mut counts = self.counts.of(&count.key);
-            let hours = counts.entry(count.key.clone()).or_default();
-            match hours.iter_mut().find(|held| held.at == count.at) {
-                Some(held) => held.merge(&count),
-                None => hours.push(count),
-            }
+            merge_into(counts.entry(count.key.clone()).or_default(), &count);
         }
     }
 
@@ -111,7 +118,8 @@ impl UsageRecorder {
         }
     }
 
-    /// How many keys have uses or counts waiting to be written.
+    /// How many keys have uses or counts waiting to be written (at most: a key counted
+    /// by several threads counts once for each).
     pub fn pending(&self) -> usize {
         let uses = lock(&self.pending).len();
         let counts = self.counts.each().map(|shard| shard.len()).sum();
@@ -122,16 +130,16 @@ impl UsageRecorder {
     /// for the next flush. Returns how many `last_used_at` rows changed.
     pub fn flush(&self, store: &dyn KeyStore) -> Result<usize, StoreError> {
         let _writing = lock(&self.writing);
-        let counts: Vec<UsageCount> = self
-            .counts
-            .each()
-            .flat_map(|mut shard| {
-                shard
-                    .drain()
-                    .flat_map(|(_, hours)| hours)
-                    .collect::<Vec<_>>()
-            })
-            .collect();
+        // One count a key and hour, however many threads counted it: a statement may
+        // add to each row only once.
+        let mut merged: ByKey<Vec<UsageCount>> = ByKey::default();
+        for mut shard in self.counts.each() {
+            for (id, hours) in shard.drain() {
+                let held = merged.entry(id).or_default();
+                hours.iter().for_each(|count| merge_into(held, count));
+            }
+        }
+        let counts: Vec<UsageCount> = merged.into_values().flatten().collect();
         if !counts.is_empty()
             && let Err(error) = store.add_usage(&counts)
         {
@@ -171,6 +179,67 @@ pub async fn flush_periodically(
             Ok(Ok(_)) => {}
             Ok(Err(error)) => tracing::warn!(%error, "could not record key usage; will retry"),
             Err(error) => tracing::error!(%error, "usage flush task failed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keygate_core::ApiKeyId;
+    use keygate_storage::test_support::TestDatabase;
+    use keygate_storage::{Database, PoolOptions};
+
+    /// Allowed requests counted for `id` in `counts`.
+    fn allowed(counts: &[UsageCount], id: &ApiKeyId) -> i64 {
+        counts
+            .iter()
+            .filter(|count| count.key == *id)
+            .map(|count| count.allowed)
+            .sum()
+    }
+
+    #[test]
+    fn counts_made_on_many_threads_are_read_and_written_once_each() {
+        for db in TestDatabase::all() {
+            let store = Database::connect(&db.url, &PoolOptions::default()).expect("a database");
+            let recorder = Arc::new(UsageRecorder::default());
+            let (busy, quiet) = (ApiKeyId::generate(), ApiKeyId::generate());
+            let at = Utc::now();
+            let (from, to) = (hour_of(at), hour_of(at) + chrono::TimeDelta::hours(1));
+            std::thread::scope(|scope| {
+                for _ in 0..4 {
+                    scope.spawn(|| {
+                        for _ in 0..250 {
+                            recorder.count(&busy, UsageOutcome::Allowed, at);
+                        }
+                        recorder.count(&busy, UsageOutcome::Denied, at);
+                    });
+                }
+            });
+            recorder.count(&quiet, UsageOutcome::Allowed, at);
+
+            // Before a flush, the counts of every thread are read together.
+            let unwritten = recorder.read(&store, &busy, from, to).expect("read");
+            assert_eq!(allowed(&unwritten, &busy), 1000, "{}", db.url_string);
+            assert_eq!(unwritten.iter().map(|c| c.denied).sum::<i64>(), 4);
+
+            // One row a key and hour, whichever threads counted it (PostgreSQL refuses a
+            // statement that updates one row twice).
+            recorder.flush(&store).expect("flushed");
+            assert_eq!(recorder.pending(), 0);
+            let written = store.usage(&busy, from, to).expect("usage");
+            assert_eq!(written.len(), 1, "{written:?}");
+            assert_eq!(allowed(&written, &busy), 1000);
+            assert_eq!(written[0].denied, 4);
+            let read = recorder.read(&store, &busy, from, to).expect("read");
+            assert_eq!(
+                allowed(&read, &busy),
+                1000,
+                "counted once, not again from memory"
+            );
+            let quiet_counts = store.usage(&quiet, from, to).expect("usage");
+            assert_eq!(allowed(&quiet_counts, &quiet), 1);
         }
     }
 }
