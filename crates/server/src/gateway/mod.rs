@@ -92,10 +92,19 @@ pub fn key_headers(headers: &HeaderMap) -> Vec<&'static str> {
         (status = 429, description = "GEN_RATE_LIMITED (this address failed too often), AUTH_RATE_LIMITED (the key's rate limit) or AUTH_USAGE_EXCEEDED (no credits left); with Retry-After where a wait is known, and RateLimit-Limit, RateLimit-Remaining and RateLimit-Reset for a key with a rate limit", body = ErrorBody),
         (status = 503, description = "GEN_SERVICE_UNAVAILABLE", body = ErrorBody),
     ))]
-pub async fn forward_auth(state: web::Data<AppState>, request: HttpRequest) -> HttpResponse {
-    let decision = match OriginalRequest::from_headers(request.headers()) {
-        Ok(original) => judge(&state, &request, &original).await,
-        Err(refusal) => Err(ApiError::from(refusal)),
+pub async fn forward_auth(request: HttpRequest) -> HttpResponse {
+    // The state borrowed from the request rather than extracted: extracting clones its
+    // Arc, a write every worker would make to one cache line on every request.
+    let decision = match (
+        request.app_data::<web::Data<AppState>>(),
+        OriginalRequest::from_headers(request.headers()),
+    ) {
+        (Some(state), Ok(original)) => judge(state, &request, &original).await,
+        (_, Err(refusal)) => Err(ApiError::from(refusal)),
+        (None, _) => {
+            tracing::error!("forward-auth served without the app's state");
+            Err(ApiError::INTERNAL)
+        }
     };
     match decision {
         Ok(admitted) => {
