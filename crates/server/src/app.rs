@@ -197,7 +197,7 @@ async fn observe<B: MessageBody + 'static>(
     // Borrowed, not cloned: a clone of the shared state's Arc is a write to one cache
     // line that every worker would make on every request.
     if let Some(state) = response.request().app_data::<web::Data<AppState>>() {
-        state.metrics().request(method, &route, status, elapsed);
+        state.metrics().request(method, route, status, elapsed);
     }
     Ok(response)
 }

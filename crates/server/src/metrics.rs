@@ -1,14 +1,16 @@
 //! Prometheus metrics, all named `keygate_*`, served at `GET /metrics` to the master key
 //! or to the bearer of `server.metrics_token`.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use actix_web::http::{Method, StatusCode};
 use actix_web::{HttpRequest, HttpResponse, web};
-use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
-};
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{self, LabelPair, MetricFamily, MetricType};
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use thread_local::ThreadLocal;
 
 use crate::error::ApiError;
 use crate::openapi::ErrorBody;
@@ -18,8 +20,8 @@ use keygate_guard::presented_key;
 /// The service's counters, histograms and gauges.
 pub struct Metrics {
     registry: Registry,
-    requests: IntCounterVec,
-    latency: HistogramVec,
+    /// `keygate_http_requests_total` and `keygate_http_request_duration_seconds`.
+    requests: Arc<RequestTallies>,
     auth: IntCounterVec,
     cache_hits: IntCounter,
     cache_misses: IntCounter,
@@ -45,24 +47,7 @@ impl Metrics {
     /// Fresh metrics in their own registry.
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "keygate_http_requests_total",
-                "HTTP requests answered, by route and status",
-            ),
-            &["method", "route", "status"],
-        )?;
-        let latency = HistogramVec::new(
-            HistogramOpts::new(
-                "keygate_http_request_duration_seconds",
-                "Time to answer HTTP requests, by route",
-            )
-            .buckets(vec![
-                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
-                5.0,
-            ]),
-            &["method", "route"],
-        )?;
+        let requests = Arc::new(RequestTallies::new()?);
         let auth = IntCounterVec::new(
             Opts::new(
                 "keygate_auth_decisions_total",
@@ -113,8 +98,7 @@ impl Metrics {
         registry.register(Box::new(legacy_checks.clone()))?;
         registry.register(Box::new(metering.clone()))?;
         registry.register(Box::new(redis_fallback.clone()))?;
-        registry.register(Box::new(requests.clone()))?;
-        registry.register(Box::new(latency.clone()))?;
+        registry.register(Box::new(SharedCollector(requests.clone())))?;
         registry.register(Box::new(auth.clone()))?;
         registry.register(Box::new(cache_hits.clone()))?;
         registry.register(Box::new(cache_misses.clone()))?;
@@ -124,7 +108,6 @@ impl Metrics {
         Ok(Metrics {
             registry,
             requests,
-            latency,
             auth,
             cache_hits,
             cache_misses,
@@ -146,16 +129,11 @@ impl Metrics {
     pub fn request(
         &self,
         method: &'static str,
-        route: &str,
+        route: String,
         status: StatusCode,
         elapsed: Duration,
     ) {
-        self.requests
-            .with_label_values(&[method, route, status.as_str()])
-            .inc();
-        self.latency
-            .with_label_values(&[method, route])
-            .observe(elapsed.as_secs_f64());
+        self.requests.record(method, route, status, elapsed);
     }
 
     /// Counts one authentication decision: `ok`, or the refusal's error code.
@@ -267,4 +245,251 @@ pub async fn serve(
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(text))
+}
+
+/// The upper bounds of `keygate_http_request_duration_seconds`' buckets.
+const LATENCY_BUCKETS: [f64; 13] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
+];
+
+/// One series of answered requests: method, route template and status.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Series {
+    method: &'static str,
+    route: String,
+    status: u16,
+}
+
+/// What a thread counted for one series.
+#[derive(Debug, Clone, Copy, Default)]
+struct Tally {
+    count: u64,
+    seconds: f64,
+    /// Requests by the first bucket that holds their duration (the last: above them all).
+    buckets: [u64; LATENCY_BUCKETS.len() + 1],
+}
+
+/// `keygate_http_requests_total` and `keygate_http_request_duration_seconds`, tallied by
+/// each thread for itself and added up when scraped. Every request is counted, and a
+/// counter shared by all workers is memory every core writes on every request: on two
+/// cores that cost more than the counting itself.
+struct RequestTallies {
+    threads: ThreadLocal<Mutex<HashMap<Series, Tally, foldhash::fast::RandomState>>>,
+    requests: Desc,
+    latency: Desc,
+}
+
+impl RequestTallies {
+    fn new() -> Result<Self, prometheus::Error> {
+        let labels = |names: &[&str]| names.iter().map(|name| (*name).to_owned()).collect();
+        Ok(RequestTallies {
+            threads: ThreadLocal::new(),
+            requests: Desc::new(
+                "keygate_http_requests_total".into(),
+                "HTTP requests answered, by route and status".into(),
+                labels(&["method", "route", "status"]),
+                HashMap::new(),
+            )?,
+            latency: Desc::new(
+                "keygate_http_request_duration_seconds".into(),
+                "Time to answer HTTP requests, by route".into(),
+                labels(&["method", "route"]),
+                HashMap::new(),
+            )?,
+        })
+    }
+
+    fn record(&self, method: &'static str, route: String, status: StatusCode, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        let bucket = LATENCY_BUCKETS
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        let mut tallies = self
+            .threads
+            .get_or_default()
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let series = Series {
+            method,
+            route,
+            status: status.as_u16(),
+        };
+        let tally = tallies.entry(series).or_default();
+        tally.count += 1;
+        tally.seconds += seconds;
+        tally.buckets[bucket] += 1;
+    }
+
+    /// Every thread's tallies added up, by series.
+    fn totals(&self) -> HashMap<Series, Tally> {
+        let mut totals: HashMap<Series, Tally> = HashMap::new();
+        for thread in self.threads.iter() {
+            let tallies = thread.lock().unwrap_or_else(PoisonError::into_inner);
+            for (series, tally) in tallies.iter() {
+                let total = totals.entry(series.clone()).or_default();
+                total.count += tally.count;
+                total.seconds += tally.seconds;
+                for (sum, add) in total.buckets.iter_mut().zip(tally.buckets) {
+                    *sum += add;
+                }
+            }
+        }
+        totals
+    }
+}
+
+fn label(name: &str, value: &str) -> LabelPair {
+    let mut pair = LabelPair::default();
+    pair.set_name(name.to_owned());
+    pair.set_value(value.to_owned());
+    pair
+}
+
+fn family(desc: &Desc, kind: MetricType, metrics: Vec<proto::Metric>) -> MetricFamily {
+    let mut family = MetricFamily::default();
+    family.set_name(desc.fq_name.clone());
+    family.set_help(desc.help.clone());
+    family.set_field_type(kind);
+    family.set_metric(metrics);
+    family
+}
+
+/// The registry takes collectors by value: this shares [`RequestTallies`] with [`Metrics`].
+struct SharedCollector(Arc<RequestTallies>);
+
+impl Collector for SharedCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        vec![&self.0.requests, &self.0.latency]
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let totals = self.0.totals();
+        let mut counters = Vec::with_capacity(totals.len());
+        let mut by_route: HashMap<(&'static str, &str), Tally> = HashMap::new();
+        for (series, tally) in &totals {
+            let mut counter = proto::Counter::default();
+            // Exact up to 2^53 requests a series.
+            #[allow(clippy::cast_precision_loss)]
+            counter.set_value(tally.count as f64);
+            let mut metric = proto::Metric::from_label(vec![
+                label("method", series.method),
+                label("route", &series.route),
+                label("status", &series.status.to_string()),
+            ]);
+            metric.set_counter(counter);
+            counters.push(metric);
+            let total = by_route
+                .entry((series.method, series.route.as_str()))
+                .or_default();
+            total.count += tally.count;
+            total.seconds += tally.seconds;
+            for (sum, add) in total.buckets.iter_mut().zip(tally.buckets) {
+                *sum += add;
+            }
+        }
+        let histograms = by_route
+            .into_iter()
+            .map(|((method, route), tally)| {
+                let mut cumulative = 0;
+                let buckets = LATENCY_BUCKETS
+                    .iter()
+                    .zip(tally.buckets)
+                    .map(|(bound, count)| {
+                        cumulative += count;
+                        let mut bucket = proto::Bucket::default();
+                        bucket.set_cumulative_count(cumulative);
+                        bucket.set_upper_bound(*bound);
+                        bucket
+                    })
+                    .collect();
+                let mut histogram = proto::Histogram::default();
+                histogram.set_sample_count(tally.count);
+                histogram.set_sample_sum(tally.seconds);
+                histogram.set_bucket(buckets);
+                let mut metric =
+                    proto::Metric::from_label(vec![label("method", method), label("route", route)]);
+                metric.set_histogram(histogram);
+                metric
+            })
+            .collect();
+        vec![
+            family(&self.0.requests, MetricType::COUNTER, counters),
+            family(&self.0.latency, MetricType::HISTOGRAM, histograms),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The value of the sample named exactly `name` in `text`.
+    fn sample(text: &str, name: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn requests_tallied_on_many_threads_are_scraped_as_their_sum() {
+        let metrics = Metrics::new().expect("metrics");
+        std::thread::scope(|scope| {
+            for thread in 0..4_u64 {
+                let metrics = &metrics;
+                scope.spawn(move || {
+                    for _ in 0..250 {
+                        // 0.2 ms: in the bucket of 0.00025 s.
+                        let elapsed = Duration::from_micros(200);
+                        metrics.request("GET", "/forward-auth".into(), StatusCode::OK, elapsed);
+                    }
+                    let refused = if thread == 0 {
+                        StatusCode::FORBIDDEN
+                    } else {
+                        StatusCode::UNAUTHORIZED
+                    };
+                    metrics.request(
+                        "GET",
+                        "/forward-auth".into(),
+                        refused,
+                        Duration::from_secs(2),
+                    );
+                });
+            }
+        });
+        let text = metrics.render(None, (0, 0)).expect("rendered");
+        let series = |labels: &str| sample(&text, labels);
+        let route = r#"method="GET",route="/forward-auth""#;
+        assert_eq!(
+            series(&format!(
+                r#"keygate_http_requests_total{{{route},status="200"}}"#
+            )),
+            Some(1000.0),
+            "{text}"
+        );
+        assert_eq!(
+            series(&format!(
+                r#"keygate_http_requests_total{{{route},status="401"}}"#
+            )),
+            Some(3.0)
+        );
+        assert_eq!(
+            series(&format!(
+                r#"keygate_http_requests_total{{{route},status="403"}}"#
+            )),
+            Some(1.0)
+        );
+        let histogram = "keygate_http_request_duration_seconds";
+        assert_eq!(
+            series(&format!("{histogram}_count{{{route}}}")),
+            Some(1004.0)
+        );
+        let sum = series(&format!("{histogram}_sum{{{route}}}")).expect("a sum");
+        assert!((sum - (1000.0 * 0.0002 + 4.0 * 2.0)).abs() < 1e-6, "{sum}");
+        let bucket = |le: &str| series(&format!(r#"{histogram}_bucket{{{route},le="{le}"}}"#));
+        assert_eq!(bucket("0.0001"), Some(0.0));
+        assert_eq!(bucket("0.00025"), Some(1000.0));
+        assert_eq!(bucket("1"), Some(1000.0));
+        assert_eq!(bucket("5"), Some(1004.0));
+        assert_eq!(bucket("+Inf"), Some(1004.0));
+    }
 }
