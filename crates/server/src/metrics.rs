@@ -20,11 +20,8 @@ use keygate_guard::presented_key;
 /// The service's counters, histograms and gauges.
 pub struct Metrics {
     registry: Registry,
-    /// `keygate_http_requests_total` and `keygate_http_request_duration_seconds`.
+    /// Requests, their latency, authentication decisions and key cache hits.
     requests: Arc<RequestTallies>,
-    auth: IntCounterVec,
-    cache_hits: IntCounter,
-    cache_misses: IntCounter,
     pool_connections: IntGauge,
     pool_idle: IntGauge,
     cache_entries: IntGauge,
@@ -35,9 +32,6 @@ pub struct Metrics {
     redis_fallback: IntGauge,
     /// `keygate_legacy_checks_total`: matched, then mismatched.
     legacy_checks: [IntCounter; 2],
-    /// `keygate_auth_decisions_total{outcome="ok"}`, resolved once: counted on every
-    /// admitted request.
-    auth_ok: IntCounter,
 }
 
 /// The outcomes of `keygate_metering_decisions_total`, in the order of `Metrics::metering`.
@@ -48,21 +42,6 @@ impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let requests = Arc::new(RequestTallies::new()?);
-        let auth = IntCounterVec::new(
-            Opts::new(
-                "keygate_auth_decisions_total",
-                "Authentication decisions, by outcome code",
-            ),
-            &["outcome"],
-        )?;
-        let cache_hits = IntCounter::new(
-            "keygate_key_cache_hits_total",
-            "Key verifications answered from memory",
-        )?;
-        let cache_misses = IntCounter::new(
-            "keygate_key_cache_misses_total",
-            "Key verifications that read the database",
-        )?;
         let pool_connections =
             IntGauge::new("keygate_db_pool_connections", "Open database connections")?;
         let pool_idle = IntGauge::new(
@@ -99,18 +78,11 @@ impl Metrics {
         registry.register(Box::new(metering.clone()))?;
         registry.register(Box::new(redis_fallback.clone()))?;
         registry.register(Box::new(SharedCollector(requests.clone())))?;
-        registry.register(Box::new(auth.clone()))?;
-        registry.register(Box::new(cache_hits.clone()))?;
-        registry.register(Box::new(cache_misses.clone()))?;
         registry.register(Box::new(pool_connections.clone()))?;
         registry.register(Box::new(pool_idle.clone()))?;
-        let auth_ok = auth.with_label_values(&["ok"]);
         Ok(Metrics {
             registry,
             requests,
-            auth,
-            cache_hits,
-            cache_misses,
             pool_connections,
             pool_idle,
             cache_entries,
@@ -119,7 +91,6 @@ impl Metrics {
             redis_fallback,
             legacy_checks: ["matched", "mismatched"]
                 .map(|outcome| legacy_checks.with_label_values(&[outcome])),
-            auth_ok,
         })
     }
 
@@ -137,21 +108,13 @@ impl Metrics {
     }
 
     /// Counts one authentication decision: `ok`, or the refusal's error code.
-    pub fn auth_decision(&self, outcome: &str) {
-        if outcome == "ok" {
-            self.auth_ok.inc();
-            return;
-        }
-        self.auth.with_label_values(&[outcome]).inc();
+    pub fn auth_decision(&self, outcome: &'static str) {
+        *self.requests.mine().auth.entry(outcome).or_default() += 1;
     }
 
     /// Counts a verification answered from memory, or one that read the database.
     pub fn cache(&self, hit: bool) {
-        if hit {
-            self.cache_hits.inc();
-        } else {
-            self.cache_misses.inc();
-        }
+        self.requests.mine().cache[usize::from(!hit)] += 1;
     }
 
     /// The metrics as Prometheus text, with the pool's state (open and idle connections)
@@ -269,14 +232,28 @@ struct Tally {
     buckets: [u64; LATENCY_BUCKETS.len() + 1],
 }
 
-/// `keygate_http_requests_total` and `keygate_http_request_duration_seconds`, tallied by
-/// each thread for itself and added up when scraped. Every request is counted, and a
-/// counter shared by all workers is memory every core writes on every request: on two
-/// cores that cost more than the counting itself.
+/// What every request counts: `keygate_http_requests_total`,
+/// `keygate_http_request_duration_seconds`, `keygate_auth_decisions_total` and
+/// `keygate_key_cache_{hits,misses}_total`, tallied by each thread for itself and added
+/// up when scraped. A counter shared by all workers is memory every core writes on every
+/// request: on two cores that cost more than the counting itself.
 struct RequestTallies {
-    threads: ThreadLocal<Mutex<HashMap<Series, Tally, foldhash::fast::RandomState>>>,
+    threads: ThreadLocal<Mutex<ThreadTallies>>,
     requests: Desc,
     latency: Desc,
+    auth: Desc,
+    cache_hits: Desc,
+    cache_misses: Desc,
+}
+
+/// What one thread counted.
+#[derive(Debug, Default)]
+struct ThreadTallies {
+    requests: HashMap<Series, Tally, foldhash::fast::RandomState>,
+    /// Authentication decisions by outcome (`ok` or an error code: a fixed set).
+    auth: HashMap<&'static str, u64, foldhash::fast::RandomState>,
+    /// Verifications answered from memory, then those that read the database.
+    cache: [u64; 2],
 }
 
 impl RequestTallies {
@@ -296,7 +273,33 @@ impl RequestTallies {
                 labels(&["method", "route"]),
                 HashMap::new(),
             )?,
+            auth: Desc::new(
+                "keygate_auth_decisions_total".into(),
+                "Authentication decisions, by outcome code".into(),
+                labels(&["outcome"]),
+                HashMap::new(),
+            )?,
+            cache_hits: Desc::new(
+                "keygate_key_cache_hits_total".into(),
+                "Key verifications answered from memory".into(),
+                vec![],
+                HashMap::new(),
+            )?,
+            cache_misses: Desc::new(
+                "keygate_key_cache_misses_total".into(),
+                "Key verifications that read the database".into(),
+                vec![],
+                HashMap::new(),
+            )?,
         })
+    }
+
+    /// This thread's tallies, locked (by no one else but a scrape).
+    fn mine(&self) -> std::sync::MutexGuard<'_, ThreadTallies> {
+        self.threads
+            .get_or_default()
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn record(&self, method: &'static str, route: String, status: StatusCode, elapsed: Duration) {
@@ -305,28 +308,34 @@ impl RequestTallies {
             .iter()
             .position(|bound| seconds <= *bound)
             .unwrap_or(LATENCY_BUCKETS.len());
-        let mut tallies = self
-            .threads
-            .get_or_default()
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
         let series = Series {
             method,
             route,
             status: status.as_u16(),
         };
-        let tally = tallies.entry(series).or_default();
+        let mut tallies = self.mine();
+        let tally = tallies.requests.entry(series).or_default();
         tally.count += 1;
         tally.seconds += seconds;
         tally.buckets[bucket] += 1;
     }
 
-    /// Every thread's tallies added up, by series.
-    fn totals(&self) -> HashMap<Series, Tally> {
+    /// Every thread's tallies added up: requests by series, decisions by outcome, and
+    /// cache hits and misses.
+    #[allow(clippy::type_complexity)]
+    fn totals(&self) -> (HashMap<Series, Tally>, HashMap<&'static str, u64>, [u64; 2]) {
         let mut totals: HashMap<Series, Tally> = HashMap::new();
+        let mut auth: HashMap<&'static str, u64> = HashMap::new();
+        let mut cache = [0; 2];
         for thread in self.threads.iter() {
             let tallies = thread.lock().unwrap_or_else(PoisonError::into_inner);
-            for (series, tally) in tallies.iter() {
+            for (outcome, count) in &tallies.auth {
+                *auth.entry(outcome).or_default() += count;
+            }
+            for (sum, add) in cache.iter_mut().zip(tallies.cache) {
+                *sum += add;
+            }
+            for (series, tally) in tallies.requests.iter() {
                 let total = totals.entry(series.clone()).or_default();
                 total.count += tally.count;
                 total.seconds += tally.seconds;
@@ -335,8 +344,18 @@ impl RequestTallies {
                 }
             }
         }
-        totals
+        (totals, auth, cache)
     }
+}
+
+/// A counter sample with `labels`: exact up to 2^53.
+#[allow(clippy::cast_precision_loss)]
+fn counter(labels: Vec<LabelPair>, value: u64) -> proto::Metric {
+    let mut counter = proto::Counter::default();
+    counter.set_value(value as f64);
+    let mut metric = proto::Metric::from_label(labels);
+    metric.set_counter(counter);
+    metric
 }
 
 fn label(name: &str, value: &str) -> LabelPair {
@@ -360,25 +379,29 @@ struct SharedCollector(Arc<RequestTallies>);
 
 impl Collector for SharedCollector {
     fn desc(&self) -> Vec<&Desc> {
-        vec![&self.0.requests, &self.0.latency]
+        let tallies = &self.0;
+        vec![
+            &tallies.requests,
+            &tallies.latency,
+            &tallies.auth,
+            &tallies.cache_hits,
+            &tallies.cache_misses,
+        ]
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        let totals = self.0.totals();
+        let (totals, auth, cache) = self.0.totals();
         let mut counters = Vec::with_capacity(totals.len());
         let mut by_route: HashMap<(&'static str, &str), Tally> = HashMap::new();
         for (series, tally) in &totals {
-            let mut counter = proto::Counter::default();
-            // Exact up to 2^53 requests a series.
-            #[allow(clippy::cast_precision_loss)]
-            counter.set_value(tally.count as f64);
-            let mut metric = proto::Metric::from_label(vec![
-                label("method", series.method),
-                label("route", &series.route),
-                label("status", &series.status.to_string()),
-            ]);
-            metric.set_counter(counter);
-            counters.push(metric);
+            counters.push(counter(
+                vec![
+                    label("method", series.method),
+                    label("route", &series.route),
+                    label("status", &series.status.to_string()),
+                ],
+                tally.count,
+            ));
             let total = by_route
                 .entry((series.method, series.route.as_str()))
                 .or_default();
@@ -413,9 +436,24 @@ impl Collector for SharedCollector {
                 metric
             })
             .collect();
+        let decisions = auth
+            .into_iter()
+            .map(|(outcome, count)| counter(vec![label("outcome", outcome)], count))
+            .collect();
         vec![
             family(&self.0.requests, MetricType::COUNTER, counters),
             family(&self.0.latency, MetricType::HISTOGRAM, histograms),
+            family(&self.0.auth, MetricType::COUNTER, decisions),
+            family(
+                &self.0.cache_hits,
+                MetricType::COUNTER,
+                vec![counter(vec![], cache[0])],
+            ),
+            family(
+                &self.0.cache_misses,
+                MetricType::COUNTER,
+                vec![counter(vec![], cache[1])],
+            ),
         ]
     }
 }
@@ -453,6 +491,12 @@ mod tests {
                         refused,
                         Duration::from_secs(2),
                     );
+                    for _ in 0..10 {
+                        metrics.auth_decision("ok");
+                        metrics.cache(true);
+                    }
+                    metrics.auth_decision("AUTH_INVALID_API_KEY");
+                    metrics.cache(false);
                 });
             }
         });
@@ -491,5 +535,15 @@ mod tests {
         assert_eq!(bucket("1"), Some(1000.0));
         assert_eq!(bucket("5"), Some(1004.0));
         assert_eq!(bucket("+Inf"), Some(1004.0));
+        assert_eq!(
+            series(r#"keygate_auth_decisions_total{outcome="ok"}"#),
+            Some(40.0)
+        );
+        assert_eq!(
+            series(r#"keygate_auth_decisions_total{outcome="AUTH_INVALID_API_KEY"}"#),
+            Some(4.0)
+        );
+        assert_eq!(series("keygate_key_cache_hits_total"), Some(40.0));
+        assert_eq!(series("keygate_key_cache_misses_total"), Some(4.0));
     }
 }
