@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use actix_web::http::header::HeaderValue;
 use actix_web::web;
 use chrono::{DateTime, Utc};
 use keygate_core::{
@@ -109,37 +108,9 @@ impl KeyLengths {
 /// How the master key is recognised: by its digest, compared in constant time.
 struct Master(KeyHash);
 
-/// The identity headers of a key, as gateways pass them upstream (`X-Keygate-Key-Id`,
-/// `X-Keygate-Owner-Id`, `X-Keygate-Scopes`): made once when the key is read, not for
-/// every request it makes. A value HTTP cannot carry is `None`.
-#[derive(Debug, Clone)]
-pub struct Identity {
-    /// The key's id.
-    pub key_id: Option<HeaderValue>,
-    /// Its owner, as its UTF-8 bytes.
-    pub owner_id: Option<HeaderValue>,
-    /// Its scopes, separated by single spaces.
-    pub scopes: Option<HeaderValue>,
-}
-
-impl Identity {
-    /// `key`'s identity headers.
-    pub fn of(key: &ApiKey) -> Self {
-        // Owners may be any text but control characters: sent as their UTF-8 bytes,
-        // which HTTP carries as they are.
-        let value = |text: &str| HeaderValue::from_bytes(text.as_bytes()).ok();
-        Identity {
-            key_id: value(key.id.as_str()),
-            owner_id: value(&key.owner_id),
-            scopes: value(&key.scopes.text()),
-        }
-    }
-}
-
 /// A verified key held in memory.
 struct CachedKey {
     key: Arc<ApiKey>,
-    identity: Arc<Identity>,
     /// When it was read (Unix milliseconds, by the guard's clock): it is read again
     /// [`GuardSettings::cache_ttl`] later.
     read_ms: i64,
@@ -285,17 +256,6 @@ impl Guard {
         client: Option<IpAddr>,
         presented: Option<&str>,
     ) -> Result<Principal, GuardError> {
-        self.identify_client(client, presented)
-            .await
-            .map(|(principal, _)| principal)
-    }
-
-    /// [`Self::authenticate_client`], with an API key's [`Identity`] headers.
-    pub(crate) async fn identify_client(
-        &self,
-        client: Option<IpAddr>,
-        presented: Option<&str>,
-    ) -> Result<(Principal, Option<Arc<Identity>>), GuardError> {
         let refused = self.throttle.refused(client);
         let outcome = match self.verify(presented, refused).await {
             Err(GuardError::InvalidKey) => Err(self
@@ -412,9 +372,7 @@ impl Guard {
     /// Resolves the key a request presented into the caller it stands for: one blake3
     /// hash, then memory, then (on a miss) one lookup by the hash's unique index.
     pub async fn authenticate(&self, presented: Option<&str>) -> Result<Principal, GuardError> {
-        self.verify(presented, None)
-            .await
-            .map(|(principal, _)| principal)
+        self.verify(presented, None).await
     }
 
     /// [`Self::authenticate`], for a client refused for `refused` (if it is): then only
@@ -425,9 +383,9 @@ impl Guard {
         &self,
         presented: Option<&str>,
         refused: Option<Duration>,
-    ) -> Result<(Principal, Option<Arc<Identity>>), GuardError> {
+    ) -> Result<Principal, GuardError> {
         let Some(Master(master)) = &self.master else {
-            return Ok((Principal::Master, None));
+            return Ok(Principal::Master);
         };
         let refusal = |otherwise| refused.map_or(otherwise, GuardError::RateLimited);
         let presented = presented.ok_or_else(|| refusal(GuardError::MissingKey))?;
@@ -442,7 +400,7 @@ impl Guard {
             return Err(GuardError::RateLimited(wait));
         }
         if hash == *master {
-            return Ok((Principal::Master, None));
+            return Ok(Principal::Master);
         }
         if !stored_shape {
             return Err(GuardError::InvalidKey);
@@ -468,10 +426,7 @@ impl Guard {
         match entry.key.status(now) {
             KeyStatus::Active => {
                 self.note_use(&entry, now);
-                Ok((
-                    Principal::Key(entry.key.clone()),
-                    Some(entry.identity.clone()),
-                ))
+                Ok(Principal::Key(entry.key.clone()))
             }
             KeyStatus::Expired | KeyStatus::Revoked => Err(GuardError::ExpiredKey),
         }
@@ -517,7 +472,6 @@ impl Guard {
                     .map_or(i64::MIN, |at| at.timestamp().min(now.timestamp())),
             ),
             read_ms: now.timestamp_millis(),
-            identity: Arc::new(Identity::of(&key)),
             key: Arc::new(key),
         });
         // With no time to live (auth.cache_ttl_ms = 0), nothing is kept.

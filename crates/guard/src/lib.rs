@@ -65,7 +65,7 @@ mod usage;
 
 pub use background::{Background, FINAL_FLUSH_LIMIT};
 pub use error::{GuardError, envelope};
-pub use guard::{Guard, Identity, MAX_PRESENTED_KEY};
+pub use guard::{Guard, MAX_PRESENTED_KEY};
 pub use metering::{Admitted, Metered, RateState, rate_headers};
 pub use middleware::{
     Caller, KEY_HEADER, KEY_HEADER_NAME, bearer_token, decide, presented_key,

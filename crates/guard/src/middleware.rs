@@ -120,21 +120,17 @@ pub async fn decide(
 ) -> Result<Admitted, GuardError> {
     refuse_method_override(headers)?;
     let client = state.throttle().client(peer, headers);
-    let (principal, identity) = state
-        .identify_client(client, presented_key(headers)?)
+    let principal = state
+        .authenticate_client(client, presented_key(headers)?)
         .await?;
-    let admitted = state
+    state
         .admit(
             principal,
             resource_for(path),
             action_for_method(method).ok_or(method),
             1,
         )
-        .await?;
-    Ok(Admitted {
-        identity,
-        ..admitted
-    })
+        .await
 }
 
 /// Headers with which frameworks (Rails, Laravel, Symfony, ASP.NET, Express) let a

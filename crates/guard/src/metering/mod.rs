@@ -17,7 +17,7 @@ pub use credits::{Leases, Spent, Unspent};
 pub use rate::{RateLimiter, RateState};
 
 use crate::error::GuardError;
-use crate::guard::{Guard, Identity};
+use crate::guard::Guard;
 use crate::observer::Observer;
 use crate::settings::{MeteringBackend, MeteringSettings};
 
@@ -62,8 +62,6 @@ pub struct Admitted {
     pub principal: Principal,
     /// Its rate-limit window and credits.
     pub metered: Metered,
-    /// An API key's identity headers, when the guard's decision made them.
-    pub identity: Option<Arc<Identity>>,
 }
 
 /// Rate limits and credits of the keys this guard admits.
@@ -115,7 +113,6 @@ impl Guard {
                 return Ok(Admitted {
                     principal,
                     metered: Metered::default(),
-                    identity: None,
                 });
             }
             Principal::Key(key) => key.clone(),
@@ -145,11 +142,7 @@ impl Guard {
         if key.ratelimit.is_some() || key.credits.is_some() {
             self.observer().metering_decision("allowed");
         }
-        Ok(Admitted {
-            principal,
-            metered,
-            identity: None,
-        })
+        Ok(Admitted { principal, metered })
     }
 
     async fn meter(

@@ -14,35 +14,31 @@ use crate::error::ApiError;
 use crate::openapi::ErrorBody;
 use crate::state::AppState;
 use keygate_guard as guard;
-use keygate_guard::{Admitted, Identity, OriginalRequest};
+use keygate_guard::{Admitted, OriginalRequest};
 
 /// The identity of an admitted caller for the upstream, and its rate-limit window:
 /// `X-Keygate-Key-Id`, `X-Keygate-Owner-Id` (API keys only), `X-Keygate-Scopes`, and
 /// `RateLimit-*` for a key with a rate limit.
 pub fn identity_headers(admitted: &Admitted) -> Vec<(HeaderName, HeaderValue)> {
     let mut headers = Vec::with_capacity(6);
-    let mut add = |name: &'static str, value: &Option<HeaderValue>| {
-        if let Some(value) = value {
-            headers.push((HeaderName::from_static(name), value.clone()));
+    // Owners and names may be any text but control characters: sent as their UTF-8
+    // bytes, which HTTP carries as they are.
+    let mut add = |name: &'static str, value: &str| {
+        if let Ok(value) = HeaderValue::from_bytes(value.as_bytes()) {
+            headers.push((HeaderName::from_static(name), value));
         }
     };
-    let made;
-    let identity = match (&admitted.principal, &admitted.identity) {
-        (Principal::Master, _) => &Identity {
-            key_id: Some(HeaderValue::from_static("master")),
-            owner_id: None,
-            scopes: Some(HeaderValue::from_static("*:*")),
-        },
-        // Made when the guard read the key, unless this decision came another way.
-        (Principal::Key(_), Some(identity)) => &**identity,
-        (Principal::Key(key), None) => {
-            made = Identity::of(key);
-            &made
+    match &admitted.principal {
+        Principal::Master => {
+            add("x-keygate-key-id", "master");
+            add("x-keygate-scopes", "*:*");
         }
-    };
-    add("x-keygate-key-id", &identity.key_id);
-    add("x-keygate-owner-id", &identity.owner_id);
-    add("x-keygate-scopes", &identity.scopes);
+        Principal::Key(key) => {
+            add("x-keygate-key-id", key.id.as_str());
+            add("x-keygate-owner-id", &key.owner_id);
+            add("x-keygate-scopes", &key.scopes.text());
+        }
+    }
     if let Some(rate) = &admitted.metered.rate {
         headers.extend(guard::rate_headers(rate));
     }
