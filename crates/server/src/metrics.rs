@@ -320,31 +320,37 @@ impl RequestTallies {
         tally.buckets[bucket] += 1;
     }
 
-    /// Every thread's tallies added up: requests by series, decisions by outcome, and
-    /// cache hits and misses.
-    #[allow(clippy::type_complexity)]
-    fn totals(&self) -> (HashMap<Series, Tally>, HashMap<&'static str, u64>, [u64; 2]) {
-        let mut totals: HashMap<Series, Tally> = HashMap::new();
-        let mut auth: HashMap<&'static str, u64> = HashMap::new();
-        let mut cache = [0; 2];
+    /// Every thread's tallies added up.
+    fn totals(&self) -> ThreadTallies {
+        let mut totals = ThreadTallies::default();
         for thread in self.threads.iter() {
-            let tallies = thread.lock().unwrap_or_else(PoisonError::into_inner);
-            for (outcome, count) in &tallies.auth {
-                *auth.entry(outcome).or_default() += count;
-            }
-            for (sum, add) in cache.iter_mut().zip(tallies.cache) {
-                *sum += add;
-            }
-            for (series, tally) in tallies.requests.iter() {
-                let total = totals.entry(series.clone()).or_default();
-                total.count += tally.count;
-                total.seconds += tally.seconds;
-                for (sum, add) in total.buckets.iter_mut().zip(tally.buckets) {
-                    *sum += add;
-                }
-            }
+            totals.add(&thread.lock().unwrap_or_else(PoisonError::into_inner));
         }
-        (totals, auth, cache)
+        totals
+    }
+}
+
+impl Tally {
+    fn add(&mut self, other: &Tally) {
+        self.count += other.count;
+        self.seconds += other.seconds;
+        for (sum, add) in self.buckets.iter_mut().zip(other.buckets) {
+            *sum += add;
+        }
+    }
+}
+
+impl ThreadTallies {
+    fn add(&mut self, other: &ThreadTallies) {
+        for (series, tally) in &other.requests {
+            self.requests.entry(series.clone()).or_default().add(tally);
+        }
+        for (outcome, count) in &other.auth {
+            *self.auth.entry(outcome).or_default() += count;
+        }
+        for (sum, add) in self.cache.iter_mut().zip(other.cache) {
+            *sum += add;
+        }
     }
 }
 
@@ -390,7 +396,11 @@ impl Collector for SharedCollector {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        let (totals, auth, cache) = self.0.totals();
+        let ThreadTallies {
+            requests: totals,
+            auth,
+            cache,
+        } = self.0.totals();
         let mut counters = Vec::with_capacity(totals.len());
         let mut by_route: HashMap<(&'static str, &str), Tally> = HashMap::new();
         for (series, tally) in &totals {
@@ -402,14 +412,10 @@ impl Collector for SharedCollector {
                 ],
                 tally.count,
             ));
-            let total = by_route
+            by_route
                 .entry((series.method, series.route.as_str()))
-                .or_default();
-            total.count += tally.count;
-            total.seconds += tally.seconds;
-            for (sum, add) in total.buckets.iter_mut().zip(tally.buckets) {
-                *sum += add;
-            }
+                .or_default()
+                .add(tally);
         }
         let histograms = by_route
             .into_iter()
