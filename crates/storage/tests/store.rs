@@ -247,6 +247,75 @@ fn last_used_batches_larger_than_one_statement_are_all_written() {
     });
 }
 
+/// More uses than one statement of either backend takes (SQLite binds 500 rows a
+/// statement, PostgreSQL sends 10,000 rows an array): the keys that exist, sorted after
+/// 10,000 that do not, are written by the last statement.
+#[test]
+fn last_used_batches_larger_than_one_array_are_all_written() {
+    on_each_backend(|db| {
+        let start = now();
+        let keys: Vec<(PlainKey, ApiKey)> = (0..3)
+            .map(|_| new_key("arrays", &["ledgers:read"], start))
+            .collect();
+        for (_, key) in &keys {
+            db.insert(key, &Actor::Master).expect("insert");
+        }
+        let later = start + Duration::seconds(30);
+        let mut uses: Vec<(ApiKeyId, DateTime<Utc>)> = (0..10_000)
+            .map(|i| (ApiKeyId::new(format!("api_key_0-absent-{i:05}")), later))
+            .collect();
+        uses.extend(keys.iter().map(|(_, k)| (k.id.clone(), later)));
+        assert_eq!(
+            db.record_last_used(&uses).expect("record"),
+            3,
+            "{}",
+            db.backend()
+        );
+        for (plain, _) in &keys {
+            let found = db
+                .find_by_hash(&plain.hash())
+                .expect("lookup")
+                .expect("found");
+            assert_eq!(found.last_used_at, Some(later), "{}", db.backend());
+        }
+    });
+}
+
+/// Counts of more keys than one statement of either backend takes are all added.
+#[test]
+fn usage_of_more_keys_than_one_array_is_all_added() {
+    on_each_backend(|db| {
+        let hour: DateTime<Utc> = "2026-11-27T10:00:00Z".parse().expect("a time");
+        let counts: Vec<keygate_core::UsageCount> = (0..10_001)
+            .map(|i| keygate_core::UsageCount {
+                key: ApiKeyId::new(format!("api_key_usage-{i:05}")),
+                at: hour,
+                allowed: i,
+                denied: 1,
+                rate_limited: 0,
+                usage_exceeded: 2,
+            })
+            .collect();
+        db.add_usage(&counts).expect("add");
+        db.add_usage(&counts[10_000..]).expect("add again");
+        for (i, expected) in [(0, 0), (9_999, 9_999), (10_000, 20_000)] {
+            let usage = db
+                .usage(&counts[i].key, hour, hour + Duration::hours(1))
+                .expect("read");
+            assert_eq!(usage.len(), 1, "{} key {i}", db.backend());
+            assert_eq!(usage[0].allowed, expected, "{} key {i}", db.backend());
+            let times = if i == 10_000 { 2 } else { 1 };
+            assert_eq!(usage[0].denied, times, "{} key {i}", db.backend());
+            assert_eq!(
+                usage[0].usage_exceeded,
+                2 * times,
+                "{} key {i}",
+                db.backend()
+            );
+        }
+    });
+}
+
 #[test]
 fn concurrent_writers_all_succeed() {
     on_each_backend(|db| {
