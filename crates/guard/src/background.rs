@@ -7,7 +7,6 @@ use actix_web::web;
 
 use crate::changes;
 use crate::guard::Guard;
-use crate::usage;
 
 /// How often usage older than the retention is deleted.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
@@ -63,10 +62,35 @@ async fn keep_metering(guard: web::Data<Guard>) {
             continue;
         }
         let worker = guard.clone();
-        match web::block(move || upkeep.run(&worker)).await {
+        match guard.background_store(move || upkeep.run(&worker)).await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => tracing::warn!(%error, ?upkeep, "metering upkeep failed; will retry"),
             Err(error) => tracing::error!(%error, "metering upkeep task failed"),
+        }
+    }
+}
+
+/// Writes the guard's pending usage every flush period until the task is dropped.
+async fn flush_usage_periodically(guard: web::Data<Guard>) {
+    let period = guard.usage_flush();
+    // The first write is a period after the start, not whenever this task first runs:
+    // an interval's first tick is at once, and a task started late on a busy machine
+    // would write the first uses at a moment nothing chose.
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        if guard.usage().pending() == 0 {
+            continue;
+        }
+        let (recorder, store) = (guard.usage(), guard.store());
+        match guard
+            .background_store(move || recorder.flush(&*store))
+            .await
+        {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "could not record key usage; will retry"),
+            Err(error) => tracing::error!(%error, "usage flush task failed"),
         }
     }
 }
@@ -95,7 +119,7 @@ impl Guard {
     /// on the current actix (tokio) runtime.
     pub async fn start(guard: &web::Data<Guard>) -> Background {
         let cursor = changes::read_once(guard, None).await;
-        let flusher = usage::flush_periodically(guard.usage(), guard.store(), guard.usage_flush());
+        let flusher = flush_usage_periodically(guard.clone());
         let watcher = changes::watch(guard.clone(), guard.change_poll(), cursor);
         let tidied = guard.clone();
         let tidier = async move {
@@ -125,7 +149,7 @@ impl Guard {
         let unspent = self.meter_state().leases.release_idle(Duration::ZERO);
         let store = self.store();
         let give_back = move || crate::metering::give_back(&*store, unspent);
-        match tokio::time::timeout_at(deadline, web::block(give_back)).await {
+        match tokio::time::timeout_at(deadline, self.background_store(give_back)).await {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(error))) => {
                 tracing::warn!(%error, "could not give back unspent credits before stopping");
@@ -137,8 +161,8 @@ impl Guard {
         let mut keys = self.usage().pending();
         while keys > 0 && tokio::time::Instant::now() < deadline {
             let (usage, store) = (self.usage(), self.store());
-            match tokio::time::timeout_at(deadline, web::block(move || usage.flush(&*store))).await
-            {
+            let flush = self.background_store(move || usage.flush(&*store));
+            match tokio::time::timeout_at(deadline, flush).await {
                 Ok(Ok(Ok(_))) => return,
                 // A failed batch is pending again: try once more.
                 Ok(Ok(Err(failure))) => error = failure.to_string(),

@@ -350,6 +350,22 @@ impl Guard {
             .map_err(GuardError::from)
     }
 
+    /// Runs storage work of the guard's own (usage flushes, metering upkeep, the last
+    /// flush on the way out) on the blocking pool, holding a storage slot like any
+    /// request's call. The pool has a connection for each slot, so a request that holds
+    /// a slot never waits for a connection: were a flush to take one without a slot, a
+    /// request would wait behind it, and the pool hands a returned connection to
+    /// whoever asks first, not to who has waited longest (a long tail on PostgreSQL).
+    pub(crate) async fn background_store<T: Send + 'static>(
+        &self,
+        call: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, actix_web::error::BlockingError> {
+        // The slots are never closed: a failed acquire cannot happen, and would only
+        // mean running without one.
+        let _slot = self.storage_slots.acquire().await;
+        web::block(call).await
+    }
+
     /// Runs a storage read. An embedded database's reads run right here: they take a few
     /// microseconds, less than the round trip to a blocking thread. A database server's
     /// reads wait on the network, so they go to the blocking pool like every write.

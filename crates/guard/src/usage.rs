@@ -3,8 +3,7 @@
 //! batches.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use thread_local::ThreadLocal;
 
@@ -158,37 +157,13 @@ impl UsageRecorder {
     }
 }
 
-/// Flushes `recorder` into `store` every `period` until the task is dropped.
-pub async fn flush_periodically(
-    recorder: Arc<UsageRecorder>,
-    store: Arc<dyn KeyStore>,
-    period: Duration,
-) {
-    // The first write is a period after the start, not whenever this task first runs:
-    // an interval's first tick is at once, and a task started late on a busy machine
-    // would write the first uses at a moment nothing chose.
-    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticker.tick().await;
-        if recorder.pending() == 0 {
-            continue;
-        }
-        let (recorder, store) = (recorder.clone(), store.clone());
-        match actix_web::web::block(move || recorder.flush(&*store)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(error)) => tracing::warn!(%error, "could not record key usage; will retry"),
-            Err(error) => tracing::error!(%error, "usage flush task failed"),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use keygate_core::ApiKeyId;
     use keygate_storage::test_support::TestDatabase;
     use keygate_storage::{Database, PoolOptions};
+    use std::sync::Arc;
 
     /// Allowed requests counted for `id` in `counts`.
     fn allowed(counts: &[UsageCount], id: &ApiKeyId) -> i64 {
