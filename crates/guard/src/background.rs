@@ -1,5 +1,6 @@
 //! The work a guard does beside the requests: writing key usage in batches, following
-//! the change feed, forgetting quiet addresses; and the last write of usage on the way out.
+//! the change feed, reading cached keys in use again before they expire, forgetting
+//! quiet addresses; and the last write of usage on the way out.
 
 use std::time::Duration;
 
@@ -120,6 +121,15 @@ impl Guard {
     pub async fn start(guard: &web::Data<Guard>) -> Background {
         let cursor = changes::read_once(guard, None).await;
         let flusher = flush_usage_periodically(guard.clone());
+        let refreshed = guard.clone();
+        let refresher = async move {
+            let mut ticker = tokio::time::interval(refreshed.change_poll());
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                refreshed.refresh_due().await;
+            }
+        };
         let watcher = changes::watch(guard.clone(), guard.change_poll(), cursor);
         let tidied = guard.clone();
         let tidier = async move {
@@ -134,6 +144,7 @@ impl Guard {
                 actix_web::rt::spawn(flusher),
                 actix_web::rt::spawn(watcher),
                 actix_web::rt::spawn(tidier),
+                actix_web::rt::spawn(refresher),
                 actix_web::rt::spawn(keep_metering(guard.clone())),
             ],
         }

@@ -4,8 +4,8 @@
 //! change feed, and runs storage calls off the async workers within a deadline.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use actix_web::web;
@@ -49,6 +49,11 @@ pub struct Guard {
     keys: Cache<KeyHash, Arc<CachedKey>, ByWeight, foldhash::fast::RandomState>,
     /// How long a cached key is trusted before it is read again, in milliseconds.
     cache_ttl_ms: i64,
+    /// How old a cached key may be before a use of it has it read again in the
+    /// background (three quarters of the time to live), in milliseconds.
+    refresh_after_ms: i64,
+    /// Cached keys in use that are due to be read again, for [`Self::refresh_due`].
+    refreshes: Mutex<Vec<KeyHash>>,
     /// Storage calls in flight at once: no more than the pool has connections, so
     /// waiting happens here, cheaply, rather than in blocked threads.
     storage_slots: Semaphore,
@@ -118,6 +123,8 @@ struct CachedKey {
     /// any, of its stored `last_used_at`): the next is noted a resolution later, so that
     /// a busy key costs the usage recorder one entry a resolution, not one a request.
     noted_second: AtomicI64,
+    /// Whether it waits to be read again in the background (see [`Guard::refresh_due`]).
+    refreshing: AtomicBool,
 }
 
 impl CachedKey {
@@ -153,6 +160,13 @@ impl Weighter<KeyHash, Arc<CachedKey>> for ByWeight {
 /// About what a cached key weighs: the cache expects its bound divided by this many
 /// keys (it sizes its record of recently evicted keys by that).
 const TYPICAL_ENTRY_BYTES: u64 = 512;
+
+/// Most cached keys waiting to be read again at once; past that, a due key is read on
+/// its next use after its time to live, as without refreshes.
+const MAX_REFRESHES: usize = 100_000;
+
+/// Keys read again in one storage call (well within the storage timeout).
+const REFRESH_BATCH: usize = 1_000;
 
 impl Guard {
     /// A guard over `store` with `settings`, reporting to `observer`. With secure mode
@@ -193,6 +207,11 @@ impl Guard {
                 DefaultLifecycle::default(),
             ),
             cache_ttl_ms: i64::try_from(settings.cache_ttl.as_millis()).unwrap_or(i64::MAX),
+            refresh_after_ms: {
+                let ttl = i64::try_from(settings.cache_ttl.as_millis()).unwrap_or(i64::MAX);
+                ttl - ttl / 4
+            },
+            refreshes: Mutex::new(Vec::new()),
             storage_slots: Semaphore::new(settings.storage_slots.max(1)),
             storage_timeout: settings.storage_timeout,
             invalidations: AtomicU64::new(0),
@@ -429,6 +448,9 @@ impl Guard {
             .get(&hash)
             .filter(|entry| entry.is_fresh(now_ms, self.cache_ttl_ms) && self.feed_is_fresh());
         self.observer.cache(cached.is_some());
+        if let Some(entry) = &cached {
+            self.refresh_if_due(hash, entry, now_ms);
+        }
         let entry = match cached {
             Some(entry) => entry,
             None => match self.load(hash).await? {
@@ -466,6 +488,86 @@ impl Guard {
         }
     }
 
+    /// Has `entry`, in use at `ms`, read again in the background once it is three
+    /// quarters through its time to live: a key in steady use is then never read on a
+    /// request's way (where the read doubles that request's time, the slowest
+    /// requests of an instance serving many keys), and still never trusted longer.
+    fn refresh_if_due(&self, hash: KeyHash, entry: &CachedKey, ms: i64) {
+        if ms.saturating_sub(entry.read_ms) >= self.refresh_after_ms
+            && !entry.refreshing.load(Ordering::Relaxed)
+            && entry
+                .refreshing
+                .compare_exchange(false, true, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let mut due = self
+                .refreshes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if due.len() < MAX_REFRESHES {
+                due.push(hash);
+            } else {
+                // It is read on its next use after its time to live instead.
+                entry.refreshing.store(false, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Reads again the cached keys that uses found due ([`Self::refresh_if_due`]), a
+    /// batch to a storage call, and keeps what was read unless a change raced the read,
+    /// as a lookup would. Run by a background task every change poll.
+    pub async fn refresh_due(&self) {
+        let due = std::mem::take(
+            &mut *self
+                .refreshes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        for batch in due.chunks(REFRESH_BATCH) {
+            let generation = self.invalidations.load(Ordering::SeqCst);
+            let hashes = batch.to_vec();
+            let read = self
+                .with_store(move |store| {
+                    hashes
+                        .into_iter()
+                        .map(|hash| store.find_by_hash(&hash).map(|key| (hash, key)))
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .await;
+            match read {
+                Ok(keys) => {
+                    for (hash, key) in keys {
+                        let noted = self
+                            .keys
+                            .get(&hash)
+                            .map(|old| old.noted_second.load(Ordering::Relaxed));
+                        match key {
+                            Some(key) => {
+                                let entry = self.remember(hash, key, generation);
+                                if let Some(noted) = noted {
+                                    entry.noted_second.fetch_max(noted, Ordering::Relaxed);
+                                }
+                            }
+                            None => {
+                                self.keys.remove(&hash);
+                            }
+                        }
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, keys = batch.len(), "could not read due cached keys again; they are read on use after their time to live");
+                }
+            }
+            // An entry not replaced (the read failed, or a change raced it) may be
+            // found due again by a later use.
+            for hash in batch {
+                if let Some(entry) = self.keys.get(hash) {
+                    entry.refreshing.store(false, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
     /// Reads a key missing from memory, and keeps it unless a change raced the read.
     /// Unknown keys are never kept, so a flood of them cannot evict known ones.
     async fn load(&self, hash: KeyHash) -> Result<Option<Arc<CachedKey>>, GuardError> {
@@ -489,6 +591,7 @@ impl Guard {
             ),
             read_ms: now.timestamp_millis(),
             key: Arc::new(key),
+            refreshing: AtomicBool::new(false),
         });
         // With no time to live (auth.cache_ttl_ms = 0), nothing is kept.
         if self.cache_ttl_ms > 0 && self.invalidations.load(Ordering::SeqCst) == generation {
@@ -720,6 +823,111 @@ mod tests {
             assert!(matches!(authenticated, Ok(Principal::Key(_))));
             assert!(!uncached.is_cached(&plain.hash()));
         }
+    }
+
+    /// Counts the cache's hits and misses apart.
+    #[derive(Default)]
+    struct HitsAndMisses {
+        hits: AtomicU64,
+        misses: AtomicU64,
+    }
+
+    impl Observer for HitsAndMisses {
+        fn cache(&self, hit: bool) {
+            let counter = if hit { &self.hits } else { &self.misses };
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[actix_web::test]
+    async fn a_key_in_use_is_read_again_in_the_background_before_its_time_to_live_ends() {
+        let db = TestDatabase::sqlite();
+        let store =
+            Arc::new(Database::connect(&db.url, &PoolOptions::default()).expect("a database"));
+        let plain = stored_key(&store);
+        let hash = plain.hash();
+        let idle = stored_key(&store);
+        let clock = Arc::new(keygate_core::ShiftedClock::default());
+        let counts = Arc::new(HitsAndMisses::default());
+        let settings = GuardSettings {
+            master_key: Some("a-long-random-master-key-0123456789".into()),
+            cache_ttl: Duration::from_secs(60),
+            ..GuardSettings::default()
+        };
+        let guard = Guard::new(store.clone(), &settings, counts.clone()).with_clock(clock.clone());
+        guard.feed_was_read();
+        assert!(matches!(
+            guard.authenticate(Some(plain.expose())).await,
+            Ok(Principal::Key(_))
+        ));
+        assert!(matches!(
+            guard.authenticate(Some(idle.expose())).await,
+            Ok(Principal::Key(_))
+        ));
+        let first = guard.keys.get(&hash).expect("cached");
+
+        // Before three quarters of its time to live nothing is due.
+        clock.advance(chrono::TimeDelta::seconds(44));
+        assert!(matches!(
+            guard.authenticate(Some(plain.expose())).await,
+            Ok(Principal::Key(_))
+        ));
+        guard.refresh_due().await;
+        assert!(Arc::ptr_eq(&first, &guard.keys.get(&hash).expect("cached")));
+
+        // A use past them has it read again off the request's way, once however many
+        // uses there are; the idle key is not read.
+        clock.advance(chrono::TimeDelta::seconds(2));
+        for _ in 0..3 {
+            assert!(matches!(
+                guard.authenticate(Some(plain.expose())).await,
+                Ok(Principal::Key(_))
+            ));
+        }
+        assert_eq!(guard.refreshes.lock().expect("unpoisoned").len(), 1);
+        // It was revoked meanwhile, with no change feed to say so: the refresh reads it
+        // as it is stored.
+        store
+            .revoke(
+                &first.key.id,
+                "owner_1",
+                Utc::now(),
+                &keygate_core::Actor::Cli,
+            )
+            .expect("revoked")
+            .expect("found");
+        let idle_entry = guard.keys.get(&idle.hash()).expect("cached");
+        guard.refresh_due().await;
+        let refreshed = guard.keys.get(&hash).expect("cached again");
+        assert!(!Arc::ptr_eq(&first, &refreshed), "not read again");
+        assert!(Arc::ptr_eq(
+            &idle_entry,
+            &guard.keys.get(&idle.hash()).expect("cached")
+        ));
+        assert!(matches!(
+            guard.authenticate(Some(plain.expose())).await,
+            Err(GuardError::ExpiredKey)
+        ));
+
+        // Past the first read's time to live the refreshed entry still answers, from
+        // memory; the idle key, never refreshed, is read on its use.
+        clock.advance(chrono::TimeDelta::seconds(20));
+        let misses = counts.misses.load(Ordering::SeqCst);
+        assert!(matches!(
+            guard.authenticate(Some(plain.expose())).await,
+            Err(GuardError::ExpiredKey)
+        ));
+        assert_eq!(
+            counts.misses.load(Ordering::SeqCst),
+            misses,
+            "read on a request"
+        );
+        assert!(matches!(
+            guard.authenticate(Some(idle.expose())).await,
+            Ok(Principal::Key(_))
+        ));
+        assert_eq!(counts.misses.load(Ordering::SeqCst), misses + 1);
+        assert!(counts.hits.load(Ordering::SeqCst) >= 6);
     }
 
     #[actix_web::test]
