@@ -1,6 +1,8 @@
 //! The storage suite: every test runs against a real SQLite file and, when
 //! KEYGATE_TEST_POSTGRES_URL is set, a private schema on a real PostgreSQL server.
 
+use std::collections::HashSet;
+
 use chrono::{DateTime, Duration, SubsecRound, Utc};
 use keygate_core::{
     Actor, ApiKey, ApiKeyId, Change, ChangeCursor, EventDetails, EventKind, KeySpec, KeyStore,
@@ -314,6 +316,58 @@ fn usage_of_more_keys_than_one_array_is_all_added() {
             );
         }
     });
+}
+
+/// On PostgreSQL a `last_used_at` write keeps each key on its page (a heap-only
+/// update, which writes none of the table's indexes): pages keep room for it. Full
+/// pages moved every key's first write to another page, with four index entries.
+#[test]
+fn postgres_last_used_writes_keep_keys_on_their_pages() {
+    use diesel::prelude::*;
+    let Some(test_db) = TestDatabase::postgres() else {
+        return;
+    };
+    let db = open(&test_db);
+    let start = now();
+    let keys: Vec<ApiKey> = (0..80)
+        .map(|_| new_key("pages", &["ledgers:read"], start).1)
+        .collect();
+    for key in &keys {
+        db.insert(key, &Actor::Master).expect("insert");
+    }
+    #[derive(QueryableByName, PartialEq, Debug)]
+    struct Place {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        api_key_id: String,
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        page: String,
+    }
+    let mut conn = diesel::PgConnection::establish(&test_db.url_string).expect("a connection");
+    let places = |conn: &mut diesel::PgConnection| -> Vec<Place> {
+        diesel::sql_query(
+            "SELECT api_key_id, split_part(ctid::text, ',', 1) AS page FROM api_keys \
+             ORDER BY api_key_id",
+        )
+        .load(conn)
+        .expect("read the rows' places")
+    };
+    let before = places(&mut conn);
+    assert!(
+        before.iter().map(|p| &p.page).collect::<HashSet<_>>().len() > 1,
+        "the keys fill more than one page"
+    );
+    // As in a busy instance's flushes: each writes a few keys of a page, in two rounds.
+    for round in 1..=2 {
+        for key in &keys {
+            let uses = [(key.id.clone(), start + Duration::seconds(round))];
+            assert_eq!(db.record_last_used(&uses).expect("record"), 1);
+        }
+    }
+    assert_eq!(
+        places(&mut conn),
+        before,
+        "a written key moved to another page"
+    );
 }
 
 #[test]
