@@ -120,6 +120,14 @@ struct Paired {
 }
 
 impl Paired {
+    /// A round in which some request failed, if any.
+    fn failed(&self) -> Option<&Load> {
+        self.reference
+            .iter()
+            .chain(&self.measured)
+            .find(|load| load.non_2xx + load.socket_errors + load.timeouts > 0)
+    }
+
     fn rate(loads: &[Load; ROUNDS]) -> f64 {
         loads.iter().map(Load::per_second).sum::<f64>() / ROUNDS as f64
     }

@@ -168,6 +168,19 @@ pub fn bench(
             cold_lookups.1 += to.1 - from.1;
         }
     }
+    // A rate of refusals or broken connections is not a rate of answers.
+    for (name, paired) in [("/forward-auth", &forward), ("GET /api-keys", &listing)] {
+        if let Some(load) = paired.failed() {
+            return Err(format!(
+                "{backend} {name}: requests failed ({} not 2xx, {} socket errors, {} timeouts of {}); see {}",
+                load.non_2xx,
+                load.socket_errors,
+                load.timeouts,
+                load.requests,
+                dir.join("server.log").display()
+            ));
+        }
+    }
     let (rss_mb, peak_rss_mb) = memory(server.pid())?;
     let (cache_entries, cache_bytes) = cache_size(port)?;
     Ok(Scale {
