@@ -44,6 +44,16 @@ pub trait KeyStore: Send + Sync + 'static {
     /// The key with this hash, whatever its status.
     fn find_by_hash(&self, hash: &KeyHash) -> Result<Option<ApiKey>, StoreError>;
 
+    /// The keys with these hashes, whatever their status, in no particular order; a
+    /// hash no key has finds nothing. One query where the store can (by default, one
+    /// lookup a hash).
+    fn find_by_hashes(&self, hashes: &[KeyHash]) -> Result<Vec<ApiKey>, StoreError> {
+        hashes
+            .iter()
+            .filter_map(|hash| self.find_by_hash(hash).transpose())
+            .collect()
+    }
+
     /// The owner's keys, newest first.
     fn list_by_owner(&self, owner_id: &str) -> Result<Vec<ApiKey>, StoreError>;
 

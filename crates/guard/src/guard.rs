@@ -53,7 +53,7 @@ pub struct Guard {
     /// background (three quarters of the time to live), in milliseconds.
     refresh_after_ms: i64,
     /// Cached keys in use that are due to be read again, for [`Self::refresh_due`].
-    refreshes: Mutex<Vec<KeyHash>>,
+    refreshes: Mutex<Vec<(KeyHash, Arc<CachedKey>)>>,
     /// Storage calls in flight at once: no more than the pool has connections, so
     /// waiting happens here, cheaply, rather than in blocked threads.
     storage_slots: Semaphore,
@@ -165,8 +165,8 @@ const TYPICAL_ENTRY_BYTES: u64 = 512;
 /// its next use after its time to live, as without refreshes.
 const MAX_REFRESHES: usize = 100_000;
 
-/// Keys read again in one storage call (well within the storage timeout).
-const REFRESH_BATCH: usize = 1_000;
+/// Keys read again in one query.
+const REFRESH_BATCH: usize = 500;
 
 impl Guard {
     /// A guard over `store` with `settings`, reporting to `observer`. With secure mode
@@ -492,7 +492,7 @@ impl Guard {
     /// quarters through its time to live: a key in steady use is then never read on a
     /// request's way (where the read doubles that request's time, the slowest
     /// requests of an instance serving many keys), and still never trusted longer.
-    fn refresh_if_due(&self, hash: KeyHash, entry: &CachedKey, ms: i64) {
+    fn refresh_if_due(&self, hash: KeyHash, entry: &Arc<CachedKey>, ms: i64) {
         if ms.saturating_sub(entry.read_ms) >= self.refresh_after_ms
             && !entry.refreshing.load(Ordering::Relaxed)
             && entry
@@ -505,7 +505,7 @@ impl Guard {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             if due.len() < MAX_REFRESHES {
-                due.push(hash);
+                due.push((hash, entry.clone()));
             } else {
                 // It is read on its next use after its time to live instead.
                 entry.refreshing.store(false, Ordering::Relaxed);
@@ -514,8 +514,10 @@ impl Guard {
     }
 
     /// Reads again the cached keys that uses found due ([`Self::refresh_if_due`]), a
-    /// batch to a storage call, and keeps what was read unless a change raced the read,
-    /// as a lookup would. Run by a background task every change poll.
+    /// batch to a query, each kept only if its entry is still the one that was due:
+    /// a key forgotten since (a change, by the feed or here), read anew by a request,
+    /// or evicted, is left as it is. Run by a background task every change poll; stops
+    /// at the first failed read (those keys are read on use after their time to live).
     pub async fn refresh_due(&self) {
         let due = std::mem::take(
             &mut *self
@@ -523,48 +525,66 @@ impl Guard {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner),
         );
-        for batch in due.chunks(REFRESH_BATCH) {
-            let generation = self.invalidations.load(Ordering::SeqCst);
-            let hashes = batch.to_vec();
-            let read = self
-                .with_store(move |store| {
-                    hashes
-                        .into_iter()
-                        .map(|hash| store.find_by_hash(&hash).map(|key| (hash, key)))
-                        .collect::<Result<Vec<_>, _>>()
-                })
-                .await;
-            match read {
+        for (done, batch) in due.chunks(REFRESH_BATCH).enumerate() {
+            // Trusted from before the read, not from when it answered.
+            let read_at = self.clock.now();
+            let hashes: Vec<KeyHash> = batch.iter().map(|(hash, _)| *hash).collect();
+            match self
+                .with_store(move |store| store.find_by_hashes(&hashes))
+                .await
+            {
                 Ok(keys) => {
-                    for (hash, key) in keys {
-                        let noted = self
-                            .keys
-                            .get(&hash)
-                            .map(|old| old.noted_second.load(Ordering::Relaxed));
-                        match key {
-                            Some(key) => {
-                                let entry = self.remember(hash, key, generation);
-                                if let Some(noted) = noted {
-                                    entry.noted_second.fetch_max(noted, Ordering::Relaxed);
-                                }
-                            }
-                            None => {
-                                self.keys.remove(&hash);
-                            }
-                        }
+                    let mut read: std::collections::HashMap<KeyHash, ApiKey> =
+                        keys.into_iter().map(|key| (key.hash, key)).collect();
+                    for (hash, due) in batch {
+                        self.replace_if_unchanged(*hash, due, read.remove(hash), read_at);
                     }
                 }
                 Err(error) => {
-                    tracing::warn!(%error, keys = batch.len(), "could not read due cached keys again; they are read on use after their time to live");
+                    tracing::warn!(%error, "could not read cached keys again ahead of their expiry; they are read on use");
+                    for (_, entry) in due.iter().skip(done * REFRESH_BATCH) {
+                        entry.refreshing.store(false, Ordering::Relaxed);
+                    }
+                    return;
                 }
             }
-            // An entry not replaced (the read failed, or a change raced it) may be
-            // found due again by a later use.
-            for hash in batch {
-                if let Some(entry) = self.keys.get(hash) {
-                    entry.refreshing.store(false, Ordering::Relaxed);
-                }
-            }
+        }
+    }
+
+    /// Puts `key`, read at `read_at`, in place of `due` if `due` is still the entry
+    /// cached under `hash`; a key no longer stored is dropped.
+    fn replace_if_unchanged(
+        &self,
+        hash: KeyHash,
+        due: &Arc<CachedKey>,
+        key: Option<ApiKey>,
+        read_at: DateTime<Utc>,
+    ) {
+        let generation = self.invalidations.load(Ordering::SeqCst);
+        let unchanged = self
+            .keys
+            .get(&hash)
+            .is_some_and(|current| Arc::ptr_eq(&current, due));
+        if !unchanged {
+            return;
+        }
+        let Some(key) = key else {
+            self.keys.remove(&hash);
+            return;
+        };
+        let stored = key
+            .last_used_at
+            .map_or(i64::MIN, |at| at.timestamp().min(read_at.timestamp()));
+        let entry = Arc::new(CachedKey {
+            noted_second: AtomicI64::new(stored.max(due.noted_second.load(Ordering::Relaxed))),
+            read_ms: read_at.timestamp_millis(),
+            key: Arc::new(key),
+            refreshing: AtomicBool::new(false),
+        });
+        self.keys.insert(hash, entry);
+        // A change may have slipped in between the check and the insert.
+        if self.invalidations.load(Ordering::SeqCst) != generation {
+            self.keys.remove(&hash);
         }
     }
 
@@ -928,6 +948,46 @@ mod tests {
         ));
         assert_eq!(counts.misses.load(Ordering::SeqCst), misses + 1);
         assert!(counts.hits.load(Ordering::SeqCst) >= 6);
+    }
+
+    #[actix_web::test]
+    async fn a_refresh_never_puts_back_a_key_forgotten_or_read_anew_since_it_was_due() {
+        let db = TestDatabase::sqlite();
+        let store =
+            Arc::new(Database::connect(&db.url, &PoolOptions::default()).expect("a database"));
+        let (forgotten, reread) = (stored_key(&store), stored_key(&store));
+        let clock = Arc::new(keygate_core::ShiftedClock::default());
+        let settings = GuardSettings {
+            master_key: Some("a-long-random-master-key-0123456789".into()),
+            cache_ttl: Duration::from_secs(60),
+            ..GuardSettings::default()
+        };
+        let guard = Guard::new(store.clone(), &settings, Arc::new(Lookups::default()))
+            .with_clock(clock.clone());
+        guard.feed_was_read();
+        for plain in [&forgotten, &reread] {
+            assert!(guard.authenticate(Some(plain.expose())).await.is_ok());
+        }
+        clock.advance(chrono::TimeDelta::seconds(50));
+        for plain in [&forgotten, &reread] {
+            assert!(guard.authenticate(Some(plain.expose())).await.is_ok());
+        }
+        assert_eq!(guard.refreshes.lock().expect("unpoisoned").len(), 2);
+        // Queued, then changed: the feed forgets one; the other is forgotten and read
+        // anew by a request before the refresh runs.
+        guard.forget(&forgotten.hash());
+        guard.forget(&reread.hash());
+        assert!(guard.authenticate(Some(reread.expose())).await.is_ok());
+        let fresh = guard.keys.get(&reread.hash()).expect("read anew");
+        guard.refresh_due().await;
+        assert!(
+            !guard.is_cached(&forgotten.hash()),
+            "a forgotten key was put back"
+        );
+        assert!(
+            Arc::ptr_eq(&fresh, &guard.keys.get(&reread.hash()).expect("cached")),
+            "a key read anew was replaced by the refresh"
+        );
     }
 
     #[actix_web::test]

@@ -427,6 +427,20 @@ impl KeyStore for Database {
         row.map(ApiKey::try_from).transpose()
     }
 
+    fn find_by_hashes(&self, hashes: &[KeyHash]) -> Result<Vec<ApiKey>, StoreError> {
+        if hashes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let digests: Vec<&[u8]> = hashes.iter().map(|hash| &hash.as_bytes()[..]).collect();
+        let rows: Vec<KeyWithPool> = with_connection!(self, |conn, t, e, c, u| {
+            keys!(t, c)
+                .filter(t::key_hash.eq_any(&digests))
+                .load(conn)
+                .map_err(query_error)?
+        });
+        to_keys(rows)
+    }
+
     fn list_by_owner(&self, owner_id: &str) -> Result<Vec<ApiKey>, StoreError> {
         let rows: Vec<KeyWithPool> = with_connection!(self, |conn, t, e, c, u| {
             keys!(t, c)
@@ -756,7 +770,8 @@ impl KeyStore for Database {
             }
             Pools::Postgres(pool) => {
                 // Instances flushing overlapping batches lock the rows in one order, the
-                // keys' ids, so that no two of them can wait on each other. Each batch
+                // keys' ids byte by byte (as sorted here, whatever the database's
+                // collation), so that no two of them can wait on each other. Each batch
                 // travels as two arrays: a statement of a few parameters is parsed and
                 // bound in microseconds, where one of a thousand took milliseconds of
                 // the server's time every flush.
@@ -769,7 +784,7 @@ impl KeyStore for Database {
                         let times: Vec<DateTime<Utc>> = chunk.iter().map(|(_, at)| *at).collect();
                         diesel::sql_query(
                             "SELECT api_key_id FROM api_keys WHERE api_key_id = ANY($1) \
-                             ORDER BY api_key_id FOR UPDATE",
+                             ORDER BY api_key_id COLLATE \"C\" FOR UPDATE",
                         )
                         .bind::<Array<Text>, _>(&ids)
                         .execute(conn)?;
