@@ -128,6 +128,21 @@ struct CachedKey {
 }
 
 impl CachedKey {
+    /// `key`, as read at `now`.
+    fn read(key: ApiKey, now: DateTime<Utc>) -> Self {
+        CachedKey {
+            // A stored time ahead of this clock (another instance's, or an import's)
+            // must not hold back the next write.
+            noted_second: AtomicI64::new(
+                key.last_used_at
+                    .map_or(i64::MIN, |at| at.timestamp().min(now.timestamp())),
+            ),
+            read_ms: now.timestamp_millis(),
+            key: Arc::new(key),
+            refreshing: AtomicBool::new(false),
+        }
+    }
+
     /// Whether it may still be used at `ms` (Unix milliseconds): read less than `ttl_ms`
     /// before, and not after (a clock set back reads it again).
     fn is_fresh(&self, ms: i64, ttl_ms: i64) -> bool {
@@ -187,6 +202,7 @@ impl Guard {
             };
             Master(hash)
         });
+        let cache_ttl_ms = i64::try_from(settings.cache_ttl.as_millis()).unwrap_or(i64::MAX);
         Guard {
             meter: Meter::new(&settings.metering, observer.clone()),
             observer,
@@ -206,11 +222,8 @@ impl Guard {
                 foldhash::fast::RandomState::default(),
                 DefaultLifecycle::default(),
             ),
-            cache_ttl_ms: i64::try_from(settings.cache_ttl.as_millis()).unwrap_or(i64::MAX),
-            refresh_after_ms: {
-                let ttl = i64::try_from(settings.cache_ttl.as_millis()).unwrap_or(i64::MAX);
-                ttl - ttl / 4
-            },
+            cache_ttl_ms,
+            refresh_after_ms: cache_ttl_ms - cache_ttl_ms / 4,
             refreshes: Mutex::new(Vec::new()),
             storage_slots: Semaphore::new(settings.storage_slots.max(1)),
             storage_timeout: settings.storage_timeout,
@@ -572,20 +585,12 @@ impl Guard {
             self.keys.remove(&hash);
             return;
         };
-        let stored = key
-            .last_used_at
-            .map_or(i64::MIN, |at| at.timestamp().min(read_at.timestamp()));
-        let entry = Arc::new(CachedKey {
-            noted_second: AtomicI64::new(stored.max(due.noted_second.load(Ordering::Relaxed))),
-            read_ms: read_at.timestamp_millis(),
-            key: Arc::new(key),
-            refreshing: AtomicBool::new(false),
-        });
-        self.keys.insert(hash, entry);
-        // A change may have slipped in between the check and the insert.
-        if self.invalidations.load(Ordering::SeqCst) != generation {
-            self.keys.remove(&hash);
-        }
+        let entry = CachedKey::read(key, read_at);
+        // A use noted on the entry it replaces, not yet written, still counts.
+        entry
+            .noted_second
+            .fetch_max(due.noted_second.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.keep(hash, &Arc::new(entry), generation);
     }
 
     /// Reads a key missing from memory, and keeps it unless a change raced the read.
@@ -601,27 +606,24 @@ impl Guard {
     /// Keeps `key`, read under `hash` when the cache's generation was `generation`,
     /// unless a change raced the read.
     fn remember(&self, hash: KeyHash, key: ApiKey, generation: u64) -> Arc<CachedKey> {
-        let now = self.clock.now();
-        let entry = Arc::new(CachedKey {
-            // A stored time ahead of this clock (another instance's, or an import's)
-            // must not hold back the next write.
-            noted_second: AtomicI64::new(
-                key.last_used_at
-                    .map_or(i64::MIN, |at| at.timestamp().min(now.timestamp())),
-            ),
-            read_ms: now.timestamp_millis(),
-            key: Arc::new(key),
-            refreshing: AtomicBool::new(false),
-        });
+        let entry = Arc::new(CachedKey::read(key, self.clock.now()));
         // With no time to live (auth.cache_ttl_ms = 0), nothing is kept.
-        if self.cache_ttl_ms > 0 && self.invalidations.load(Ordering::SeqCst) == generation {
+        if self.cache_ttl_ms > 0 {
+            self.keep(hash, &entry, generation);
+        }
+        entry
+    }
+
+    /// Caches `entry` under `hash` unless the cache's generation has moved past
+    /// `generation` (a change raced the read), before or during the insert.
+    fn keep(&self, hash: KeyHash, entry: &Arc<CachedKey>, generation: u64) {
+        if self.invalidations.load(Ordering::SeqCst) == generation {
             self.keys.insert(hash, entry.clone());
             // A change may have slipped in between the check and the insert.
             if self.invalidations.load(Ordering::SeqCst) != generation {
                 self.keys.remove(&hash);
             }
         }
-        entry
     }
 
     /// A key imported under a legacy (bcrypt) hash, presented for the first time: found
