@@ -756,7 +756,7 @@ impl KeyStore for Database {
                 let mut conn = pool.get().map_err(unavailable)?;
                 conn.immediate_transaction(|conn| {
                     uses.chunks(LAST_USED_CHUNK).try_fold(0, |changed, chunk| {
-                        let sql = last_used_sql(chunk.len(), |_| "(?, ?)".to_owned());
+                        let sql = last_used_sql(chunk.len());
                         let mut query = diesel::sql_query(sql).into_boxed();
                         for (id, at) in chunk {
                             query = query
@@ -1342,13 +1342,12 @@ impl WriteTransaction for PgConnection {
     }
 }
 
-/// One UPDATE for a whole batch of uses: `(id, time)` pairs joined as a VALUES list.
-fn last_used_sql(rows: usize, placeholder: impl Fn(usize) -> String) -> String {
-    let values: Vec<String> = (0..rows).map(placeholder).collect();
+/// One SQLite UPDATE for a batch of `rows` uses: `(id, time)` pairs as a VALUES list.
+fn last_used_sql(rows: usize) -> String {
     format!(
         "UPDATE api_keys SET last_used_at = v.column2 FROM (VALUES {}) AS v \
          WHERE api_keys.api_key_id = v.column1 \
          AND (api_keys.last_used_at IS NULL OR api_keys.last_used_at < v.column2)",
-        values.join(", ")
+        vec!["(?, ?)"; rows].join(", ")
     )
 }
