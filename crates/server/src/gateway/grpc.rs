@@ -220,12 +220,9 @@ impl Authorization for Checker {
         let started = Instant::now();
         let peer = request.remote_addr().map(|address| address.ip());
         let (response, status) = self.decide(peer, request.get_ref()).await;
-        self.state.metrics().request(
-            "POST",
-            CHECK_ROUTE.to_owned(),
-            http_status(status),
-            started.elapsed(),
-        );
+        self.state
+            .metrics()
+            .request("POST", CHECK_ROUTE, http_status(status), started.elapsed());
         Ok(tonic::Response::new(response))
     }
 }
