@@ -29,7 +29,7 @@ pub struct KeyRow {
 }
 
 /// One `credit_pools` row, in column order.
-#[derive(Queryable)]
+#[derive(Clone, Queryable)]
 pub struct PoolRow {
     pub pool_id: String,
     pub remaining: i64,

@@ -872,6 +872,34 @@ fn metering_is_stored_with_the_key_and_read_back_exactly() {
 }
 
 #[test]
+fn listing_reads_each_keys_own_pool_and_none_for_a_key_without() {
+    on_each_backend(|db| {
+        let at = now();
+        let rich = metered_key(credits(500, None), at);
+        let poor = metered_key(
+            credits(3, Some((10, keygate_core::RefillInterval::Daily))),
+            at - Duration::seconds(1),
+        );
+        let (_, plain) = new_key("owner_1", &["ledgers:read"], at - Duration::seconds(2));
+        // Another owner's pool, not to be read with these.
+        let elsewhere = {
+            let (_, mut key) = new_key("owner_2", &["ledgers:read"], at);
+            key.credits = Some(keygate_core::CreditAccount::open(
+                key.id.clone(),
+                credits(7, None),
+                at,
+            ));
+            key
+        };
+        for key in [&rich, &poor, &plain, &elsewhere] {
+            db.insert(key, &Actor::Master).expect("insert");
+        }
+        let listed = db.list_by_owner("owner_1").expect("list");
+        assert_eq!(listed, vec![rich, poor, plain], "{}", db.backend());
+    });
+}
+
+#[test]
 fn concurrent_takers_never_overspend_a_pool() {
     on_each_backend(|db| {
         let key = metered_key(credits(300, None), now());
