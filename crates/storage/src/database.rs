@@ -207,7 +207,7 @@ impl Database {
             }
             DatabaseUrl::Postgres(url) => {
                 let manager =
-                    ConnectionManager::<PgConnection>::new(with_connect_timeout(url, options));
+                    ConnectionManager::<PgConnection>::new(with_network_timeouts(url, options));
                 let timeouts = PostgresSettings {
                     timeout: options.connection_timeout,
                 };
@@ -254,16 +254,45 @@ fn create_private(path: &std::path::Path) -> std::io::Result<()> {
     options.open(path).map(drop)
 }
 
-/// `url` with libpq's `connect_timeout` (whole seconds, at least 2) set from the pool's
-/// timeout, unless the URL sets one: a server that does not answer must not hold a
-/// caller longer than that.
-fn with_connect_timeout(url: &str, options: &PoolOptions) -> String {
-    if url.contains("connect_timeout=") {
-        return url.to_owned();
+/// `url` with libpq's network timeouts, each unless the URL sets it, all from the pool's
+/// timeout: a server that does not answer must not hold a caller, nor the connection
+/// and storage slot behind it, longer than about that.
+/// - `connect_timeout` (whole seconds, at least 2): a server that does not accept.
+/// - `tcp_user_timeout` (milliseconds, at least 1,000): a request the network does not
+///   acknowledge, such as one sent into a partition. Without it the kernel retransmits
+///   for about fifteen minutes, and the connection stays checked out all that time.
+/// - `keepalives_idle`, `keepalives_interval`, `keepalives_count`: an answer that never
+///   comes from a server that vanished after taking the request; and, in the pool, an
+///   idle connection to it, closed before a caller picks it.
+fn with_network_timeouts(url: &str, options: &PoolOptions) -> String {
+    let seconds = options.connection_timeout.as_secs_f64().ceil().max(1.0);
+    let millis = options.connection_timeout.as_millis().max(1_000);
+    let defaults = [
+        ("connect_timeout", seconds.max(2.0).to_string()),
+        ("tcp_user_timeout", millis.to_string()),
+        ("keepalives_idle", seconds.to_string()),
+        (
+            "keepalives_interval",
+            (seconds / 3.0).ceil().max(1.0).to_string(),
+        ),
+        ("keepalives_count", "3".to_owned()),
+    ];
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let given: HashSet<&str> = query
+        .split('&')
+        .map(|pair| pair.split_once('=').map_or(pair, |(name, _)| name))
+        .collect();
+    let mut parameters: Vec<String> = query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(str::to_owned)
+        .collect();
+    for (name, value) in defaults {
+        if !given.contains(name) {
+            parameters.push(format!("{name}={value}"));
+        }
     }
-    let seconds = options.connection_timeout.as_secs_f64().ceil().max(2.0);
-    let separator = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{separator}connect_timeout={seconds}")
+    format!("{base}?{}", parameters.join("&"))
 }
 
 fn migrate_postgres(
@@ -1388,4 +1417,39 @@ fn last_used_sql(rows: usize) -> String {
          AND (api_keys.last_used_at IS NULL OR api_keys.last_used_at < v.column2)",
         vec!["(?, ?)"; rows].join(", ")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn network_timeouts_follow_the_pool_timeout_and_yield_to_the_url() {
+        let options = PoolOptions {
+            connection_timeout: Duration::from_secs(5),
+            ..PoolOptions::default()
+        };
+        assert_eq!(
+            with_network_timeouts("postgres://u@h/db", &options),
+            "postgres://u@h/db?connect_timeout=5&tcp_user_timeout=5000&keepalives_idle=5\
+             &keepalives_interval=2&keepalives_count=3"
+        );
+        assert_eq!(
+            with_network_timeouts(
+                "postgres://u@h/db?sslmode=require&tcp_user_timeout=30000&keepalives_idle=60",
+                &options
+            ),
+            "postgres://u@h/db?sslmode=require&tcp_user_timeout=30000&keepalives_idle=60\
+             &connect_timeout=5&keepalives_interval=2&keepalives_count=3"
+        );
+        let quick = PoolOptions {
+            connection_timeout: Duration::from_millis(300),
+            ..PoolOptions::default()
+        };
+        assert_eq!(
+            with_network_timeouts("postgres://u@h/db", &quick),
+            "postgres://u@h/db?connect_timeout=2&tcp_user_timeout=1000&keepalives_idle=1\
+             &keepalives_interval=1&keepalives_count=3"
+        );
+    }
 }
