@@ -1425,31 +1425,33 @@ mod tests {
 
     #[test]
     fn network_timeouts_follow_the_pool_timeout_and_yield_to_the_url() {
-        let options = PoolOptions {
-            connection_timeout: Duration::from_secs(5),
-            ..PoolOptions::default()
-        };
-        assert_eq!(
-            with_network_timeouts("postgres://u@h/db", &options),
-            "postgres://u@h/db?connect_timeout=5&tcp_user_timeout=5000&keepalives_idle=5\
-             &keepalives_interval=2&keepalives_count=3"
-        );
-        assert_eq!(
-            with_network_timeouts(
-                "postgres://u@h/db?sslmode=require&tcp_user_timeout=30000&keepalives_idle=60",
-                &options
+        let cases = [
+            (
+                "postgres://u@h/db",
+                5_000,
+                "postgres://u@h/db?connect_timeout=5&tcp_user_timeout=5000&keepalives_idle=5\
+                 &keepalives_interval=2&keepalives_count=3",
             ),
-            "postgres://u@h/db?sslmode=require&tcp_user_timeout=30000&keepalives_idle=60\
-             &connect_timeout=5&keepalives_interval=2&keepalives_count=3"
-        );
-        let quick = PoolOptions {
-            connection_timeout: Duration::from_millis(300),
-            ..PoolOptions::default()
-        };
-        assert_eq!(
-            with_network_timeouts("postgres://u@h/db", &quick),
-            "postgres://u@h/db?connect_timeout=2&tcp_user_timeout=1000&keepalives_idle=1\
-             &keepalives_interval=1&keepalives_count=3"
-        );
+            (
+                "postgres://u@h/db?sslmode=require&tcp_user_timeout=30000&keepalives_idle=60",
+                5_000,
+                "postgres://u@h/db?sslmode=require&tcp_user_timeout=30000&keepalives_idle=60\
+                 &connect_timeout=5&keepalives_interval=2&keepalives_count=3",
+            ),
+            // Floors: 2 s to connect, 1 s for the rest.
+            (
+                "postgres://u@h/db",
+                300,
+                "postgres://u@h/db?connect_timeout=2&tcp_user_timeout=1000&keepalives_idle=1\
+                 &keepalives_interval=1&keepalives_count=3",
+            ),
+        ];
+        for (url, timeout_ms, expected) in cases {
+            let options = PoolOptions {
+                connection_timeout: Duration::from_millis(timeout_ms),
+                ..PoolOptions::default()
+            };
+            assert_eq!(with_network_timeouts(url, &options), expected, "{url}");
+        }
     }
 }
