@@ -999,9 +999,17 @@ impl KeyStore for Database {
             return Ok(());
         }
         // Rows are added to in one order, so instances flushing at once never wait on
-        // each other in a cycle.
+        // each other in a cycle; counts of one key and hour are summed first, since one
+        // PostgreSQL statement may add to a row only once.
         let mut counts = counts.to_vec();
         counts.sort_by(|a, b| (&a.key, a.at).cmp(&(&b.key, b.at)));
+        counts.dedup_by(|later, kept| {
+            let same = later.key == kept.key && later.at == kept.at;
+            if same {
+                kept.merge(later);
+            }
+            same
+        });
         match &self.pools {
             Pools::Sqlite(pool) => {
                 use crate::schema::sqlite::key_usage as u;

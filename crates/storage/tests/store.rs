@@ -1027,6 +1027,43 @@ fn usage_adds_up_by_hour_across_batches_and_is_pruned() {
 }
 
 #[test]
+fn counts_of_one_key_and_hour_given_twice_in_one_call_are_summed() {
+    on_each_backend(|db| {
+        let (_, key) = new_key("owner_1", &["ledgers:read"], now());
+        let (_, other) = new_key("owner_1", &["ledgers:read"], now());
+        for key in [&key, &other] {
+            db.insert(key, &Actor::Master).expect("insert");
+        }
+        let hour: DateTime<Utc> = "2026-11-27T10:00:00Z".parse().expect("a time");
+        let count = |id: &ApiKeyId, allowed, denied| keygate_core::UsageCount {
+            key: id.clone(),
+            at: hour,
+            allowed,
+            denied,
+            rate_limited: 1,
+            usage_exceeded: 0,
+        };
+        db.add_usage(&[
+            count(&key.id, 5, 1),
+            count(&other.id, 2, 0),
+            count(&key.id, 3, 4),
+        ])
+        .expect("one call with a key and hour twice");
+        let usage = |id| db.usage(id, hour, hour + Duration::hours(1)).expect("read");
+        assert_eq!(
+            usage(&key.id),
+            vec![keygate_core::UsageCount {
+                rate_limited: 2,
+                ..count(&key.id, 8, 5)
+            }],
+            "{}",
+            db.backend()
+        );
+        assert_eq!(usage(&other.id), vec![count(&other.id, 2, 0)]);
+    });
+}
+
+#[test]
 fn changing_credits_opens_an_epoch_and_a_shared_pool_stays_shared() {
     on_each_backend(|db| {
         let at = now();
