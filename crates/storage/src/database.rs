@@ -411,7 +411,7 @@ fn with_pools(keys: Vec<KeyRow>, pools: Vec<PoolRow>) -> Vec<KeyWithPool> {
         .collect();
     keys.into_iter()
         .map(|key| {
-            // A key and its successor share a pool: each takes a copy.
+            // Keys sharing a pool each take a copy of it.
             let pool = key
                 .credit_pool
                 .as_deref()
@@ -502,18 +502,23 @@ impl KeyStore for Database {
                 .order((t::created_at.desc(), t::api_key_id.desc()))
                 .load(conn)
                 .map_err(query_error)?;
+            // A key and its successor share a pool: each pool is asked for once.
             let wanted: Vec<&str> = keys
                 .iter()
                 .filter_map(|key| key.credit_pool.as_deref())
+                .collect::<HashSet<_>>()
+                .into_iter()
                 .collect();
-            let pools: Vec<PoolRow> = if wanted.is_empty() {
-                Vec::new()
-            } else {
-                c::table
-                    .filter(c::pool_id.eq_any(&wanted))
-                    .load(conn)
-                    .map_err(query_error)?
-            };
+            let mut pools: Vec<PoolRow> = Vec::with_capacity(wanted.len());
+            // In chunks: SQLite binds one parameter per pool.
+            for chunk in wanted.chunks(POOL_CHUNK) {
+                pools.extend(
+                    c::table
+                        .filter(c::pool_id.eq_any(chunk))
+                        .load::<PoolRow>(conn)
+                        .map_err(query_error)?,
+                );
+            }
             with_pools(keys, pools)
         });
         to_keys(rows)
@@ -1357,6 +1362,9 @@ const USAGE_CHUNK: usize = 500;
 /// Keys per statement of an import: 16 columns a row keeps SQLite under its 32,766
 /// bound parameters.
 const IMPORT_CHUNK: usize = 1000;
+
+/// Pools read a statement when listing keys: well under SQLite's bound parameters.
+const POOL_CHUNK: usize = 10_000;
 
 /// A transaction that writes: SQLite's takes the write lock at once (a transaction that
 /// reads first and writes later fails when another wrote in between), PostgreSQL's is
