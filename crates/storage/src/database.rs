@@ -255,18 +255,23 @@ fn create_private(path: &std::path::Path) -> std::io::Result<()> {
 }
 
 /// `url` with libpq's network timeouts, each unless the URL sets it, all from the pool's
-/// timeout: a server that does not answer must not hold a caller, nor the connection
-/// and storage slot behind it, longer than about that.
-/// - `connect_timeout` (whole seconds, at least 2): a server that does not accept.
-/// - `tcp_user_timeout` (milliseconds, at least 1,000): a request the network does not
-///   acknowledge, such as one sent into a partition. Without it the kernel retransmits
-///   for about fifteen minutes, and the connection stays checked out all that time.
-/// - `keepalives_idle`, `keepalives_interval`, `keepalives_count`: an answer that never
-///   comes from a server that vanished after taking the request; and, in the pool, an
-///   idle connection to it, closed before a caller picks it.
+/// timeout T: a server that does not answer must not hold a connection (and the blocking
+/// thread waiting on it) much longer than a caller waits.
+/// - `connect_timeout` (T in whole seconds, at least 2): a server that does not accept.
+/// - `keepalives_idle` (T), `keepalives_interval` (T/3), `keepalives_count` (3): an
+///   answer that never comes from a server that vanished after taking the request, and
+///   an idle connection to it.
+/// - `tcp_user_timeout` (2T, at least 2 s): a request the network does not acknowledge,
+///   such as one sent into a partition. Without it the kernel retransmits for about
+///   fifteen minutes. Twice T, so that it is not shorter than the keepalive probes (it
+///   overrides their count): one lost probe must not end a healthy connection.
 fn with_network_timeouts(url: &str, options: &PoolOptions) -> String {
     let seconds = options.connection_timeout.as_secs_f64().ceil().max(1.0);
-    let millis = options.connection_timeout.as_millis().max(1_000);
+    let millis = options
+        .connection_timeout
+        .as_millis()
+        .saturating_mul(2)
+        .max(2_000);
     let defaults = [
         ("connect_timeout", seconds.max(2.0).to_string()),
         ("tcp_user_timeout", millis.to_string()),
@@ -328,9 +333,18 @@ struct PostgresSettings {
 }
 
 impl PostgresSettings {
+    /// Every statement and lock wait bounded by the pool's timeout; and a session left
+    /// in a transaction twice that long ended by the server, releasing its locks: when
+    /// the network drops between keygate and PostgreSQL mid-transaction, keygate's side
+    /// gives up, but the server would otherwise keep the transaction, and the rows it
+    /// locked, until its own keepalives notice (hours, by default).
     fn statements(&self) -> String {
         let ms = self.timeout.as_millis().max(1);
-        format!("SET statement_timeout = {ms}; SET lock_timeout = {ms}")
+        let idle = ms.saturating_mul(2).max(1_000);
+        format!(
+            "SET statement_timeout = {ms}; SET lock_timeout = {ms}; \
+             SET idle_in_transaction_session_timeout = {idle}"
+        )
     }
 }
 
@@ -1445,7 +1459,7 @@ mod tests {
             (
                 "postgres://u@h/db",
                 5_000,
-                "postgres://u@h/db?connect_timeout=5&tcp_user_timeout=5000&keepalives_idle=5\
+                "postgres://u@h/db?connect_timeout=5&tcp_user_timeout=10000&keepalives_idle=5\
                  &keepalives_interval=2&keepalives_count=3",
             ),
             (
@@ -1454,11 +1468,11 @@ mod tests {
                 "postgres://u@h/db?sslmode=require&tcp_user_timeout=30000&keepalives_idle=60\
                  &connect_timeout=5&keepalives_interval=2&keepalives_count=3",
             ),
-            // Floors: 2 s to connect, 1 s for the rest.
+            // Floors: 2 s to connect and for unacknowledged data, 1 s for the rest.
             (
                 "postgres://u@h/db",
                 300,
-                "postgres://u@h/db?connect_timeout=2&tcp_user_timeout=1000&keepalives_idle=1\
+                "postgres://u@h/db?connect_timeout=2&tcp_user_timeout=2000&keepalives_idle=1\
                  &keepalives_interval=1&keepalives_count=3",
             ),
         ];
