@@ -258,15 +258,17 @@ fn create_private(path: &std::path::Path) -> std::io::Result<()> {
 /// timeout T: a server that does not answer must not hold a connection (and the blocking
 /// thread waiting on it) much longer than a caller waits.
 /// - `connect_timeout` (T in whole seconds, at least 2): a server that does not accept.
-/// - `keepalives_idle` (T), `keepalives_interval` (T/3), `keepalives_count` (3): an
-///   answer that never comes from a server that vanished after taking the request, and
-///   an idle connection to it.
+/// - `keepalives_idle` (T, at most 60 s), `keepalives_interval` (a third of that),
+///   `keepalives_count` (3): an answer that never comes from a server that vanished
+///   after taking the request, and an idle connection to it.
 /// - `tcp_user_timeout` (2T, at least 2 s): a request the network does not acknowledge,
 ///   such as one sent into a partition. Without it the kernel retransmits for about
 ///   fifteen minutes. Twice T, so that it is not shorter than the keepalive probes (it
 ///   overrides their count): one lost probe must not end a healthy connection.
 fn with_network_timeouts(url: &str, options: &PoolOptions) -> String {
     let seconds = options.connection_timeout.as_secs_f64().ceil().max(1.0);
+    // At most a minute idle: a NAT on the way may forget a connection quiet for longer.
+    let idle = seconds.min(60.0);
     let millis = options
         .connection_timeout
         .as_millis()
@@ -275,10 +277,10 @@ fn with_network_timeouts(url: &str, options: &PoolOptions) -> String {
     let defaults = [
         ("connect_timeout", seconds.max(2.0).to_string()),
         ("tcp_user_timeout", millis.to_string()),
-        ("keepalives_idle", seconds.to_string()),
+        ("keepalives_idle", idle.to_string()),
         (
             "keepalives_interval",
-            (seconds / 3.0).ceil().max(1.0).to_string(),
+            (idle / 3.0).ceil().max(1.0).to_string(),
         ),
         ("keepalives_count", "3".to_owned()),
     ];
@@ -1467,6 +1469,12 @@ mod tests {
                 5_000,
                 "postgres://u@h/db?sslmode=require&tcp_user_timeout=30000&keepalives_idle=60\
                  &connect_timeout=5&keepalives_interval=2&keepalives_count=3",
+            ),
+            (
+                "postgres://u@h/db",
+                300_000,
+                "postgres://u@h/db?connect_timeout=300&tcp_user_timeout=600000\
+                 &keepalives_idle=60&keepalives_interval=20&keepalives_count=3",
             ),
             // Floors: 2 s to connect and for unacknowledged data, 1 s for the rest.
             (
