@@ -284,7 +284,17 @@ fn with_network_timeouts(url: &str, options: &PoolOptions) -> String {
         ),
         ("keepalives_count", "3".to_owned()),
     ];
-    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    // The query begins at the first `?` after the host, as libpq reads a URL: a
+    // password, which ends at the first `@` before any `/`, may hold a `?` itself.
+    let host = url.find("://").map_or(0, |scheme| scheme + 3);
+    let host = url[host..]
+        .find(['@', '/'])
+        .filter(|&at| url[host + at..].starts_with('@'))
+        .map_or(host, |at| host + at + 1);
+    let (base, query) = match url[host..].find('?') {
+        Some(mark) => (&url[..host + mark], &url[host + mark + 1..]),
+        None => (url, ""),
+    };
     let given: HashSet<&str> = query
         .split('&')
         .map(|pair| pair.split_once('=').map_or(pair, |(name, _)| name))
@@ -1475,6 +1485,20 @@ mod tests {
                 300_000,
                 "postgres://u@h/db?connect_timeout=300&tcp_user_timeout=600000\
                  &keepalives_idle=60&keepalives_interval=20&keepalives_count=3",
+            ),
+            // A `?` in the password is not the query's.
+            (
+                "postgres://u:pa?ss@h/db?sslmode=require",
+                5_000,
+                "postgres://u:pa?ss@h/db?sslmode=require&connect_timeout=5\
+                 &tcp_user_timeout=10000&keepalives_idle=5&keepalives_interval=2\
+                 &keepalives_count=3",
+            ),
+            (
+                "postgres://u:pa?ss@h/db",
+                5_000,
+                "postgres://u:pa?ss@h/db?connect_timeout=5&tcp_user_timeout=10000\
+                 &keepalives_idle=5&keepalives_interval=2&keepalives_count=3",
             ),
             // Floors: 2 s to connect and for unacknowledged data, 1 s for the rest.
             (
