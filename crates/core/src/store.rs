@@ -120,7 +120,8 @@ pub trait KeyStore: Send + Sync + 'static {
     /// Applies every refill due at `now` (pools no request touched); returns how many.
     fn refill_due(&self, now: DateTime<Utc>) -> Result<usize, StoreError>;
 
-    /// Adds hourly usage counts (each `at` the start of an hour) to what is stored.
+    /// Adds hourly usage counts (each `at` the start of an hour) to what is stored; counts
+    /// of one key and hour given more than once are all added.
     fn add_usage(&self, counts: &[UsageCount]) -> Result<(), StoreError>;
 
     /// Key `id`'s hourly usage from `from` (inclusive) to `to` (exclusive), oldest first.

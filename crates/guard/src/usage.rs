@@ -129,16 +129,12 @@ impl UsageRecorder {
     /// for the next flush. Returns how many `last_used_at` rows changed.
     pub fn flush(&self, store: &dyn KeyStore) -> Result<usize, StoreError> {
         let _writing = lock(&self.writing);
-        // One count a key and hour, however many threads counted it: a statement may
-        // add to each row only once.
-        let mut merged: ByKey<Vec<UsageCount>> = ByKey::default();
+        // A key and hour counted by several threads is sent once per thread: the store
+        // sums them.
+        let mut counts: Vec<UsageCount> = Vec::new();
         for mut shard in self.counts.each() {
-            for (id, hours) in shard.drain() {
-                let held = merged.entry(id).or_default();
-                hours.iter().for_each(|count| merge_into(held, count));
-            }
+            counts.extend(shard.drain().flat_map(|(_, hours)| hours));
         }
-        let counts: Vec<UsageCount> = merged.into_values().flatten().collect();
         if !counts.is_empty()
             && let Err(error) = store.add_usage(&counts)
         {
