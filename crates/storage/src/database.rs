@@ -295,17 +295,16 @@ fn with_network_timeouts(url: &str, options: &PoolOptions) -> String {
         Some(mark) => (&url[..host + mark], &url[host + mark + 1..]),
         None => (url, ""),
     };
-    let given: HashSet<&str> = query
-        .split('&')
-        .map(|pair| pair.split_once('=').map_or(pair, |(name, _)| name))
-        .collect();
     let mut parameters: Vec<String> = query
         .split('&')
         .filter(|pair| !pair.is_empty())
         .map(str::to_owned)
         .collect();
     for (name, value) in defaults {
-        if !given.contains(name) {
+        if !parameters
+            .iter()
+            .any(|pair| pair.split('=').next() == Some(name))
+        {
             parameters.push(format!("{name}={value}"));
         }
     }
