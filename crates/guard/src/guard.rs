@@ -89,6 +89,8 @@ pub struct Guard {
     /// bcrypt checks running at once: at most one per core, so that presented legacy
     /// keys cannot take every blocking thread from storage calls.
     legacy_slots: Semaphore,
+    /// The most blocking calls it runs at once: a storage slot's or a bcrypt check's each.
+    blocking_calls: usize,
 }
 
 /// A set of secret lengths (0 to [`MAX_PRESENTED_KEY`]), read on every request without
@@ -203,6 +205,7 @@ impl Guard {
             Master(hash)
         });
         let cache_ttl_ms = i64::try_from(settings.cache_ttl.as_millis()).unwrap_or(i64::MAX);
+        let legacy_slots = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
         Guard {
             meter: Meter::new(&settings.metering, observer.clone()),
             observer,
@@ -239,9 +242,8 @@ impl Guard {
                 .max(1),
             foreign_lengths: KeyLengths::default(),
             legacy_pending: AtomicBool::new(false),
-            legacy_slots: Semaphore::new(
-                std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
-            ),
+            legacy_slots: Semaphore::new(legacy_slots),
+            blocking_calls: settings.storage_slots.max(1).saturating_add(legacy_slots),
         }
     }
 
@@ -339,6 +341,13 @@ impl Guard {
     /// The key store.
     pub fn store(&self) -> Arc<dyn KeyStore> {
         self.store.clone()
+    }
+
+    /// The most calls the guard runs on a blocking pool at once: every storage call
+    /// holds a storage slot, and every bcrypt check a slot of its own. A pool that
+    /// serves only the guard needs no more threads than this.
+    pub fn blocking_calls(&self) -> usize {
+        self.blocking_calls
     }
 
     /// The pending `last_used_at` updates.

@@ -178,6 +178,12 @@ impl Application {
         let app_state = state.clone();
         let mut server = HttpServer::new(move || app(app_state.clone()))
             .shutdown_timeout(10)
+            // Each worker's blocking pool runs only the guard's calls, which its slots
+            // bound. Left at actix-web's default (512 / workers), the pool grows a thread
+            // whenever a call comes before the last one's thread is idle again, to 56 on
+            // two cores, and hands each call to whichever has waited longest: a call then
+            // runs on a cold thread, and allocates memory another thread last touched.
+            .worker_max_blocking_threads(state.guard().blocking_calls())
             .listen(listener)
             .map_err(serving)?;
         if let Some(workers) = settings.server.workers {
