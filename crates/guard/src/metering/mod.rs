@@ -34,21 +34,20 @@ pub struct Metered {
 /// The IETF RateLimit header fields for `rate`, answered for every key with a rate limit: the limit, what remains, and the seconds
 /// until the whole limit is available again.
 pub fn rate_headers(rate: &RateState) -> [(HeaderName, HeaderValue); 3] {
+    let [limit, remaining, reset] = &RATE_HEADERS;
     [
-        (
-            HeaderName::from_static("ratelimit-limit"),
-            HeaderValue::from(rate.limit),
-        ),
-        (
-            HeaderName::from_static("ratelimit-remaining"),
-            HeaderValue::from(rate.remaining),
-        ),
-        (
-            HeaderName::from_static("ratelimit-reset"),
-            HeaderValue::from(whole_seconds(rate.reset)),
-        ),
+        (limit.clone(), HeaderValue::from(rate.limit)),
+        (remaining.clone(), HeaderValue::from(rate.remaining)),
+        (reset.clone(), HeaderValue::from(whole_seconds(rate.reset))),
     ]
 }
+
+/// The rate-limit headers' names, parsed once rather than on every answer.
+static RATE_HEADERS: [HeaderName; 3] = [
+    HeaderName::from_static("ratelimit-limit"),
+    HeaderName::from_static("ratelimit-remaining"),
+    HeaderName::from_static("ratelimit-reset"),
+];
 
 /// `wait` in whole seconds, rounded up.
 pub(crate) fn whole_seconds(wait: Duration) -> u64 {

@@ -107,6 +107,7 @@ impl Checker {
                         ok.add_header(name.as_str(), value, overwrite, false);
                     }
                 }
+                let unset = unset.into_iter().map(HeaderName::as_str);
                 for name in key_headers(&headers).into_iter().chain(unset) {
                     ok.remove_header(name);
                 }

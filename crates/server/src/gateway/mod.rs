@@ -20,23 +20,24 @@ use keygate_guard::{Admitted, OriginalRequest};
 /// `X-Keygate-Key-Id`, `X-Keygate-Owner-Id` (API keys only), `X-Keygate-Scopes`, and
 /// `RateLimit-*` for a key with a rate limit.
 pub fn identity_headers(admitted: &Admitted) -> Vec<(HeaderName, HeaderValue)> {
+    let [key_id, owner_id, scopes] = &IDENTITY_HEADERS;
     let mut headers = Vec::with_capacity(6);
     // Owners and names may be any text but control characters: sent as their UTF-8
     // bytes, which HTTP carries as they are.
-    let mut add = |name: &'static str, value: &str| {
+    let mut add = |name: &HeaderName, value: &str| {
         if let Ok(value) = HeaderValue::from_bytes(value.as_bytes()) {
-            headers.push((HeaderName::from_static(name), value));
+            headers.push((name.clone(), value));
         }
     };
     match &admitted.principal {
         Principal::Master => {
-            add("x-keygate-key-id", "master");
-            add("x-keygate-scopes", "*:*");
+            add(key_id, "master");
+            add(scopes, "*:*");
         }
         Principal::Key(key) => {
-            add("x-keygate-key-id", key.id.as_str());
-            add("x-keygate-owner-id", &key.owner_id);
-            add("x-keygate-scopes", &key.scopes.text());
+            add(key_id, key.id.as_str());
+            add(owner_id, &key.owner_id);
+            add(scopes, &key.scopes.text());
         }
     }
     if let Some(rate) = &admitted.metered.rate {
@@ -45,15 +46,20 @@ pub fn identity_headers(admitted: &Admitted) -> Vec<(HeaderName, HeaderValue)> {
     headers
 }
 
-/// Every identity header keygate answers with.
-const IDENTITY_HEADERS: [&str; 3] = ["x-keygate-key-id", "x-keygate-owner-id", "x-keygate-scopes"];
+/// Every identity header keygate answers with, parsed once: a name made on every
+/// answer is checked character by character each time.
+static IDENTITY_HEADERS: [HeaderName; 3] = [
+    HeaderName::from_static("x-keygate-key-id"),
+    HeaderName::from_static("x-keygate-owner-id"),
+    HeaderName::from_static("x-keygate-scopes"),
+];
 
 /// The identity headers an upstream must not take from the client: those missing from
 /// `set` ([`identity_headers`]), such as the owner of the master key.
-pub fn unset_identity_headers(set: &[(HeaderName, HeaderValue)]) -> Vec<&'static str> {
+pub fn unset_identity_headers(set: &[(HeaderName, HeaderValue)]) -> Vec<&'static HeaderName> {
     IDENTITY_HEADERS
-        .into_iter()
-        .filter(|name| !set.iter().any(|(have, _)| have.as_str() == *name))
+        .iter()
+        .filter(|name| !set.iter().any(|(have, _)| have == *name))
         .collect()
 }
 
@@ -111,7 +117,7 @@ pub async fn forward_auth(request: HttpRequest) -> HttpResponse {
             // gateways that copy headers only when present (Caddy, Traefik) still
             // replace a client's own.
             for name in unset_identity_headers(&set) {
-                headers.insert(HeaderName::from_static(name), HeaderValue::from_static(""));
+                headers.insert(name.clone(), HeaderValue::from_static(""));
             }
             for (name, value) in set {
                 headers.insert(name, value);
@@ -174,7 +180,7 @@ pub async fn ext_authz(
         response.insert_header(header);
     }
     let mut remove = key_headers(request.headers());
-    remove.extend(unset);
+    remove.extend(unset.into_iter().map(HeaderName::as_str));
     if !remove.is_empty() {
         response.insert_header(("x-envoy-auth-headers-to-remove", remove.join(",")));
     }
