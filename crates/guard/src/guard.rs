@@ -377,9 +377,20 @@ impl Guard {
         };
         let _slot = slot.map_err(|_| GuardError::Internal)?;
         let store = self.store.clone();
-        let Ok(outcome) =
-            tokio::time::timeout_at(deadline, web::block(move || call(&*store))).await
-        else {
+        let given_up = deadline.into_std();
+        let run = move || {
+            // A call that gets a thread only once its caller has given up is not made:
+            // a write would land after the client was told the service was unavailable.
+            // (Calls that timed out keep their threads until they end, and a worker's
+            // blocking pool has only as many threads as the guard has slots.)
+            if std::time::Instant::now() >= given_up {
+                return Err(StoreError::Unavailable(
+                    "no thread was free before the call's deadline".into(),
+                ));
+            }
+            call(&*store)
+        };
+        let Ok(outcome) = tokio::time::timeout_at(deadline, web::block(run)).await else {
             tracing::warn!("the database did not answer in time");
             return Err(GuardError::Unavailable);
         };
@@ -999,6 +1010,50 @@ mod tests {
             Arc::ptr_eq(&fresh, &guard.keys.get(&reread.hash()).expect("cached")),
             "a key read anew was replaced by the refresh"
         );
+    }
+
+    #[test]
+    fn a_call_that_waited_past_its_deadline_for_a_thread_is_not_made() {
+        // One blocking thread, held by a call that outlasts the storage timeout (as one
+        // waiting on a frozen database does).
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .max_blocking_threads(1)
+            .build()
+            .expect("a runtime");
+        let db = TestDatabase::sqlite();
+        let store = Database::connect(&db.url, &PoolOptions::default()).expect("a database");
+        let settings = GuardSettings {
+            storage_timeout: Duration::from_millis(200),
+            ..GuardSettings::default()
+        };
+        let guard = Guard::new(Arc::new(store), &settings, Arc::new(Lookups::default()));
+        let made = Arc::new(AtomicU64::new(0));
+        runtime.block_on(async {
+            let frozen = guard.with_store(|_| {
+                std::thread::sleep(Duration::from_millis(1500));
+                Ok(())
+            });
+            let counted = made.clone();
+            let queued = guard.with_store(move |_| {
+                counted.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            });
+            let (frozen, queued) = tokio::join!(frozen, queued);
+            assert!(matches!(frozen, Err(GuardError::Unavailable)), "{frozen:?}");
+            assert!(matches!(queued, Err(GuardError::Unavailable)), "{queued:?}");
+            // The frozen call ends, and the queued one gets the thread: too late to run.
+            tokio::time::sleep(Duration::from_millis(1800)).await;
+        });
+        assert_eq!(made.load(Ordering::SeqCst), 0, "the late call was made");
+        // A call in time is made.
+        let counted = made.clone();
+        let later = runtime.block_on(guard.with_store(move |_| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }));
+        assert!(later.is_ok(), "{later:?}");
+        assert_eq!(made.load(Ordering::SeqCst), 1);
     }
 
     #[actix_web::test]
