@@ -370,14 +370,14 @@ impl Guard {
         &self,
         call: impl FnOnce(&dyn KeyStore) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, GuardError> {
-        let deadline = tokio::time::Instant::now() + self.storage_timeout + STORAGE_GRACE;
+        let given_up = std::time::Instant::now() + self.storage_timeout + STORAGE_GRACE;
+        let deadline = tokio::time::Instant::from_std(given_up);
         let Ok(slot) = tokio::time::timeout_at(deadline, self.storage_slots.acquire()).await else {
             tracing::warn!("no storage slot freed up in time");
             return Err(GuardError::Unavailable);
         };
         let _slot = slot.map_err(|_| GuardError::Internal)?;
         let store = self.store.clone();
-        let given_up = deadline.into_std();
         let run = move || {
             // A call that gets a thread only once its caller has given up is not made:
             // a write would land after the client was told the service was unavailable.
