@@ -56,7 +56,7 @@ pub struct Guard {
     refreshes: Mutex<Vec<(KeyHash, Arc<CachedKey>)>>,
     /// Storage calls in flight at once: no more than the pool has connections, so
     /// waiting happens here, cheaply, rather than in blocked threads.
-    storage_slots: Semaphore,
+    storage_slots: Arc<Semaphore>,
     /// How long a storage call may take, waiting included.
     storage_timeout: Duration,
     /// Bumped by every change, so a lookup that raced it does not cache what it read.
@@ -88,8 +88,9 @@ pub struct Guard {
     legacy_pending: AtomicBool,
     /// bcrypt checks running at once: at most one per core, so that presented legacy
     /// keys cannot take every blocking thread from storage calls.
-    legacy_slots: Semaphore,
-    /// The most blocking calls it runs at once: a storage slot's or a bcrypt check's each.
+    legacy_slots: Arc<Semaphore>,
+    /// The most blocking calls it runs at once: each holds a storage slot or a bcrypt
+    /// slot until its thread is done with it.
     blocking_calls: usize,
 }
 
@@ -228,7 +229,7 @@ impl Guard {
             cache_ttl_ms,
             refresh_after_ms: cache_ttl_ms - cache_ttl_ms / 4,
             refreshes: Mutex::new(Vec::new()),
-            storage_slots: Semaphore::new(settings.storage_slots.max(1)),
+            storage_slots: Arc::new(Semaphore::new(settings.storage_slots.max(1))),
             storage_timeout: settings.storage_timeout,
             invalidations: AtomicU64::new(0),
             started: Instant::now(),
@@ -242,7 +243,7 @@ impl Guard {
                 .max(1),
             foreign_lengths: KeyLengths::default(),
             legacy_pending: AtomicBool::new(false),
-            legacy_slots: Semaphore::new(legacy_slots),
+            legacy_slots: Arc::new(Semaphore::new(legacy_slots)),
             blocking_calls: settings.storage_slots.max(1).saturating_add(legacy_slots),
         }
     }
@@ -344,8 +345,9 @@ impl Guard {
     }
 
     /// The most calls the guard runs on a blocking pool at once: every storage call
-    /// holds a storage slot, and every bcrypt check a slot of its own. A pool that
-    /// serves only the guard needs no more threads than this.
+    /// holds a storage slot, and every bcrypt check a slot of its own, until its thread
+    /// is done, even when its caller gave up waiting or went away. The guard's calls
+    /// never need more threads than this.
     pub fn blocking_calls(&self) -> usize {
         self.blocking_calls
     }
@@ -365,24 +367,26 @@ impl Guard {
     /// answers within the storage timeout (and a little): waiting for a storage
     /// slot, for a connection and for the database all count against it, so a locked
     /// table or a frozen server is a 503, never a hang. A call still running when time
-    /// is up finishes (or fails by its own timeouts) on its own thread.
+    /// is up finishes (or fails by its own timeouts) on its own thread, and holds its
+    /// slot until then: the slots bound the threads the guard's calls take.
     pub async fn with_store<T: Send + 'static>(
         &self,
         call: impl FnOnce(&dyn KeyStore) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, GuardError> {
-        let given_up = std::time::Instant::now() + self.storage_timeout + STORAGE_GRACE;
-        let deadline = tokio::time::Instant::from_std(given_up);
-        let Ok(slot) = tokio::time::timeout_at(deadline, self.storage_slots.acquire()).await else {
+        let budget = self.storage_timeout + STORAGE_GRACE;
+        let deadline = tokio::time::Instant::now() + budget;
+        let given_up = std::time::Instant::now() + budget;
+        let slot = tokio::time::timeout_at(deadline, self.storage_slots.clone().acquire_owned());
+        let Ok(slot) = slot.await else {
             tracing::warn!("no storage slot freed up in time");
             return Err(GuardError::Unavailable);
         };
-        let _slot = slot.map_err(|_| GuardError::Internal)?;
+        let slot = slot.map_err(|_| GuardError::Internal)?;
         let store = self.store.clone();
         let run = move || {
+            let _slot = slot;
             // A call that gets a thread only once its caller has given up is not made:
             // a write would land after the client was told the service was unavailable.
-            // (Calls that timed out keep their threads until they end, and a worker's
-            // blocking pool has only as many threads as the guard has slots.)
             if std::time::Instant::now() >= given_up {
                 return Err(StoreError::Unavailable(
                     "no thread was free before the call's deadline".into(),
@@ -414,8 +418,12 @@ impl Guard {
     ) -> Result<T, actix_web::error::BlockingError> {
         // The slots are never closed: a failed acquire cannot happen, and would only
         // mean running without one.
-        let _slot = self.storage_slots.acquire().await;
-        web::block(call).await
+        let slot = self.storage_slots.clone().acquire_owned().await;
+        web::block(move || {
+            let _slot = slot;
+            call()
+        })
+        .await
     }
 
     /// Runs a storage read. An embedded database's reads run right here: they take a few
@@ -668,15 +676,17 @@ impl Guard {
         if candidates.is_empty() {
             return Ok(None);
         }
-        let Ok(Ok(_slot)) =
-            tokio::time::timeout(self.storage_timeout, self.legacy_slots.acquire()).await
-        else {
+        let slot = self.legacy_slots.clone().acquire_owned();
+        let Ok(Ok(slot)) = tokio::time::timeout(self.storage_timeout, slot).await else {
             tracing::warn!("no bcrypt check could start in time");
             return Err(GuardError::Unavailable);
         };
         let plain = PlainKey::from_presented(presented);
         let observer = self.observer.clone();
         let matched = web::block(move || {
+            // Held until the check is done, whether or not its request still waits: a
+            // client that hangs up cannot leave more checks running than there are slots.
+            let _slot = slot;
             candidates
                 .into_iter()
                 .take(keygate_core::legacy::MAX_LEGACY_CANDIDATES)
@@ -1054,6 +1064,38 @@ mod tests {
         }));
         assert!(later.is_ok(), "{later:?}");
         assert_eq!(made.load(Ordering::SeqCst), 1);
+    }
+
+    #[actix_web::test]
+    async fn a_call_whose_caller_went_away_keeps_its_slot_until_it_ends() {
+        let db = TestDatabase::sqlite();
+        let store = Database::connect(&db.url, &PoolOptions::default()).expect("a database");
+        let settings = GuardSettings {
+            storage_slots: 1,
+            storage_timeout: Duration::from_secs(3),
+            ..GuardSettings::default()
+        };
+        let guard = Guard::new(Arc::new(store), &settings, Arc::new(Lookups::default()));
+        // Calls running now, and the most that ever ran at once.
+        let running = Arc::new(AtomicU64::new(0));
+        let most = Arc::new(AtomicU64::new(0));
+        let call = |millis: u64| {
+            let (running, most) = (running.clone(), most.clone());
+            move |_: &dyn KeyStore| {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(millis));
+                running.fetch_sub(1, Ordering::SeqCst);
+                Ok(())
+            }
+        };
+        // The caller of a long call goes away (a client that hung up) ...
+        let gone = tokio::time::timeout(Duration::from_millis(100), guard.with_store(call(800)));
+        assert!(gone.await.is_err(), "the long call ended early");
+        // ... and the next call waits for the slot rather than running beside it.
+        let next = guard.with_store(call(10)).await;
+        assert!(next.is_ok(), "{next:?}");
+        assert_eq!(most.load(Ordering::SeqCst), 1, "two calls ran on one slot");
     }
 
     #[actix_web::test]

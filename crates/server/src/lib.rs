@@ -36,6 +36,11 @@ pub use keygate_guard as guard;
 pub use settings::Settings;
 pub use state::AppState;
 
+/// Blocking threads each worker keeps beside the guard's
+/// ([`keygate_guard::Guard::blocking_calls`]), for blocking work that holds no slot: the
+/// Redis client's name lookups.
+const OTHER_BLOCKING: usize = 4;
+
 /// Said at every start with secure mode off, whatever the log level.
 pub const INSECURE_WARNING: &str = "SECURE MODE IS OFF: requests are not authenticated and \
     every caller acts as the master key. Never run like this where the port can be reached by \
@@ -178,12 +183,13 @@ impl Application {
         let app_state = state.clone();
         let mut server = HttpServer::new(move || app(app_state.clone()))
             .shutdown_timeout(10)
-            // Each worker's blocking pool runs only the guard's calls, which its slots
-            // bound. Left at actix-web's default (512 / workers), the pool grows a thread
-            // whenever a call comes before the last one's thread is idle again, to 56 on
-            // two cores, and hands each call to whichever has waited longest: a call then
-            // runs on a cold thread, and allocates memory another thread last touched.
-            .worker_max_blocking_threads(state.guard().blocking_calls())
+            // Each worker's blocking pool runs the guard's calls, which hold their slots
+            // until their threads are done, and now and then the Redis client's name
+            // lookups. At actix-web's default (512 / cores) the pool grew a thread
+            // whenever a call came before the last one's thread was idle again, to 56 on
+            // two cores, and handed each call to whichever had waited longest: a call
+            // then ran on a cold thread, and allocated memory another thread last freed.
+            .worker_max_blocking_threads(state.guard().blocking_calls() + OTHER_BLOCKING)
             .listen(listener)
             .map_err(serving)?;
         if let Some(workers) = settings.server.workers {
