@@ -165,6 +165,20 @@ impl CachedKey {
     }
 }
 
+/// Runs `call` on the blocking pool, holding `slot` until its thread is done with it,
+/// whether or not anyone still waits for it: a caller that times out or goes away
+/// (a client that hung up) cannot leave more calls running than there are slots.
+async fn block_holding<T: Send + 'static>(
+    slot: impl Send + 'static,
+    call: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, actix_web::error::BlockingError> {
+    web::block(move || {
+        let _slot = slot;
+        call()
+    })
+    .await
+}
+
 /// Weighs cached keys by [`CachedKey::weight`], for the cache's memory bound.
 #[derive(Debug, Clone, Copy)]
 struct ByWeight;
@@ -384,7 +398,6 @@ impl Guard {
         let slot = slot.map_err(|_| GuardError::Internal)?;
         let store = self.store.clone();
         let run = move || {
-            let _slot = slot;
             // A call that gets a thread only once its caller has given up is not made:
             // a write would land after the client was told the service was unavailable.
             if std::time::Instant::now() >= given_up {
@@ -394,7 +407,7 @@ impl Guard {
             }
             call(&*store)
         };
-        let Ok(outcome) = tokio::time::timeout_at(deadline, web::block(run)).await else {
+        let Ok(outcome) = tokio::time::timeout_at(deadline, block_holding(slot, run)).await else {
             tracing::warn!("the database did not answer in time");
             return Err(GuardError::Unavailable);
         };
@@ -419,11 +432,7 @@ impl Guard {
         // The slots are never closed: a failed acquire cannot happen, and would only
         // mean running without one.
         let slot = self.storage_slots.clone().acquire_owned().await;
-        web::block(move || {
-            let _slot = slot;
-            call()
-        })
-        .await
+        block_holding(slot, call).await
     }
 
     /// Runs a storage read. An embedded database's reads run right here: they take a few
@@ -683,10 +692,7 @@ impl Guard {
         };
         let plain = PlainKey::from_presented(presented);
         let observer = self.observer.clone();
-        let matched = web::block(move || {
-            // Held until the check is done, whether or not its request still waits: a
-            // client that hangs up cannot leave more checks running than there are slots.
-            let _slot = slot;
+        let matched = block_holding(slot, move || {
             candidates
                 .into_iter()
                 .take(keygate_core::legacy::MAX_LEGACY_CANDIDATES)
