@@ -387,9 +387,10 @@ impl Guard {
         &self,
         call: impl FnOnce(&dyn KeyStore) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, GuardError> {
-        let budget = self.storage_timeout + STORAGE_GRACE;
-        let deadline = tokio::time::Instant::now() + budget;
-        let given_up = std::time::Instant::now() + budget;
+        // One deadline, from the system clock (a runtime with paused time holds tokio's
+        // still): the blocking thread checks it, and tokio's timers are set from it.
+        let given_up = std::time::Instant::now() + self.storage_timeout + STORAGE_GRACE;
+        let deadline = tokio::time::Instant::from_std(given_up);
         let slot = tokio::time::timeout_at(deadline, self.storage_slots.clone().acquire_owned());
         let Ok(slot) = slot.await else {
             tracing::warn!("no storage slot freed up in time");
